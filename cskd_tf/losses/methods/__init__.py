@@ -1,0 +1,1 @@
+"""One module per training method; each registers itself in METHODS."""

@@ -1,0 +1,86 @@
+"""The interface every training method implements.
+
+A method is one row of the paper's comparison tables. It declares what the
+input pipeline must emit (``views``), what the model's head looks like
+(``head``), which scalar terms it logs (``terms``), and computes its loss in
+two parts so that the train step can keep passes that need no gradient out
+of the gradient tape:
+
+    targets = method.targets(model, images, labels)          # no tape
+    loss, logits, terms = method.loss(model, images, labels, targets)  # tape
+
+``images`` is always a tuple ordered as ``views``. ``model`` is a
+:class:`cskd_tf.models.CSKDModel`; ``model.forward(x, training)`` returns
+``{"logits", "features"}``. ``logits`` returned by ``loss`` are the anchor
+logits the step's accuracy metrics use.
+
+Adding a method: one module in this package defining a subclass and
+decorating it with ``@register("name")``; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from cskd_tf.errors import ModelError
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(name):
+    def wrap(cls):
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return wrap
+
+
+def get_method(name, config):
+    """Instantiates the method ``name`` from a config; ModelError if unknown."""
+    if name not in METHODS:
+        raise ModelError(f"unknown method {name!r}; set --config.method to one of: "
+                         f"{', '.join(sorted(METHODS))}")
+    return METHODS[name](config)
+
+
+def cross_entropy(labels, logits, label_smoothing=0.0):
+    """Mean softmax cross-entropy from integer labels, computed in float32."""
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    if label_smoothing:
+        num_classes = tf.shape(logits)[-1]
+        one_hot = tf.one_hot(labels, num_classes)
+        targets = one_hot * (1.0 - label_smoothing) + label_smoothing / tf.cast(num_classes, tf.float32)
+        per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+    else:
+        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    return tf.reduce_mean(per_example)
+
+
+class Method:
+    """Plain cross-entropy behaviour; subclasses override what differs."""
+
+    name = "base"
+    views: tuple[str, ...] = ("anchor",)
+    head = "linear"
+    terms: tuple[str, ...] = ("ce",)
+    # Forward passes per step relative to CE, for the docs and the speed benchmark.
+    forward_passes = 1
+
+    def __init__(self, config):
+        self.config = config
+
+    def build(self, model):
+        """Creates extra state on ``model`` (heads, variables). Called once."""
+
+    def targets(self, model, images, labels):
+        """Computations outside the gradient tape (partner/teacher passes)."""
+        return {}
+
+    def loss(self, model, images, labels, targets):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"name": self.name}

@@ -1,0 +1,42 @@
+"""Backbone registry of cskd_tf.
+
+``build(name, num_classes, input_shape=None, width=0, head="linear", **kw)``
+returns a functional ``keras.Model`` mapping a normalized image batch to
+``{"logits": (B, num_classes), "features": (B, D)}`` (both float32). Layers
+named ``stage1``..``stage4``, ``features`` and ``classifier`` are part of the
+contract other modules rely on. See :mod:`cskd_tf.models.registry`.
+
+Registered names: preact_resnet10, preact_resnet18, densenet121_cifar
+(CIFAR-style, 32x32 default) and resnet10, resnet18, resnet50, resnet101,
+densenet121, resnext101_32x4d (ImageNet-style, 224x224 default).
+"""
+
+from cskd_tf.models.heads import CosineClassifier, HEADS, attach_head
+from cskd_tf.models.registry import (
+    ModelSpec,
+    available,
+    build,
+    default_input_shape,
+    get_spec,
+    parameter_count,
+    register,
+)
+
+# Importing the backbone modules registers their architectures.
+from cskd_tf.models import densenet, preact_resnet, resnet, resnext  # noqa: E402,F401
+from cskd_tf.models.cskd_model import CSKDModel, Normalize  # noqa: E402
+
+__all__ = [
+    "CSKDModel",
+    "CosineClassifier",
+    "Normalize",
+    "HEADS",
+    "ModelSpec",
+    "attach_head",
+    "available",
+    "build",
+    "default_input_shape",
+    "get_spec",
+    "parameter_count",
+    "register",
+]

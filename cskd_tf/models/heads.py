@@ -1,0 +1,118 @@
+"""Classifier heads shared by every backbone.
+
+:func:`attach_head` turns a backbone's pooled feature tensor into the model
+contract the rest of ``cskd_tf`` relies on::
+
+    model(x) -> {"logits": (B, num_classes) float32, "features": (B, D) float32}
+
+with the pooled features produced by a layer named ``features`` and the
+classifier by a layer named ``classifier``. Both run in float32 even under a
+``mixed_float16`` global policy: the softmax / KL terms of CS-KD and the
+Recall@k distances are computed from these tensors and float16 logits lose
+too much precision once a temperature divides them.
+
+Two heads are available:
+
+* ``"linear"``: ``Dense(num_classes)`` with bias (the CS-KD reference head).
+* ``"cosine"``: :class:`CosineClassifier`, ``scale * cos(theta)`` between the
+  normalised features and the normalised class weights, used by AdaCos and
+  other normalised-softmax baselines.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from cskd_tf.errors import ModelError
+
+HEADS = ("linear", "cosine")
+
+
+@keras.saving.register_keras_serializable(package="cskd_tf")
+class CosineClassifier(layers.Layer):
+    """Bias-free cosine classifier: ``scale * normalize(x) @ normalize(W)``.
+
+    ``W`` has shape ``(D, units)`` and is normalised per class (column).
+    ``scale`` is a non-trainable scalar variable owned by the layer, so
+    AdaCos can adapt it during training with ``layer.scale.assign(s)`` and it
+    is saved with the weights. The cosine is clipped to ``[-1, 1]`` so the
+    output always lies in ``[-scale, scale]`` and ``arccos`` of
+    ``logits / scale`` never sees a value pushed just past 1 by round-off.
+
+    Args:
+        units: number of classes.
+        scale: initial value of the ``scale`` variable (> 0).
+        kernel_initializer: initializer of ``W``.
+    """
+
+    def __init__(self, units, scale=1.0, kernel_initializer="he_normal", **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.initial_scale = float(scale)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(int(input_shape[-1]), self.units),
+            initializer=self.kernel_initializer,
+            trainable=True,
+        )
+        self.scale = self.add_weight(
+            name="scale",
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_scale),
+            trainable=False,
+        )
+
+    def call(self, inputs):
+        x = ops.normalize(inputs, axis=-1, epsilon=1e-12)
+        w = ops.normalize(ops.cast(self.kernel, x.dtype), axis=0, epsilon=1e-12)
+        cosine = ops.clip(ops.matmul(x, w), -1.0, 1.0)
+        return cosine * ops.cast(self.scale, cosine.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "scale": self.initial_scale,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config
+
+
+def make_classifier(num_classes, head="linear", scale=1.0):
+    """Return the (unbuilt) classifier layer named ``classifier`` for ``head``."""
+    if head == "linear":
+        return layers.Dense(
+            num_classes,
+            use_bias=True,
+            kernel_initializer="he_normal",
+            dtype="float32",
+            name="classifier",
+        )
+    if head == "cosine":
+        return CosineClassifier(num_classes, scale=scale, dtype="float32", name="classifier")
+    raise ModelError(f"unknown head {head!r}; use one of: {', '.join(HEADS)}")
+
+
+def attach_head(inputs, pooled, num_classes, head="linear", scale=1.0, name=None):
+    """Wrap a backbone graph into the ``{"logits", "features"}`` functional model.
+
+    Args:
+        inputs: the backbone's ``keras.Input``.
+        pooled: the globally pooled ``(B, D)`` penultimate tensor.
+        num_classes: classifier width.
+        head: ``"linear"`` or ``"cosine"``.
+        scale: initial scale of the cosine head (ignored for ``"linear"``).
+        name: model name.
+    """
+    features = layers.Activation("linear", dtype="float32", name="features")(pooled)
+    logits = make_classifier(num_classes, head=head, scale=scale)(features)
+    return keras.Model(inputs, {"logits": logits, "features": features}, name=name)

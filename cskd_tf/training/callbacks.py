@@ -1,0 +1,113 @@
+"""Callbacks that users add to ``model.fit`` (CSKDCallback) and that the
+trainer adds for checkpoints, NaN detection and learning-rate logging."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from cskd_tf.errors import NonFiniteLossError
+
+
+class CSKDCallback(keras.callbacks.Callback):
+    """Logs λ and T, warms λ up, and scores the validation split each epoch.
+
+    At the end of every ``eval_every``-th epoch (and the last one) it runs the
+    model over ``validation_data`` once and writes into the epoch logs, where
+    TensorBoard, CSVLogger, EarlyStopping and Keras Tuner see them:
+    ``val_loss`` (= NLL), ``val_accuracy``, ``val_top5_accuracy``, ``val_ece``,
+    ``val_nll`` and ``val_recall_at_1`` (fractions, nats for NLL).
+
+    λ warm-up: with ``lambda_warmup_epochs = W > 0``, λ at epoch e (0-based)
+    is λ · min(1, (e + 1) / W); the value lives in ``model.lambda_cls``.
+    """
+
+    def __init__(self, validation_data=None, lambda_cls=None, temperature=None,
+                 lambda_warmup_epochs=0, eval_every=1, num_bins=15, jit_compile=False):
+        super().__init__()
+        self.validation_data = validation_data
+        self.lambda_cls = lambda_cls
+        self.temperature = temperature
+        self.lambda_warmup_epochs = int(lambda_warmup_epochs)
+        self.eval_every = max(int(eval_every), 1)
+        self.num_bins = num_bins
+        self.jit_compile = jit_compile
+        self.last_metrics = None
+
+    def on_train_begin(self, logs=None):
+        if self.lambda_cls is None:
+            self.lambda_cls = float(self.model.lambda_cls.numpy())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.lambda_warmup_epochs > 0:
+            factor = min(1.0, (epoch + 1) / self.lambda_warmup_epochs)
+            self.model.lambda_cls.assign(self.lambda_cls * factor)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["lambda_cls"] = float(self.model.lambda_cls.numpy())
+        if self.temperature is not None:
+            logs["temperature"] = float(self.temperature)
+        last = self.params.get("epochs") if self.params else None
+        due = (epoch + 1) % self.eval_every == 0 or (last is not None and epoch + 1 == last)
+        if self.validation_data is None or not due:
+            return
+        from cskd_tf.evaluation.predict import evaluate
+
+        result = evaluate(self.model, self.validation_data, self.jit_compile, self.num_bins)
+        self.last_metrics = result
+        logs["val_loss"] = result["nll"]
+        logs["val_nll"] = result["nll"]
+        logs["val_accuracy"] = 1.0 - result["top1_error"] / 100.0
+        logs["val_top5_accuracy"] = 1.0 - result["top5_error"] / 100.0
+        logs["val_ece"] = result["ece"] / 100.0
+        if result.get("recall_at_1") is not None:
+            logs["val_recall_at_1"] = result["recall_at_1"] / 100.0
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the learning rate in effect at the end of each epoch as ``lr``."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = float(np.asarray(self.model.optimizer.learning_rate))
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops training with NonFiniteLossError naming the epoch and step."""
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        value = (logs or {}).get("loss")
+        if value is None:
+            return
+        value = float(np.asarray(value))
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"the training loss became {value} at epoch {self._epoch + 1}, step {batch + 1}; "
+                "lower --config.learning_rate or --config.lambda_cls (the last checkpoint is kept)")
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves model, optimizer and the completed-epoch counter after each epoch."""
+
+    def __init__(self, manager, epoch_variable, every=1):
+        super().__init__()
+        self.manager = manager
+        self.epoch_variable = epoch_variable
+        self.every = max(int(every), 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self.params.get("epochs") if self.params else None
+        if (epoch + 1) % self.every == 0 or epoch + 1 == last:
+            self.epoch_variable.assign(epoch + 1)
+            self.manager.save(checkpoint_number=epoch + 1)

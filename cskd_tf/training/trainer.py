@@ -1,0 +1,142 @@
+"""The thin training loop: config → data → model → fit → evaluate.
+
+``train(config, workdir)`` is what ``cskd-train`` runs; ``build_model`` and
+``load_trained`` are shared with evaluation, export and the tuner so a model
+is always constructed the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cskd_tf import config as config_lib
+from cskd_tf import data as data_lib
+from cskd_tf import losses, models
+from cskd_tf.errors import WorkdirError
+from cskd_tf.models.cskd_model import CSKDModel
+from cskd_tf.training import callbacks as cb
+from cskd_tf.training import runtime
+from cskd_tf.training.schedules import EpochSchedule
+from cskd_tf.training.workdir import Workdir
+
+
+def info_to_json(info) -> dict:
+    payload = dataclasses.asdict(info)
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in payload.items()}
+
+
+def build_model(config, num_classes, image_shape, mean, std, method=None):
+    """The CSKDModel for a config, built (weights created) but not compiled."""
+    method = method or losses.get_method(config.method, config)
+    backbone = models.build(config.model, num_classes=num_classes, input_shape=tuple(image_shape),
+                            width=int(config.model_width), head=method.head)
+    model = CSKDModel(backbone, method=method, mean=mean, std=std,
+                       lambda_cls=float(config.lambda_cls),
+                       weight_decay=float(config.weight_decay))
+    model(tf.zeros((1, *image_shape), tf.float32))
+    return model
+
+
+def make_optimizer(config, steps_per_epoch):
+    schedule = EpochSchedule(config.learning_rate, steps_per_epoch, kind=config.lr_schedule,
+                             decay_epochs=config.lr_decay_epochs,
+                             decay_factor=config.lr_decay_factor,
+                             warmup_epochs=config.warmup_epochs, total_epochs=config.num_epochs)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum,
+                                nesterov=config.nesterov)
+
+
+def compile_model(model, config, steps_per_epoch, jit_compile):
+    model.compile(optimizer=make_optimizer(config, steps_per_epoch), jit_compile=jit_compile,
+                  steps_per_execution=int(config.steps_per_execution))
+    # Create the optimizer's slots now so a checkpoint restores into them directly.
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def make_checkpoint(model, workdir: Workdir):
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
+    manager = tf.train.CheckpointManager(checkpoint, workdir.checkpoint_dir, max_to_keep=2)
+    return checkpoint, manager, epoch
+
+
+def train(config, workdir_path, overwrite=False, extra_callbacks=()):
+    """Trains (or resumes) a run and writes DIR/metrics.json; returns the metrics."""
+    config_lib.validate(config)
+    workdir = Workdir(workdir_path)
+    jit_compile = runtime.setup(config)
+    info, splits = data_lib.prepare(config)
+    workdir.prepare_for_training(config, overwrite=overwrite)
+    workdir.write("data.json", {**info_to_json(info), "augment": config.augment})
+
+    method = losses.get_method(config.method, config)
+    model = build_model(config, info.num_classes, info.image_shape, info.mean, info.std, method)
+    steps_per_epoch = config.steps_per_epoch or info.splits["train"] // config.batch_size
+    compile_model(model, config, steps_per_epoch, jit_compile)
+    checkpoint, manager, epoch_var = make_checkpoint(model, workdir)
+    start_epoch = 0
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        start_epoch = int(epoch_var.numpy())
+        if config.verbose:
+            print(f"Resuming {workdir.path} after epoch {start_epoch} of {config.num_epochs}")
+
+    if start_epoch < config.num_epochs:
+        train_ds, data_steps = data_lib.train_dataset(
+            config, info, splits["train"], views=method.views, start_epoch=start_epoch)
+        assert data_steps == steps_per_epoch, (data_steps, steps_per_epoch)
+        val_ds = data_lib.eval_dataset(config, info, splits["val"]) if "val" in splits else None
+        callbacks = [
+            cb.NonFiniteLossGuard(),
+            cb.LearningRateLogger(),
+            cb.CSKDCallback(val_ds, lambda_cls=float(config.lambda_cls),
+                            temperature=float(config.temperature),
+                            lambda_warmup_epochs=config.lambda_warmup_epochs,
+                            jit_compile=jit_compile),
+            cb.EpochCheckpoint(manager, epoch_var, every=config.checkpoint_every_epochs),
+            keras.callbacks.CSVLogger(workdir.file("history.csv"), append=True),
+            keras.callbacks.TensorBoard(workdir.file("tensorboard"), write_graph=False,
+                                        profile_batch=0),
+            *extra_callbacks,
+        ]
+        model.fit(train_ds, epochs=config.num_epochs, initial_epoch=start_epoch,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+                  verbose=int(config.verbose) and (1 if os.isatty(1) else 2))
+
+    metrics = evaluate_splits(model, config, info, splits, jit_compile)
+    workdir.write("metrics.json", metrics)
+    return metrics
+
+
+def evaluate_splits(model, config, info, splits, jit_compile=False):
+    from cskd_tf.evaluation.predict import evaluate
+
+    results = {}
+    for name in config.eval_splits:
+        if name in splits:
+            results[name] = evaluate(model, data_lib.eval_dataset(config, info, splits[name]),
+                                     jit_compile=jit_compile)
+    return results
+
+
+def load_trained(workdir_path):
+    """(config, data facts, model with the last checkpoint's weights) of a run."""
+    workdir = Workdir(workdir_path)
+    config = workdir.load_config()
+    facts = workdir.read("data.json")
+    runtime.setup(config)
+    model = build_model(config, facts["num_classes"], facts["image_shape"], facts["mean"],
+                        facts["std"])
+    latest = tf.train.latest_checkpoint(workdir.checkpoint_dir)
+    if latest is None:
+        raise WorkdirError(f"{workdir.path} has no checkpoint; rerun cskd-train with this "
+                           "--workdir to finish training")
+    # Only the model is needed here; the optimizer's slots are left unrestored.
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    return config, facts, model

@@ -1,0 +1,252 @@
+"""Tests of the backbone registry (cskd_tf.models).
+
+Every registered model is built once per module at 1000 classes on small
+(32, 32, 3) inputs: parameter counts of these globally pooled conv nets do
+not depend on the spatial size, and small maps keep building cheap.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from cskd_tf import models
+from cskd_tf.errors import ModelError
+from cskd_tf.models import registry
+
+SMALL_SHAPE = (32, 32, 3)
+
+# Trainable parameters at 1000 classes (exact regression values) and the
+# PyTorch reference they must stay within 1% of.
+EXPECTED_1000 = {
+    "preact_resnet10": 5_409_320,
+    "preact_resnet18": 11_680_040,
+    "densenet121_cifar": 7_971_048,
+    "resnet10": 5_418_792,
+    "resnet18": 11_689_512,
+    "resnet50": 25_583_592,
+    "resnet101": 44_601_832,
+    "densenet121": 7_978_856,
+    "resnext101_32x4d": 44_177_704,
+}
+TORCH_REFERENCE_1000 = {
+    "resnet18": 11_689_512,  # torchvision
+    "resnet50": 25_557_032,  # torchvision (no conv biases)
+    "resnet101": 44_549_160,  # torchvision (no conv biases)
+    "densenet121": 7_978_856,  # torchvision
+    "resnext101_32x4d": 44_177_704,  # torchvision layout, 32 groups x 4
+}
+FEATURE_DIMS = {
+    "preact_resnet10": 512,
+    "preact_resnet18": 512,
+    "densenet121_cifar": 1024,
+    "resnet10": 512,
+    "resnet18": 512,
+    "resnet50": 2048,
+    "resnet101": 2048,
+    "densenet121": 1024,
+    "resnext101_32x4d": 2048,
+}
+CIFAR_STYLE = ["preact_resnet10", "preact_resnet18", "densenet121_cifar"]
+
+
+@pytest.fixture(scope="module")
+def built():
+    keras.utils.set_random_seed(0)
+    return {name: models.build(name, 1000, input_shape=SMALL_SHAPE) for name in models.available()}
+
+
+def _images(shape, batch=2, seed=0):
+    return np.random.default_rng(seed).normal(size=(batch, *shape)).astype("float32")
+
+
+def densenet_bc_params(growth, blocks, num_classes, in_channels=3):
+    """Hand count of DenseNet-BC with a 3x3 stem of 2k channels, bottleneck 4k."""
+    c = 2 * growth
+    total = in_channels * 9 * c
+    for i, n in enumerate(blocks):
+        for _ in range(n):
+            # BN(c) + 1x1 conv c->4k + BN(4k) + 3x3 conv 4k->k
+            total += 2 * c + c * 4 * growth + 2 * 4 * growth + 4 * growth * 9 * growth
+            c += growth
+        if i < len(blocks) - 1:
+            total += 2 * c + c * (c // 2)  # BN + 1x1 compression conv
+            c //= 2
+    return total + 2 * c + (c + 1) * num_classes  # final BN + classifier
+
+
+def test_registry_lists_exactly_the_known_models():
+    assert models.available() == sorted(EXPECTED_1000)
+    assert models.default_input_shape("preact_resnet18") == (32, 32, 3)
+    assert models.default_input_shape("densenet121_cifar") == (32, 32, 3)
+    assert models.default_input_shape("resnet50") == (224, 224, 3)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_1000))
+def test_parameter_counts_at_1000_classes(built, name):
+    count = models.parameter_count(built[name])
+    assert count == EXPECTED_1000[name]
+    if name in TORCH_REFERENCE_1000:
+        assert abs(count / TORCH_REFERENCE_1000[name] - 1) < 0.01
+
+
+def test_preact_resnet18_matches_pytorch_reference_at_100_classes():
+    model = models.build("preact_resnet18", 100, input_shape=(8, 8, 3))
+    count = models.parameter_count(model)
+    assert count == 11_218_340
+    assert abs(count / 11_220_132 - 1) < 0.01
+
+
+def test_densenet121_cifar_matches_hand_formula(built):
+    assert densenet_bc_params(32, (6, 12, 24, 16), 1000) == models.parameter_count(
+        built["densenet121_cifar"]
+    )
+    at_100 = densenet_bc_params(32, (6, 12, 24, 16), 100)
+    assert at_100 == 7_048_548
+    assert abs(at_100 / 7_050_000 - 1) < 0.01  # CS-KD repo: "about 7.05M"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_1000))
+def test_forward_shapes_and_dtypes(built, name):
+    model = built[name]
+    out = model(_images(SMALL_SHAPE), training=False)
+    assert set(out) == {"logits", "features"}
+    assert tuple(out["logits"].shape) == (2, 1000)
+    assert tuple(out["features"].shape) == (2, FEATURE_DIMS[name])
+    assert out["logits"].dtype == "float32" and out["features"].dtype == "float32"
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(out["logits"])))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_1000))
+def test_stage_layers_in_increasing_depth(built, name):
+    model = built[name]
+    order = {layer.name: i for i, layer in enumerate(model.layers)}
+    stages = [model.get_layer(f"stage{k}") for k in range(1, 5)]
+    assert "stage5" not in order
+    positions = [order[s.name] for s in stages]
+    assert positions == sorted(positions) and len(set(positions)) == 4
+    shapes = [tuple(s.output.shape) for s in stages]
+    assert all(a[1] >= b[1] and a[3] <= b[3] for a, b in zip(shapes, shapes[1:]))
+    assert shapes[0][1] > shapes[-1][1]
+    assert shapes[-1][3] == FEATURE_DIMS[name]
+    assert order["features"] < order["classifier"]
+    classifier = model.get_layer("classifier")
+    assert isinstance(classifier, layers.Dense) and classifier.use_bias
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_1000))
+def test_he_normal_init_and_no_regularizers(built, name):
+    convs = [l for l in built[name].layers if isinstance(l, (layers.Conv2D, layers.Dense))]
+    assert convs
+    for layer in convs:
+        assert isinstance(layer.kernel_initializer, keras.initializers.HeNormal), layer.name
+        assert layer.kernel_regularizer is None and layer.bias_regularizer is None
+
+
+def test_features_are_pooled_stage4():
+    model = models.build("preact_resnet10", 5, input_shape=(8, 8, 3), width=8)
+    probe = keras.Model(model.input, [model.get_layer("stage4").output, model.get_layer("features").output])
+    stage4, features = probe(_images((8, 8, 3)), training=False)
+    np.testing.assert_allclose(np.mean(stage4, axis=(1, 2)), features, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", CIFAR_STYLE)
+def test_cifar_style_on_one_channel_8x8(name):
+    width = 4 if name == "densenet121_cifar" else 8
+    model = models.build(name, 10, input_shape=(8, 8, 1), width=width)
+    out = model(_images((8, 8, 1)), training=True)
+    assert tuple(out["logits"].shape) == (2, 10)
+    assert model.get_layer("stage1").output.shape[-1] < model.get_layer("stage4").output.shape[-1]
+
+
+def test_width_scales_cifar_resnets():
+    model = models.build("preact_resnet18", 10, input_shape=(8, 8, 3), width=16)
+    assert model.get_layer("stage1").output.shape[-1] == 16
+    assert model.get_layer("features").output.shape[-1] == 128
+    assert models.parameter_count(model) < 800_000
+
+
+def test_cosine_head_bounded_by_scale():
+    model = models.build("preact_resnet10", 7, input_shape=(8, 8, 3), width=8, head="cosine", scale=4.0)
+    classifier = model.get_layer("classifier")
+    assert isinstance(classifier, models.CosineClassifier)
+    assert not classifier.scale.trainable and float(classifier.scale.numpy()) == 4.0
+    assert all(w is not classifier.scale for w in model.trainable_weights)
+    logits = keras.ops.convert_to_numpy(model(_images((8, 8, 3), batch=4))["logits"])
+    assert np.all(np.abs(logits) <= 4.0 + 1e-5) and np.abs(logits).max() > 0
+    classifier.scale.assign(30.0)  # what AdaCos does
+    scaled = keras.ops.convert_to_numpy(model(_images((8, 8, 3), batch=4))["logits"])
+    np.testing.assert_allclose(scaled, logits * 7.5, rtol=1e-4, atol=1e-5)
+
+
+def test_config_round_trip_with_cosine_head():
+    model = models.build("preact_resnet10", 6, input_shape=(8, 8, 3), width=8, head="cosine", scale=2.0)
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    x = _images((8, 8, 3))
+    a, b = model(x, training=False), clone(x, training=False)
+    for key in ("logits", "features"):
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6)
+    assert isinstance(clone.get_layer("classifier"), models.CosineClassifier)
+    assert clone.get_layer("stage3") is not None
+
+
+@pytest.mark.parametrize("name", ["preact_resnet10", "resnet10"])
+def test_float32_outputs_under_mixed_precision(name):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = models.build(name, 5, input_shape=(16, 16, 3), width=8, head="cosine")
+        out = model(_images((16, 16, 3)), training=False)
+        assert model.get_layer("stage2").compute_dtype == "float16"
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert out["logits"].dtype == "float32" and out["features"].dtype == "float32"
+    assert keras.config.dtype_policy().name == previous.name
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ModelError) as info:
+        models.build("resnet19", 10)
+    message = str(info.value)
+    assert "\n" not in message and "resnet19" in message
+    assert all(name in message for name in models.available())
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(name="preact_resnet18", num_classes=0), "num_classes"),
+        (dict(name="preact_resnet18", num_classes=10, input_shape=(4, 4, 3)), "at least 8x8"),
+        (dict(name="densenet121", num_classes=10, input_shape=(16, 16, 3)), "at least 32x32"),
+        (dict(name="preact_resnet18", num_classes=10, input_shape=(32, 32)), "input_shape"),
+        (dict(name="resnet50", num_classes=10, width=16), "width"),
+        (dict(name="preact_resnet18", num_classes=10, width=-1), "width"),
+        (dict(name="preact_resnet18", num_classes=10, head="arcface"), "linear, cosine"),
+        (dict(name="preact_resnet18", num_classes=10, dropout=0.5), "dropout"),
+        (dict(name="preact_resnet18", num_classes=10, head="cosine", scale=0), "scale"),
+    ],
+)
+def test_bad_arguments_raise_model_error(kwargs, fragment):
+    with pytest.raises(ModelError) as info:
+        models.build(**kwargs)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_register_decorator(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @models.register("tiny_test_net", style="cifar", standard_width=4)
+    def tiny(inputs, width, depth=1):
+        """A throwaway test backbone."""
+        x = inputs
+        for k in range(1, depth + 1):
+            x = layers.Conv2D(width, 3, padding="same", name=f"stage{k}")(x)
+        return layers.GlobalAveragePooling2D()(x)
+
+    assert "tiny_test_net" in models.available()
+    model = models.build("tiny_test_net", 3, input_shape=(8, 8, 1), depth=2)
+    assert tuple(model.get_layer("stage2").output.shape) == (None, 8, 8, 4)
+    assert models.get_spec("tiny_test_net").summary == "A throwaway test backbone."
+    with pytest.raises(ModelError, match="already registered"):
+        models.register("tiny_test_net")(lambda inputs, width: inputs)
