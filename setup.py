@@ -5,6 +5,8 @@ from setuptools import find_packages, setup
 CONSOLE_SCRIPTS = [
     "cskd-train = cskd_tf.cli.train:run",
     "cskd-eval = cskd_tf.cli.eval:run",
+    "cskd-report = cskd_tf.cli.report:run",
+    "cskd-plot = cskd_tf.cli.plot:run",
 ]
 
 setup(

@@ -90,9 +90,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_splits = ("val", "test")  # evaluated at the end when the dataset has them
     c.checkpoint_every_epochs = 1
 
-    # Keras Tuner search space (read by cskd-tune).
+    # Keras Tuner search space (read by cskd-tune; see docs/tuning.md). Every entry may be
+    # () = not searched: the trial uses the plain field above (config.lambda_cls, ...).
     c.search = ml_collections.ConfigDict()
-    c.search.lambda_cls = (0.25, 8.0)  # log-uniform range
+    c.search.lambda_cls = (0.25, 8.0)  # (min, max), sampled log-uniformly; min > 0
     c.search.temperature = (1.0, 2.0, 4.0, 8.0)  # choices
     c.search.learning_rate = ()  # () = fixed; (min, max) = log-uniform
     c.search.weight_decay = ()
@@ -117,7 +118,45 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(f"config.lambda_cls must be >= 0 (got {config.lambda_cls!r})")
     if not 0 <= config.val_fraction < 1:
         raise ConfigError(f"config.val_fraction must be in [0, 1) (got {config.val_fraction!r})")
+    check_search(config.search)
     return config
+
+
+# config.search entries that are (min, max) ranges sampled log-uniformly, and the choice lists.
+SEARCH_RANGES = ("lambda_cls", "learning_rate", "weight_decay")
+SEARCH_CHOICES = ("temperature",)
+
+
+def check_search(search):
+    """The shape of config.search; whether it leaves anything to tune is cskd-tune's check."""
+    def numbers(value):
+        return isinstance(value, (tuple, list)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+    for field in SEARCH_RANGES:
+        value = search[field]
+        if not numbers(value) or len(value) not in (0, 2):
+            raise ConfigError(f"config.search.{field}={value!r} must be () (not searched) or "
+                              f"(min, max)")
+        if not value:
+            continue
+        low, high = value
+        if low > high:
+            raise ConfigError(f"config.search.{field}=({low!r}, {high!r}) has min > max; "
+                              f"write it as ({high!r}, {low!r})")
+        # Log-uniform sampling needs a positive lower end.
+        if low <= 0:
+            raise ConfigError(f"config.search.{field}=({low!r}, {high!r}) must have min > 0 "
+                              "(the range is sampled log-uniformly)")
+    for field in SEARCH_CHOICES:
+        value = search[field]
+        if not numbers(value):
+            raise ConfigError(f"config.search.{field}={value!r} must be a tuple of numbers "
+                              f"(the choices), or () to keep config.{field}")
+        if any(v <= 0 for v in value):
+            raise ConfigError(f"config.search.{field}={tuple(value)!r}: every choice must be > 0")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"config.search.{field}={tuple(value)!r} lists a choice twice")
 
 
 def _check_keys(config, reference, prefix):

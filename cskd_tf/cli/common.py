@@ -6,18 +6,52 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 
 # Before TensorFlow is imported anywhere: keep its C++ start-up chatter off the terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _import_tensorflow_quietly():
+    """TF 2.21 prints oneDNN/CUDA notices to fd 2 before its log level applies.
+
+    They are swallowed at import; if the import fails they are replayed so
+    the cause stays visible.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow
+
+            # The first device query logs a cuInit failure on machines without a GPU.
+            tensorflow.config.list_physical_devices("GPU")
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
 
 from absl import flags  # noqa: E402
 
 from cskd_tf.errors import ConfigError, CSKDError  # noqa: E402
 
 
-def run(main):
-    """absl's app.run with CSKDError and Ctrl-C turned into one-line messages."""
+def run(main, needs_tensorflow=True):
+    """absl's app.run with CSKDError and Ctrl-C turned into one-line messages.
+
+    Tools that only read JSON (cskd-report) pass ``needs_tensorflow=False`` and
+    start without paying for the TensorFlow import.
+    """
     from absl import app
+
+    if needs_tensorflow:
+        _import_tensorflow_quietly()
 
     def guarded(argv):
         try:
@@ -30,28 +64,26 @@ def run(main):
                   file=sys.stderr)
             sys.exit(130)
 
-    _quiet_absl_flag_errors()
-    app.run(guarded)
+    from absl import logging
+
+    # TensorFlow's checkpoint code logs every save at INFO through absl.
+    logging.set_verbosity(logging.WARNING)
+    app.run(guarded, flags_parser=_parse_flags)
 
 
-def _quiet_absl_flag_errors():
-    """absl prints a flag error plus a help hint on two lines; keep it to one."""
-    from absl import app
-
-    def handler(exc):  # pragma: no cover - exercised through the CLI tests
-        print(f"error: {exc}; see --helpfull for the flags", file=sys.stderr)
+def _parse_flags(argv):
+    """Flag errors as one line (absl prints two; config_flags raises bare
+    AttributeError/KeyError for an unknown --config.FIELD)."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as exc:
+        message = str(exc).strip()
+        if isinstance(exc, (AttributeError, KeyError)):
+            field = message.strip("'\"")
+            message = (f"unknown config field '{field}' in a --config.{field} override; "
+                       "see cskd_tf/config.py for the fields")
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
-
-    app.parse_flags_with_usage = _wrap_parse(handler, app.parse_flags_with_usage)
-
-
-def _wrap_parse(handler, original):
-    def parse(args):
-        try:
-            return flags.FLAGS(args)
-        except flags.Error as exc:
-            handler(exc)
-    return parse
 
 
 def load_config(config_flag_value, overrides_path=""):

@@ -1,29 +1,39 @@
-"""cskd-eval: re-evaluate a trained run and print the metrics JSON.
+"""cskd-eval: re-evaluate a trained run, or an export on its own, and print the metrics JSON.
 
     cskd-eval --workdir=DIR [--split=val|test|train]
+    cskd-eval --saved_model=saved_models/NAME/N [--config=configs/NAME.py [--config.F=V ...]]
+              [--split=...]
+
+With --saved_model the images go through the export's serving signatures (its in-graph
+preprocessing included); the data config is the training config stored in the export,
+or --config when given (it must describe the same classes).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
 from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
 
 from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A cskd-train workdir.")
+flags.DEFINE_string("saved_model", None, "A cskd-export version folder (saved_models/NAME/N) "
+                    "to evaluate instead of a workdir.")
+config_flags.DEFINE_config_file("config", None, "With --saved_model: the data config "
+                                "(configs/*.py); default: the config stored in the export.",
+                                lock_config=True)
 flags.DEFINE_string("split", "", "One split to evaluate; default: every split of the run.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
+def _evaluate_workdir():
     from cskd_tf import data as data_lib
     from cskd_tf.errors import ConfigError
     from cskd_tf.training.trainer import evaluate_splits, load_trained
 
-    if not FLAGS.workdir:
-        raise ConfigError("--workdir is required: a directory written by cskd-train")
     config, _, model = load_trained(FLAGS.workdir)
     info, splits = data_lib.prepare(config)
     if FLAGS.split:
@@ -32,7 +42,41 @@ def main(argv):
                               f"choose one of: {', '.join(sorted(splits))}")
         with config.unlocked():
             config.eval_splits = (FLAGS.split,)
-    print(json.dumps(evaluate_splits(model, config, info, splits), indent=2, sort_keys=True))
+    return evaluate_splits(model, config, info, splits)
+
+
+def _evaluate_saved_model():
+    from cskd_tf.serving import ServingError
+    from cskd_tf.serving.evaluate import data_differences, evaluate_export
+    from cskd_tf.serving.loading import ExportedModel
+
+    exported = ExportedModel(FLAGS.saved_model)
+    if FLAGS.config is not None:
+        config = common.load_config(FLAGS.config)
+        try:
+            differing = data_differences(config, exported.training_config())
+        except ServingError:  # a SavedModel without cskd assets: nothing to compare with
+            differing = []
+        if differing:
+            print(f"warning: --config differs from the export's training config in "
+                  f"{', '.join(differing)}; the splits may hold other examples",
+                  file=sys.stderr)
+    else:
+        config = exported.training_config()
+    return evaluate_export(exported, config, [FLAGS.split] if FLAGS.split else None)
+
+
+def main(argv):
+    from cskd_tf.errors import ConfigError
+
+    del argv
+    if bool(FLAGS.workdir) == bool(FLAGS.saved_model):
+        raise ConfigError("pass either --workdir=DIR (a directory written by cskd-train) or "
+                          "--saved_model=saved_models/NAME/N (a cskd-export version)")
+    if FLAGS.workdir and FLAGS.config is not None:
+        raise ConfigError("--config is only used with --saved_model; a workdir has its own")
+    results = _evaluate_workdir() if FLAGS.workdir else _evaluate_saved_model()
+    print(json.dumps(results, indent=2, sort_keys=True))
 
 
 def run():

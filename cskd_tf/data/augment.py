@@ -104,12 +104,19 @@ def train_transform(name: str, image_size: int, channels: int) -> TrainFn:
 
 def fix_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
     """Makes the last axis ``channels`` long: grey -> RGB, RGBA -> RGB, RGB -> grey."""
+    static = image.shape[-1]
+    if static is not None:  # decided while tracing: no branch in the graph
+        if static == channels:
+            return image
+        if channels == 3:
+            return tf.image.grayscale_to_rgb(image) if static == 1 else image[..., :3]
+        return tf.image.rgb_to_grayscale(image[..., :3])
     have = tf.shape(image)[-1]
     if channels == 3:
         image = tf.cond(tf.equal(have, 1),
                         lambda: tf.concat([image, image, image], axis=-1),
                         lambda: image[..., :3])
-    elif channels == 1:
+    else:
         image = tf.cond(tf.equal(have, 1),
                         lambda: image,
                         lambda: tf.image.rgb_to_grayscale(image[..., :3]))

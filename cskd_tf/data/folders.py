@@ -60,6 +60,7 @@ class TinyImageNetSource(Source):
     default_augment = "tinyimagenet"
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     layout = "wnids.txt, words.txt, train/<wnid>/images/ and val/ of TinyImageNet-200"
+    required = ("wnids.txt", "train")
 
     def has_val(self) -> bool:
         return os.path.isfile(os.path.join(self.require_dir(), "val", "val_annotations.txt"))
@@ -122,6 +123,7 @@ class ImageFolderSource(Source):
     default_image_size = 224
     default_augment = "finegrained"
     layout = "train/<class>/*.jpg (and optional val/, test/)"
+    required = ("train",)
 
     def has_val(self) -> bool:
         return os.path.isdir(os.path.join(self.require_dir(), "val"))
@@ -174,6 +176,7 @@ class MIT67Source(Source):
     default_augment = "finegrained"
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     layout = "Images/<class>/*.jpg, TrainImages.txt and TestImages.txt of MIT Indoor-67"
+    required = ("Images", "TrainImages.txt", "TestImages.txt")
 
     def load(self) -> Listing:
         root = self.require_dir()

@@ -12,6 +12,8 @@ Everything random is a stateless op keyed by (seed, epoch, ...): the permutation
 position in the epoch's global order, view). So a stream is reproducible from ``seed``,
 a run resumed at ``start_epoch=k`` sees exactly the batches an uninterrupted run sees from
 epoch k on, and the draws do not depend on how the epoch is sharded across workers.
+(:func:`pair_dataset`, for ``model.fit(ds, epochs=E)`` which iterates a dataset once per
+epoch, also folds in a per-iteration number so each iteration draws new epochs.)
 
 Batches never straddle epochs. With ``drop_remainder`` (training) an epoch is
 ``floor(N / num_shards / batch_size)`` batches, so up to ``batch_size - 1`` anchors of each
@@ -73,30 +75,32 @@ def plan(num_examples: int, batch_size: int, num_shards: int = 1, steps_per_epoc
     return 1, (steps * batch_size if drop_remainder else per_shard), steps
 
 
-def epoch_key(seed, epoch) -> tf.Tensor:
+def epoch_key(seed, epoch, nonce=None) -> tf.Tensor:
+    """The stateless key of one epoch: every random draw of the epoch derives from it."""
     base = tf.constant([int(seed), SALT], tf.int64)
+    if nonce is not None:  # pair_dataset's fresh key per iteration
+        base = tf.random.experimental.stateless_fold_in(base, nonce)
     return tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64))
 
 
-def view_seed(seed, epoch, position, view: int) -> tf.Tensor:
-    """The stateless seed of one augmentation: keyed by (seed, epoch, position, view)."""
-    key = tf.random.experimental.stateless_fold_in(epoch_key(seed, epoch), 2)
+def view_seed(key, position, view: int) -> tf.Tensor:
+    """The stateless seed of one augmentation: keyed by (epoch key, position, view)."""
+    key = tf.random.experimental.stateless_fold_in(key, 2)
     return tf.random.experimental.stateless_fold_in(
         key, tf.cast(position, tf.int64) * len(VIEWS) + view)
 
 
-def epoch_indices(counts, seed, epoch, *, rounds, length, num_shards=1, shard_index=0):
+def epoch_indices(counts, key, *, rounds, length, num_shards=1, shard_index=0):
     """One epoch's anchors and partners on one shard, as indices into class-sorted data.
 
-    Returns a dict of int64 vectors of ``length``: epoch, position (in the global order),
-    anchor, partner, label.
+    ``key`` is the epoch's :func:`epoch_key`. Returns a dict of ``length`` rows: key
+    (the epoch key, repeated), position (in the global order), anchor, partner, label.
     """
     counts = np.asarray(counts, np.int64)
     n = int(counts.sum())
     starts = tf.constant(np.concatenate([[0], np.cumsum(counts)[:-1]]), tf.int64)
     labels = tf.constant(np.repeat(np.arange(len(counts)), counts), tf.int64)
     counts_t = tf.constant(counts, tf.int64)
-    key = epoch_key(seed, epoch)
     perm_key = tf.random.experimental.stateless_fold_in(key, 0)
     order = tf.concat([
         tf.random.experimental.stateless_shuffle(
@@ -111,9 +115,16 @@ def epoch_indices(counts, seed, epoch, *, rounds, length, num_shards=1, shard_in
     count = tf.gather(counts_t, label)
     offset = tf.cast(tf.floor(tf.gather(u, position) * tf.cast(count, tf.float64)), tf.int64)
     partner = tf.gather(starts, label) + tf.minimum(offset, count - 1)
-    epoch_vec = tf.fill([length], tf.cast(epoch, tf.int64))
-    return {"epoch": epoch_vec, "position": position, "anchor": anchor, "partner": partner,
+    keys = tf.tile(key[None], [length, 1])
+    return {"key": keys, "position": position, "anchor": anchor, "partner": partner,
             "label": label}
+
+
+def _deterministic(ds):
+    # Reproducible batches even if the caller's tf.data options allow reordering.
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
 
 
 def _emit(views, images, label):
@@ -125,12 +136,16 @@ def _emit(views, images, label):
 
 def memory_pairs(fetch, counts, *, views=("anchor", "partner"), augment=None, seed=0,
                  start_epoch=0, num_epochs=1, batch_size=128, num_shards=1, shard_index=0,
-                 steps_per_epoch=0, drop_remainder=True):
+                 steps_per_epoch=0, drop_remainder=True, reshuffle_each_iteration=False):
     """The exact sampler over in-memory data sorted by class.
 
     ``fetch(index) -> float32 image in [0, 1]`` reads example ``index`` (class-sorted, class
     c occupying ``sum(counts[:c]) .. + counts[c]``); ``augment(image, seed)`` or None.
     Returns (dataset over epochs start_epoch..num_epochs-1, batches per epoch).
+
+    ``reshuffle_each_iteration``: each new iteration of the dataset draws fresh epochs (keyed
+    by a per-iteration number from ``Dataset.random(seed)``, so still reproducible), for
+    callers such as ``model.fit(ds, epochs=E)`` that iterate the dataset once per epoch.
     """
     views = check_views(views)
     if not 0 <= shard_index < num_shards:
@@ -147,19 +162,24 @@ def memory_pairs(fetch, counts, *, views=("anchor", "partner"), augment=None, se
                 cache[which] = fetch(e[which])
             image = cache[which]
             if augment is not None:
-                image = augment(image, view_seed(seed, e["epoch"], e["position"], VIEW_ID[name]))
+                image = augment(image, view_seed(e["key"], e["position"], VIEW_ID[name]))
             images.append(image)
         return _emit(views, images, e["label"])
 
-    def per_epoch(epoch):
-        idx = epoch_indices(counts, seed, epoch, rounds=rounds, length=length,
+    def per_epoch(epoch, nonce=None):
+        idx = epoch_indices(counts, epoch_key(seed, epoch, nonce), rounds=rounds, length=length,
                             num_shards=num_shards, shard_index=shard_index)
         return (tf.data.Dataset.from_tensor_slices(idx)
                 .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .batch(batch_size, drop_remainder=drop_remainder))
 
-    ds = tf.data.Dataset.range(int(start_epoch), int(num_epochs)).flat_map(per_epoch)
-    return ds.prefetch(tf.data.AUTOTUNE), steps
+    epochs = tf.data.Dataset.range(int(start_epoch), int(num_epochs))
+    if reshuffle_each_iteration:
+        ds = (tf.data.Dataset.random(seed=int(seed), rerandomize_each_iteration=True).take(1)
+              .flat_map(lambda nonce: epochs.flat_map(lambda e: per_epoch(e, nonce))))
+    else:
+        ds = epochs.flat_map(per_epoch)
+    return _deterministic(ds.prefetch(tf.data.AUTOTUNE)), steps
 
 
 def stream_pairs(split, *, views=("anchor", "partner"), augment=None, seed=0, start_epoch=0,
@@ -201,7 +221,7 @@ def stream_pairs(split, *, views=("anchor", "partner"), augment=None, seed=0, st
             # same stream, one for the images and one for the labels that pick partners.
             return (tf.data.Dataset.from_tensor_slices(files)
                     .interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=read_buffer),
-                                cycle_length=num_classes, block_length=1, deterministic=True)
+                                cycle_length=num_classes, block_length=1)
                     .shuffle(buffer, seed=anchor_seed, reshuffle_each_iteration=True)
                     .repeat(rounds).enumerate().shard(num_shards, shard_index).take(length))
 
@@ -223,7 +243,7 @@ def stream_pairs(split, *, views=("anchor", "partner"), augment=None, seed=0, st
             for name in views:
                 image = decoded["partner" if name == "partner" else "anchor"]
                 if augment is not None:
-                    image = augment(image, view_seed(seed, epoch, position, VIEW_ID[name]))
+                    image = augment(image, view_seed(key, position, VIEW_ID[name]))
                 images.append(image)
             return _emit(views, images, label)
 
@@ -233,17 +253,19 @@ def stream_pairs(split, *, views=("anchor", "partner"), augment=None, seed=0, st
                 .batch(batch_size, drop_remainder=drop_remainder))
 
     ds = tf.data.Dataset.range(int(start_epoch), int(num_epochs)).flat_map(per_epoch)
-    return ds.prefetch(tf.data.AUTOTUNE), steps
+    return _deterministic(ds.prefetch(tf.data.AUTOTUNE)), steps
 
 
 def pair_dataset(images, labels, batch_size, seed, augment=None, epochs=1, *,
-                 drop_remainder=False) -> tf.data.Dataset:
+                 drop_remainder=False, reshuffle_each_iteration=True) -> tf.data.Dataset:
     """CS-KD pairs from in-memory arrays: yields ``((x, x_partner), y)`` batches.
 
     ``images``: (N, H, W[, C]) uint8 (scaled to [0, 1]) or float (used as is); ``labels``:
-    (N,) ints >= 0. ``augment``: None or ``(image, seed[2]) -> image``. Covers epochs
-    0..epochs-1; by default each epoch's last batch may be short, so every example is an
-    anchor exactly once per epoch, as in the reference sampler.
+    (N,) ints >= 0. ``augment``: None or ``(image, seed[2]) -> image``. One iteration covers
+    ``epochs`` epochs; by default each epoch's last batch may be short, so every example is
+    an anchor exactly once per epoch, as in the reference sampler. Each new iteration (e.g.
+    each epoch of ``model.fit(ds, epochs=...)``) draws new orders, partners and
+    augmentations; a new dataset with the same seed repeats the same sequence.
     """
     images = np.asarray(images)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -252,6 +274,13 @@ def pair_dataset(images, labels, batch_size, seed, augment=None, epochs=1, *,
     if images.ndim != 4 or len(images) != len(labels) or len(labels) == 0:
         raise DataError(f"pair_dataset needs images (N, H, W[, C]) and N labels, got "
                         f"{images.shape} and {labels.shape}; pass matching arrays")
+    if images.dtype != np.uint8 and np.issubdtype(images.dtype, np.integer):
+        if images.min() < 0 or images.max() > 255:
+            raise DataError("pair_dataset: integer images must be in 0..255; pass uint8 or "
+                            "float images")
+        images = images.astype(np.uint8)
+    elif images.dtype != np.uint8:
+        images = images.astype(np.float32)
     if labels.min() < 0:
         raise DataError(f"pair_dataset: labels must be >= 0 (got {labels.min()}); remap them")
     order = np.argsort(labels, kind="stable")
@@ -262,5 +291,6 @@ def pair_dataset(images, labels, batch_size, seed, augment=None, epochs=1, *,
         return tf.image.convert_image_dtype(tf.gather(data, index), tf.float32)
 
     ds, _ = memory_pairs(fetch, counts, augment=augment, seed=seed, num_epochs=epochs,
-                         batch_size=batch_size, drop_remainder=drop_remainder)
+                         batch_size=batch_size, drop_remainder=drop_remainder,
+                         reshuffle_each_iteration=reshuffle_each_iteration)
     return ds

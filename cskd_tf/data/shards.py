@@ -41,6 +41,7 @@ from cskd_tf.errors import DataError
 
 FORMAT_VERSION = 1
 CHUNK = 512  # images decoded per tf.data batch when checking
+READ_BUFFER = 256 * 1024
 log = logging.getLogger(__name__)
 
 FEATURES = {
@@ -122,14 +123,14 @@ class PreparedSplit:
 
     def records(self) -> tf.data.Dataset:
         """(payload, label) in class order, then file order: deterministic."""
-        return (tf.data.TFRecordDataset(self.files())
+        return (tf.data.TFRecordDataset(self.files(), buffer_size=READ_BUFFER)
                 .map(self.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
     def load(self):
         """All payloads and labels in memory (numpy object/int64 arrays), class-sorted."""
         if self._memory is None:
             payloads, labels = [], []
-            batches = (tf.data.TFRecordDataset(self.files())
+            batches = (tf.data.TFRecordDataset(self.files(), buffer_size=READ_BUFFER)
                        .batch(4096).map(lambda s: tf.io.parse_example(s, FEATURES)))
             for b in batches.as_numpy_iterator():
                 payloads.append(b["image"])
@@ -158,6 +159,7 @@ def prepare_cache(source: Source, *, cache_dir="", max_classes=0, max_train_per_
                          val_fraction=val_fraction, seed=seed,
                          max_train_per_class=max_train_per_class)
         os.makedirs(root, exist_ok=True)
+        _remove_stale(root, key)
         tmp = os.path.join(root, f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             log.info("building the shard cache %s", final)
@@ -177,6 +179,20 @@ def prepare_cache(source: Source, *, cache_dir="", max_classes=0, max_train_per_
                                   channels=meta["channels"])
               for name, s in meta["splits"].items()}
     return meta, splits
+
+
+def _remove_stale(root: str, key: str):
+    """Deletes temporary folders of this key left by builds whose process is gone."""
+    for name in os.listdir(root):
+        match = re.fullmatch(rf"\.tmp-{re.escape(key)}-(\d+)-[0-9a-f]+", name)
+        if not match:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except OSError:
+            pass  # alive, owned by someone else
 
 
 def _read_meta(folder: str):
@@ -234,7 +250,7 @@ def _write_split(folder, data: SplitData, num_classes: int, channels: int):
     total = np.zeros(channels)
     total_sq = np.zeros(channels)
     pixels = 0
-    shapes = set()
+    shapes, formats = set(), set()
     try:
         items = data.items()
         while True:
@@ -268,6 +284,7 @@ def _write_split(folder, data: SplitData, num_classes: int, channels: int):
                 writers[label].write(_example(payload, label, shape, fmt))
                 counts[label] += 1
                 shapes.add(tuple(shape))
+                formats.add(fmt)
     finally:
         for w in writers.values():
             w.close()
@@ -275,6 +292,7 @@ def _write_split(folder, data: SplitData, num_classes: int, channels: int):
     std = np.sqrt(np.maximum(total_sq / max(pixels, 1) - mean * mean, 0.0))
     native = list(next(iter(shapes))) if len(shapes) == 1 else None
     info = {"counts": counts.tolist(), "num_examples": int(counts.sum()), "kind": data.kind,
+            "formats": sorted(formats),
             "raw_shape": native if data.kind == "raw" else None, "native_shape": native}
     return info, {"train_mean": mean.tolist(), "train_std": std.tolist(), "native_shape": native}
 

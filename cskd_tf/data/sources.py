@@ -130,8 +130,17 @@ class Source:
         """Whether load() lists its own "val" split (else it is held out of train)."""
         return False
 
+    required: tuple = ()  # paths under data_dir that the layout must have
+
     def fingerprint(self) -> str:
-        return tree_fingerprint(self.require_dir())
+        root = self.require_dir()
+        # Check the layout before walking the tree: a wrong data_dir (say, a home folder)
+        # should fail at once, not after statting every file under it.
+        for rel in self.required:
+            if not os.path.exists(os.path.join(root, rel)):
+                raise DataError(f"{os.path.join(root, rel)} not found; config.data_dir must be "
+                                f"the folder holding {self.layout}")
+        return tree_fingerprint(root)
 
 
 def tree_fingerprint(root: str) -> str:
@@ -244,6 +253,13 @@ class FashionMNISTSource(Source):
         raise DataError(f"{os.path.join(root, stem)}[.gz] not found; set --config.data_dir to "
                         f"the folder holding {self.layout}")
 
+    STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+
+    def fingerprint(self) -> str:
+        stats = [os.stat(self._file(stem)) for stem in self.STEMS]
+        return ";".join(f"{st.st_size}@{st.st_mtime:.3f}" for st in stats)
+
     def load(self) -> Listing:
         splits = {}
         for split, prefix in (("train", "train"), ("test", "t10k")):
@@ -313,7 +329,7 @@ def select(listing: Listing, *, dataset: str, max_classes: int, val_fraction: fl
             rows = np.flatnonzero(train.labels == c)
             # At least one per class (when the class has two) so val covers every class.
             n_val = max(0, min(max(int(round(val_fraction * len(rows))), 1), len(rows) - 1))
-            perm = np.random.default_rng([int(seed), c]).permutation(len(rows))
+            perm = np.random.default_rng([int(seed) & 0xFFFFFFFF, c]).permutation(len(rows))
             held.append(rows[perm[:n_val]])
             keep.append(rows[perm[n_val:]])
         splits["val"] = train.take(np.concatenate(held))
@@ -331,4 +347,5 @@ def select(listing: Listing, *, dataset: str, max_classes: int, val_fraction: fl
         if len(data) == 0:
             raise DataError(f"{dataset}: the {split} split is empty; add examples to it or "
                             f"remove it (val is then held out of train by config.val_fraction)")
-    return Listing(class_names=names, splits=splits)
+    order = ["train", "val", "test"] + sorted(set(splits) - {"train", "val", "test"})
+    return Listing(class_names=names, splits={k: splits[k] for k in order if k in splits})

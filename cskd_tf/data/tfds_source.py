@@ -86,9 +86,8 @@ class TFDSSource(Source):
             raise DataError(
                 f"TFDS dataset {self.spec!r} is not prepared in {self.builder.data_dir} and "
                 f"preparing it failed ({_one_line(e)}); run once with internet access, or "
-                f"prepare that data_dir elsewhere (manual downloads go in "
-                f"<data_dir>/downloads/manual, see the TFDS catalog) and set "
-                f"--config.data_dir to it") from None
+                f"prepare a data_dir elsewhere (manual downloads: <data_dir>/downloads/manual, "
+                f"see the TFDS catalog) and set --config.data_dir to it") from None
 
     def load(self) -> Listing:
         import tensorflow as tf

@@ -15,6 +15,12 @@ recipe is PyTorch's SGD, whose weight decay is added to the gradient before
 momentum; Keras' ``weight_decay`` argument is the decoupled variant. The
 logged ``loss`` excludes it, as the reference code's logs do.
 
+Under a ``tf.distribute`` strategy with R replicas the step runs once per
+replica on its slice of the global batch and the objective is divided by R
+before the gradient (the optimizer sums the replicas' gradients), so training
+follows the gradient of the global-batch mean; the logged metrics are
+global-batch values too (see cskd_tf/training/distribute.py).
+
 ``call(x)`` returns logits, so ``predict``, export and any Keras tool treat it
 as an ordinary classifier; ``embed(x)`` returns the penultimate features.
 """
@@ -117,6 +123,14 @@ class CSKDModel(keras.Model):
                 objective += 0.5 * self.weight_decay * tf.add_n(
                     [tf.reduce_sum(tf.square(tf.cast(v, tf.float32)))
                      for v in self.trainable_variables])
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            if replicas > 1:
+                # The optimizer sums the replicas' gradients (all-reduce SUM), and every
+                # term here is a mean over this replica's batch slice (the class-wise KL
+                # over its anchors): dividing by the replica count makes that sum the
+                # gradient of the global-batch mean. Weight decay, the same on every
+                # replica, is then counted once.
+                objective = objective / replicas
             scaled = self.optimizer.scale_loss(objective)
         gradients = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)

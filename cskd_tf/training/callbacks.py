@@ -69,11 +69,22 @@ class CSKDCallback(keras.callbacks.Callback):
 
 
 class LearningRateLogger(keras.callbacks.Callback):
-    """Adds the learning rate in effect at the end of each epoch as ``lr``."""
+    """Adds the learning rate of the epoch's last step as ``lr``.
+
+    ``optimizer.learning_rate`` evaluates a schedule at the *next* step, which
+    after the last step of an epoch is already the next epoch's rate.
+    """
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["lr"] = float(np.asarray(self.model.optimizer.learning_rate))
+        if logs is None:
+            return
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+        schedule = getattr(optimizer, "_learning_rate", None)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            last_step = max(int(optimizer.iterations.numpy()) - 1, 0)
+            logs["lr"] = float(np.asarray(schedule(last_step)))
+        else:
+            logs["lr"] = float(np.asarray(optimizer.learning_rate))
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):

@@ -17,10 +17,10 @@ import tensorflow as tf
 from cskd_tf import config as config_lib
 from cskd_tf import data as data_lib
 from cskd_tf import losses, models
-from cskd_tf.errors import WorkdirError
+from cskd_tf.errors import ConfigError, WorkdirError
 from cskd_tf.models.cskd_model import CSKDModel
 from cskd_tf.training import callbacks as cb
-from cskd_tf.training import runtime
+from cskd_tf.training import distribute, runtime
 from cskd_tf.training.schedules import EpochSchedule
 from cskd_tf.training.workdir import Workdir
 
@@ -69,27 +69,46 @@ def make_checkpoint(model, workdir: Workdir):
 def train(config, workdir_path, overwrite=False, extra_callbacks=()):
     """Trains (or resumes) a run and writes DIR/metrics.json; returns the metrics."""
     config_lib.validate(config)
+    # Name errors surface before anything is written or any data is read.
+    models.get_spec(config.model)
+    method = losses.get_method(config.method, config)
     workdir = Workdir(workdir_path)
+    # Before any other TensorFlow work: a multi-worker strategy configures the runtime.
+    placement = distribute.setup(config)
     jit_compile = runtime.setup(config)
     info, splits = data_lib.prepare(config)
-    workdir.prepare_for_training(config, overwrite=overwrite)
-    workdir.write("data.json", {**info_to_json(info), "augment": config.augment})
+    # Only the chief writes the workdir; other workers write to a temporary one.
+    out = distribute.output_workdir(placement, workdir, config, overwrite=overwrite)
+    out.write("data.json", {**info_to_json(info), "augment": config.augment})
 
-    method = losses.get_method(config.method, config)
-    model = build_model(config, info.num_classes, info.image_shape, info.mean, info.std, method)
-    steps_per_epoch = config.steps_per_epoch or info.splits["train"] // config.batch_size
-    compile_model(model, config, steps_per_epoch, jit_compile)
-    checkpoint, manager, epoch_var = make_checkpoint(model, workdir)
+    # Model, method state, optimizer and metrics belong to the strategy (a no-op scope on
+    # the single-device path).
+    with placement.scope():
+        model = build_model(config, info.num_classes, info.image_shape, info.mean, info.std,
+                            method)
+        method.prepare_training(model)
+        steps_per_epoch = config.steps_per_epoch or info.splits["train"] // config.batch_size
+        if steps_per_epoch < 1:
+            raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
+                              f"split ({info.splits['train']} examples); lower --config.batch_size")
+        compile_model(model, config, steps_per_epoch,
+                      distribute.resolve_jit_compile(placement, jit_compile))
+    checkpoint, manager, epoch_var = make_checkpoint(model, out)
+    # Every worker resumes from the chief's checkpoints.
+    latest = (manager.latest_checkpoint if out is workdir
+              else tf.train.latest_checkpoint(workdir.checkpoint_dir))
     start_epoch = 0
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
         start_epoch = int(epoch_var.numpy())
         if config.verbose:
             print(f"Resuming {workdir.path} after epoch {start_epoch} of {config.num_epochs}")
+    distribute.check_agree(placement, start_epoch, "the epoch to resume after")
 
     if start_epoch < config.num_epochs:
-        train_ds, data_steps = data_lib.train_dataset(
-            config, info, splits["train"], views=method.views, start_epoch=start_epoch)
+        train_ds, data_steps = distribute.train_dataset(
+            placement, config, info, splits["train"], views=method.views,
+            start_epoch=start_epoch)
         assert data_steps == steps_per_epoch, (data_steps, steps_per_epoch)
         val_ds = data_lib.eval_dataset(config, info, splits["val"]) if "val" in splits else None
         callbacks = [
@@ -100,17 +119,18 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
                             lambda_warmup_epochs=config.lambda_warmup_epochs,
                             jit_compile=jit_compile),
             cb.EpochCheckpoint(manager, epoch_var, every=config.checkpoint_every_epochs),
-            keras.callbacks.CSVLogger(workdir.file("history.csv"), append=True),
-            keras.callbacks.TensorBoard(workdir.file("tensorboard"), write_graph=False,
+            keras.callbacks.CSVLogger(out.file("history.csv"), append=True),
+            keras.callbacks.TensorBoard(out.file("tensorboard"), write_graph=False,
                                         profile_batch=0),
             *extra_callbacks,
         ]
         model.fit(train_ds, epochs=config.num_epochs, initial_epoch=start_epoch,
-                  steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
                   verbose=int(config.verbose) and (1 if os.isatty(1) else 2))
 
     metrics = evaluate_splits(model, config, info, splits, jit_compile)
-    workdir.write("metrics.json", metrics)
+    out.write("metrics.json", metrics)
+    distribute.release(out, workdir)
     return metrics
 
 

@@ -75,6 +75,11 @@ class Method:
     def build(self, model):
         """Creates extra state on ``model`` (heads, variables). Called once."""
 
+    def prepare_training(self, model):
+        """Loads state only training needs (e.g. a KD teacher); ``trainer.train`` calls it
+        once after building the model. Unlike :meth:`build`, evaluation and export of a
+        finished run never call it, so they do not need the teacher."""
+
     def targets(self, model, images, labels):
         """Computations outside the gradient tape (partner/teacher passes)."""
         return {}

@@ -1,0 +1,49 @@
+"""cskd-report: result tables of finished runs in the CS-KD paper's layout.
+
+    cskd-report RUN_DIR... [--format=markdown|csv|latex] [--split=test|val] [--output=FILE]
+
+RUN_DIR may be a run directory (it holds config.json) or any folder above
+runs; runs are grouped by dataset x model x method and their seeds averaged
+(mean ± std). Unfinished runs make their group show as incomplete. The split
+defaults to test when every finished run has it, else val.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
+
+from absl import flags  # noqa: E402
+
+flags.DEFINE_enum("format", "markdown", ["markdown", "csv", "latex"], "Output format.")
+flags.DEFINE_string("split", "", "test, val or train; default: test if every finished run has "
+                    "it, else val.")
+flags.DEFINE_string("output", "", "Write the report to this file instead of stdout.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    from cskd_tf.errors import ConfigError
+    from cskd_tf.evaluation.report import build_report
+
+    paths = argv[1:]
+    if not paths:
+        raise ConfigError("no run directories given; usage: cskd-report RUN_DIR... "
+                          "[--format=markdown|csv|latex] [--split=test|val] [--output=FILE]")
+    text = build_report(paths, fmt=FLAGS.format, split=FLAGS.split)
+    if FLAGS.output:
+        parent = os.path.dirname(os.path.abspath(FLAGS.output))
+        os.makedirs(parent, exist_ok=True)
+        with open(FLAGS.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        print(text, end="")
+
+
+def run():
+    common.run(main, needs_tensorflow=False)
+
+
+if __name__ == "__main__":
+    run()

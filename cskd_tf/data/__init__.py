@@ -1,0 +1,19 @@
+"""Data for cskd_tf: sources, the per-class TFRecord shard cache, and the CS-KD pair pipeline.
+
+* :mod:`cskd_tf.data.sources`, :mod:`~cskd_tf.data.folders`, :mod:`~cskd_tf.data.tfds_source`:
+  where each dataset's examples are (``config.dataset``) and the split rules;
+* :mod:`cskd_tf.data.shards`: each split written once as per-class TFRecord files;
+* :mod:`cskd_tf.data.pairs`: the class-wise pair sampler (exact in memory, or streaming);
+* :mod:`cskd_tf.data.augment`: per-dataset augmentation (``config.augment``);
+* :mod:`cskd_tf.data.pipeline`: the API below.
+"""
+
+from cskd_tf.data.augment import AUGMENTS
+from cskd_tf.data.pairs import pair_dataset
+from cskd_tf.data.pipeline import (DatasetInfo, eval_dataset, eval_preprocess, prepare,
+                                   train_dataset)
+from cskd_tf.data.shards import PreparedSplit
+from cskd_tf.data.sources import source_names
+
+__all__ = ["AUGMENTS", "DatasetInfo", "PreparedSplit", "eval_dataset", "eval_preprocess",
+           "pair_dataset", "prepare", "source_names", "train_dataset"]

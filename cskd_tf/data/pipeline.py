@@ -1,0 +1,161 @@
+"""The data API the trainer, evaluator and exporter use: prepare, train/eval datasets.
+
+Typical use::
+
+    info, splits = prepare(config)                        # builds or reuses the shard cache
+    train, steps = train_dataset(config, info, splits["train"])
+    val = eval_dataset(config, info, splits["val"])
+    serve_fn = eval_preprocess(info, info.augment)        # same function as eval uses
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from cskd_tf.data import augment as augment_lib
+from cskd_tf.data import pairs
+from cskd_tf.data.shards import PreparedSplit, prepare_cache
+from cskd_tf.data.sources import get_source
+from cskd_tf.errors import ConfigError
+
+
+@dataclass
+class DatasetInfo:
+    """What the model and the reports need to know about a prepared dataset.
+
+    ``image_shape`` is (H, W, C) at the model input; ``mean``/``std`` are per channel in
+    [0, 1] units (published values for CIFAR and ImageNet-like data, else computed from the
+    train split when the cache was built) — the model normalises, the pipeline does not.
+    ``splits`` maps split name -> number of examples; ``train_counts[c]`` is class c's
+    training examples. ``augment`` is the resolved ``config.augment``.
+    """
+
+    name: str
+    num_classes: int
+    class_names: list
+    image_shape: tuple
+    mean: tuple
+    std: tuple
+    splits: dict
+    train_counts: np.ndarray
+    augment: str = "none"
+    cache_path: str = ""
+    native_shape: tuple | None = field(default=None)  # source image shape, if all alike
+
+
+def _check(config):
+    for name in ("image_size", "max_classes", "max_train_per_class", "shuffle_buffer",
+                 "steps_per_epoch"):
+        if int(config[name]) < 0:
+            raise ConfigError(f"config.{name} must be >= 0 (got {config[name]!r})")
+    if config.pair_mode not in ("memory", "stream"):
+        raise ConfigError(f"config.pair_mode={config.pair_mode!r} is not 'memory' or 'stream'; "
+                          f"set --config.pair_mode to one of them")
+    if config.augment != "auto":
+        augment_lib.check_name(config.augment)
+    if not 0 <= config.val_fraction < 1:
+        raise ConfigError(f"config.val_fraction must be in [0, 1) (got {config.val_fraction!r})")
+
+
+def prepare(config):
+    """Resolves ``config.dataset``, builds or reuses its shard cache, and validates it.
+
+    Returns (DatasetInfo, {split name: PreparedSplit}); splits are "train" and, where the
+    data has them, "val" (else held out of train) and "test".
+    """
+    _check(config)
+    source = get_source(config.dataset, config.data_dir)
+    meta, splits = prepare_cache(
+        source, cache_dir=config.cache_dir, max_classes=config.max_classes,
+        max_train_per_class=config.max_train_per_class, val_fraction=config.val_fraction,
+        seed=config.seed)
+    size = int(config.image_size) or int(source.default_image_size)
+    name = source.default_augment if config.augment == "auto" else config.augment
+    mean = tuple(float(m) for m in (source.mean or meta["train_mean"]))
+    # A constant channel would make the model divide by zero.
+    std = tuple(max(float(s), 1e-3) for s in (source.std or meta["train_std"]))
+    native = meta.get("native_shape")
+    info = DatasetInfo(
+        name=config.dataset, num_classes=len(meta["class_names"]),
+        class_names=list(meta["class_names"]), image_shape=(size, size, int(meta["channels"])),
+        mean=mean, std=std, splits={k: v.num_examples for k, v in splits.items()},
+        train_counts=splits["train"].counts.copy(), augment=name,
+        cache_path=os.path.dirname(splits["train"].directory),
+        native_shape=tuple(native) if native else None)
+    return info, splits
+
+
+def _split(config, split):
+    if isinstance(split, str):
+        return prepare(config)[1][split]
+    return split
+
+
+def _memory_fetch(split: PreparedSplit):
+    payloads, _ = split.load()
+    if split.kind == "raw":
+        # Raw records of an array source share one shape: gather from one uint8 tensor.
+        data = tf.constant(np.frombuffer(b"".join(payloads), np.uint8)
+                           .reshape((len(payloads),) + tuple(split.raw_shape)))
+
+        def fetch(index):
+            return tf.image.convert_image_dtype(tf.gather(data, index), tf.float32)
+    else:
+        data = tf.constant(payloads, tf.string)
+
+        def fetch(index):
+            return tf.image.convert_image_dtype(split.decode(tf.gather(data, index)), tf.float32)
+    return fetch
+
+
+def train_dataset(config, info: DatasetInfo, split, views=("anchor", "partner"), start_epoch=0,
+                  num_shards=1, shard_index=0, batch_size=None):
+    """The training pair stream over epochs ``start_epoch .. config.num_epochs - 1``.
+
+    Elements are ``(x, y)`` when ``views == ("anchor",)``, else ``((img per view...), y)``;
+    views are names from ("anchor", "partner", "view2"), view2 being a second independent
+    augmentation of the anchor. Images are float32 (S, S, C) in [0, 1]; y is int32.
+    ``batch_size`` defaults to ``config.batch_size`` (pass the per-worker size when
+    sharding). Returns (dataset, steps_per_epoch); ``config.steps_per_epoch > 0`` sets the
+    number of batches per epoch. ``config.pair_mode`` picks the exact in-memory sampler or
+    the streaming one (see cskd_tf.data.pairs).
+    """
+    split = _split(config, split)
+    size, channels = int(info.image_shape[0]), int(info.image_shape[2])
+    aug = None if info.augment is None else augment_lib.train_transform(info.augment, size,
+                                                                        channels)
+    common = dict(views=views, augment=aug, seed=int(config.seed), start_epoch=int(start_epoch),
+                  num_epochs=int(config.num_epochs), batch_size=int(batch_size or config.batch_size),
+                  num_shards=int(num_shards), shard_index=int(shard_index),
+                  steps_per_epoch=int(config.steps_per_epoch))
+    if config.pair_mode == "stream":
+        return pairs.stream_pairs(split, shuffle_buffer=int(config.shuffle_buffer), **common)
+    return pairs.memory_pairs(_memory_fetch(split), split.counts, **common)
+
+
+def eval_preprocess(info: DatasetInfo, augment_name: str | None = None):
+    """The eval transform: decoded uint8 image (H, W, C) or batch, any size -> float32 input.
+
+    It is the function :func:`eval_dataset` maps, so a serving graph that uses it sees the
+    same inputs as evaluation did.
+    """
+    size, channels = int(info.image_shape[0]), int(info.image_shape[2])
+    return augment_lib.eval_transform(augment_name or info.augment, size, channels)
+
+
+def eval_dataset(config, info: DatasetInfo, split, batch_size=None) -> tf.data.Dataset:
+    """(x, y) batches of a split in a fixed order (class by class), no example dropped."""
+    split = _split(config, split)
+    preprocess = eval_preprocess(info, info.augment)
+
+    def load(payload, label):
+        return preprocess(split.decode(payload)), tf.cast(label, tf.int32)
+
+    return (split.records()
+            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(int(batch_size or config.eval_batch_size))
+            .prefetch(tf.data.AUTOTUNE))

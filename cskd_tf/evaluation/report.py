@@ -1,0 +1,364 @@
+"""Result tables in the CS-KD paper's layout from finished ``cskd-train`` runs.
+
+A run directory holds ``config.json`` and, once training finished,
+``metrics.json`` (see :mod:`cskd_tf.training.workdir`). Runs are grouped by
+``dataset x model x method`` and their seeds aggregated as mean ± std. Two
+tables come out (Yun et al., CVPR 2020):
+
+* Table 1 style, one per model: top-1 error per method (rows) and dataset
+  (columns), with the relative change from cross-entropy in parentheses,
+  e.g. ``21.99 ± 0.13 (−8.8%)``;
+* Table 6 style, one per dataset and model: top-1 / top-5 error, ECE and
+  Recall@1 per method.
+
+The best value of each column is marked (bold). A group with a run that has
+not finished is shown as ``incomplete (k/n runs finished)`` rather than left
+out, so a half-finished sweep never looks complete. Only JSON is read here:
+no TensorFlow import, so reports are instant.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+
+from cskd_tf.errors import ConfigError
+from cskd_tf.evaluation import table_format
+from cskd_tf.evaluation.runs import Run, find_run_dirs, load_run
+
+__all__ = ["Group", "Run", "Stat", "build_report", "choose_split", "csv_report",
+           "find_run_dirs", "group_runs", "load_run", "mean_std", "relative_change", "table1",
+           "table6"]
+
+BASELINE = "ce"
+
+# Display names, in the paper's row order: the baselines and regularisers of
+# Table 1, the self-distillation methods, CS-KD, then the combinations with
+# Mixup and KD (Table 5). Methods not listed here come last, alphabetically.
+METHOD_NAMES = {
+    "ce": "Cross-entropy",
+    "adacos": "AdaCos",
+    "virtual_softmax": "Virtual-softmax",
+    "max_entropy": "Maximum-entropy",
+    "label_smoothing": "Label-smoothing",
+    "ddgsd": "DDGSD",
+    "byot": "BYOT",
+    "cskd": "CS-KD",
+    "cskd_e": "CS-KD-E",
+    "mixup": "Mixup",
+    "mixup_cskd": "Mixup + CS-KD",
+    "kd": "KD",
+    "kd_cskd": "KD + CS-KD",
+}
+_METHOD_RANK = {name: i for i, name in enumerate(METHOD_NAMES)}
+
+# config.dataset -> column title, in the paper's column order.
+DATASET_NAMES = {
+    "tfds:cifar100": "CIFAR-100",
+    "cifar100": "CIFAR-100",
+    "tinyimagenet": "TinyImageNet",
+    "tfds:caltech_birds2011": "CUB-200-2011",
+    "tfds:stanford_dogs": "Stanford Dogs",
+    "mit67": "MIT67",
+    "tfds:imagenet2012": "ImageNet",
+    "digits": "Digits",
+    "fashion_mnist": "Fashion-MNIST",
+}
+_DATASET_RANK = {name: i for i, name in enumerate(DATASET_NAMES)}
+
+# (key in metrics.json, column title, lower is better?)
+METRICS = (
+    ("top1_error", "Top-1 error", True),
+    ("top5_error", "Top-5 error", True),
+    ("ece", "ECE", True),
+    ("recall_at_1", "R@1", False),
+)
+CSV_METRICS = METRICS + (("nll", "NLL", True),)
+
+# Config fields that may differ between seeds of one group without making
+# them different experiments: where data lives, how fast it runs, logging.
+_FREE_FIELDS = {"seed", "verbose", "data_dir", "cache_dir", "jit_compile", "mixed_precision",
+                "distribution", "steps_per_execution", "deterministic", "eval_batch_size",
+                "eval_splits", "checkpoint_every_epochs", "search"}
+
+
+def method_name(method: str) -> str:
+    return METHOD_NAMES.get(method, method)
+
+
+def dataset_name(dataset: str) -> str:
+    """Column title; a subset suffix such as " (max_classes=10)" is kept."""
+    base, sep, subset = dataset.partition(" (")
+    return DATASET_NAMES.get(base, base) + sep + subset
+
+
+def _dataset_order(dataset: str):
+    base = dataset.partition(" (")[0]
+    return (_DATASET_RANK.get(base, len(_DATASET_RANK)), dataset)
+
+
+def _method_order(method: str):
+    return (_METHOD_RANK.get(method, len(_METHOD_RANK)), method)
+
+
+# --------------------------------------------------------------------------
+# Aggregation.
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Stat:
+    mean: float
+    std: float
+    n: int
+
+
+def mean_std(values) -> Stat | None:
+    """Mean and sample standard deviation (ddof=1; 0 for a single run)."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return Stat(mean, std, n)
+
+
+@dataclass
+class Group:
+    dataset: str
+    model: str
+    method: str
+    runs: list = field(default_factory=list)
+
+    @property
+    def finished(self) -> list:
+        return [r for r in self.runs if r.finished]
+
+    @property
+    def complete(self) -> bool:
+        return len(self.finished) == len(self.runs)
+
+    @property
+    def status(self) -> str:
+        if self.complete:
+            return "complete"
+        return f"incomplete ({len(self.finished)}/{len(self.runs)} runs finished)"
+
+    def stat(self, split: str, metric: str) -> Stat | None:
+        return mean_std(r.metrics.get(split, {}).get(metric) for r in self.finished)
+
+    def notes(self) -> list:
+        """Warnings about runs that were perhaps not meant to be averaged."""
+        notes = []
+        seeds = [r.seed for r in self.runs]
+        dupes = sorted({s for s in seeds if seeds.count(s) > 1})
+        if dupes:
+            notes.append(f"{len(self.runs)} runs but seed(s) {', '.join(map(str, dupes))} "
+                         "repeat; are some of them copies?")
+        differing = sorted({k for r in self.runs for k in r.config
+                            if k not in _FREE_FIELDS
+                            and json.dumps(r.config.get(k), sort_keys=True)
+                            != json.dumps(self.runs[0].config.get(k), sort_keys=True)})
+        if differing:
+            notes.append(f"runs differ in config field(s) {', '.join(differing)} "
+                         "but are averaged together")
+        return [f"{dataset_name(self.dataset)} / {self.model} / {method_name(self.method)}: {n}"
+                for n in notes]
+
+
+def group_runs(runs) -> dict:
+    """{(dataset, model, method): Group}, in the paper's order."""
+    groups = {}
+    for run in runs:
+        key = (run.dataset, run.model, run.method)
+        groups.setdefault(key, Group(*key)).runs.append(run)
+    order = sorted(groups, key=lambda k: (_dataset_order(k[0]), k[1], _method_order(k[2])))
+    return {k: groups[k] for k in order}
+
+
+def choose_split(runs, requested: str = "") -> str:
+    """``requested`` if every finished run has it, else test, else val."""
+    finished = [r for r in runs if r.finished]
+    if requested:
+        lacking = [r.path for r in finished if requested not in r.metrics]
+        if lacking:
+            raise ConfigError(f"--split={requested}: {len(lacking)} finished run(s) have no "
+                              f"{requested} metrics, e.g. {lacking[0]}")
+        return requested
+    for split in ("test", "val"):
+        if finished and all(split in r.metrics for r in finished):
+            return split
+    if not finished:
+        return "test"
+    raise ConfigError("the finished runs share neither test nor val metrics; "
+                      "pick a split with --split")
+
+
+def relative_change(value: float, baseline: float) -> float | None:
+    """Percent change from the baseline, e.g. 21.99 vs 24.11 -> -8.8."""
+    if baseline is None or baseline == 0:
+        return None
+    return 100.0 * (value - baseline) / baseline
+
+
+# --------------------------------------------------------------------------
+# Tables.
+# --------------------------------------------------------------------------
+
+
+def _fmt_stat(stat: Stat) -> str:
+    # One run has no spread to report; "± 0.00" would claim one.
+    return f"{stat.mean:.2f}" if stat.n == 1 else f"{stat.mean:.2f} ± {stat.std:.2f}"
+
+
+def _fmt_change(change: float) -> str:
+    sign = "−" if change < 0 else "+"  # U+2212, as the paper typesets it
+    return f"({sign}{abs(change):.1f}%)"
+
+
+def _best(stats: dict, lower_is_better: bool):
+    """Keys of the best mean among complete groups (several on a tie)."""
+    values = {k: s.mean for k, s in stats.items() if s is not None}
+    if len(values) < 2:  # a lone entry is not "best" of anything
+        return set()
+    target = min(values.values()) if lower_is_better else max(values.values())
+    return {k for k, v in values.items() if round(v, 2) == round(target, 2)}
+
+
+def _cell_stats(group: Group | None, split: str, metric: str):
+    if group is None or not group.complete:
+        return None
+    return group.stat(split, metric)
+
+
+def _status_cell(group: Group | None, stat: Stat | None) -> str:
+    if group is None:
+        return "–"
+    if not group.complete:
+        return group.status
+    return "–" if stat is None else _fmt_stat(stat)
+
+
+def table1(groups: dict, split: str) -> list:
+    """Top-1 error per method x dataset, one table per model."""
+    tables = []
+    for model in sorted({k[1] for k in groups}):
+        datasets = sorted({k[0] for k in groups if k[1] == model}, key=_dataset_order)
+        methods = sorted({k[2] for k in groups if k[1] == model}, key=_method_order)
+        rows = [[table_format.Cell(method_name(m))] for m in methods]
+        for dataset in datasets:
+            cells = {m: groups.get((dataset, model, m)) for m in methods}
+            stats = {m: _cell_stats(g, split, "top1_error") for m, g in cells.items()}
+            best = _best(stats, lower_is_better=True)
+            base = stats.get(BASELINE)
+            for row, m in zip(rows, methods):
+                text = _status_cell(cells[m], stats[m])
+                if stats[m] is not None and m != BASELINE and base is not None:
+                    change = relative_change(stats[m].mean, base.mean)
+                    if change is not None:
+                        text += f" {_fmt_change(change)}"
+                row.append(table_format.Cell(text, bold=m in best))
+        seeds = _seed_phrase([g for k, g in groups.items() if k[1] == model])
+        caption = (f"Top-1 error (%) of {model} on the {split} split, {seeds}; in parentheses "
+                   "the relative change from cross-entropy; best per dataset in bold.")
+        tables.append(table_format.Table(f"Table 1 ({model})", caption,
+                                   ["Method"] + [dataset_name(d) for d in datasets], rows))
+    return tables
+
+
+def table6(groups: dict, split: str) -> list:
+    """Top-1, top-5, ECE and R@1 per method, one table per dataset x model."""
+    tables = []
+    for dataset, model in sorted({(k[0], k[1]) for k in groups},
+                                  key=lambda k: (_dataset_order(k[0]), k[1])):
+        methods = sorted({k[2] for k in groups if k[:2] == (dataset, model)}, key=_method_order)
+        cells = {m: groups[(dataset, model, m)] for m in methods}
+        rows = [[table_format.Cell(method_name(m))] for m in methods]
+        for metric, _, lower in METRICS:
+            stats = {m: _cell_stats(g, split, metric) for m, g in cells.items()}
+            best = _best(stats, lower)
+            for row, m in zip(rows, methods):
+                row.append(table_format.Cell(_status_cell(cells[m], stats[m]), bold=m in best))
+        header = ["Method"] + [f"{title} {'↓' if lower else '↑'}" for _, title, lower in METRICS]
+        caption = (f"{dataset_name(dataset)}, {model}, {split} split, "
+                   f"{_seed_phrase(cells.values())}: errors, ECE and Recall@1 in %; "
+                   "best per column in bold.")
+        tables.append(table_format.Table(f"Table 6 ({dataset_name(dataset)}, {model})", caption,
+                                   header, rows))
+    return tables
+
+
+def _seed_phrase(groups) -> str:
+    counts = sorted({len(g.finished) for g in groups if g.complete})
+    if not counts:
+        return "no complete group"
+    if counts == [1]:
+        return "one run each"
+    if len(counts) == 1:
+        return f"mean ± std over {counts[0]} seeds"
+    return (f"mean ± std over {counts[0]}–{counts[-1]} seeds per method "
+            "(no ± where there is one run)")
+
+
+def csv_report(groups: dict, split: str) -> str:
+    """One row per group with every number (means over the finished runs).
+
+    Unlike the text tables, the numbers of an incomplete group are kept here
+    (with ``status`` saying so), because a CSV feeds further analysis.
+    """
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    header = ["dataset", "model", "method", "split", "status", "runs_finished", "runs_total"]
+    for metric, _, _ in CSV_METRICS:
+        header += [f"{metric}_mean", f"{metric}_std", f"{metric}_best"]
+    header.append("top1_error_change_from_ce_pct")
+    writer.writerow(header)
+    best = {}
+    for dataset, model in {(k[0], k[1]) for k in groups}:
+        members = {k: g for k, g in groups.items() if k[:2] == (dataset, model)}
+        for metric, _, lower in CSV_METRICS:
+            stats = {k: _cell_stats(g, split, metric) for k, g in members.items()}
+            for k in _best(stats, lower):
+                best.setdefault(k, set()).add(metric)
+    for key, group in groups.items():
+        row = [group.dataset, group.model, group.method, split,
+               "complete" if group.complete else "incomplete",
+               len(group.finished), len(group.runs)]
+        for metric, _, _ in CSV_METRICS:
+            stat = group.stat(split, metric)
+            row += ["" if stat is None else f"{stat.mean:.4f}",
+                    "" if stat is None else f"{stat.std:.4f}",
+                    int(metric in best.get(key, ()))]
+        base = groups.get((group.dataset, group.model, BASELINE))
+        base_stat = base.stat(split, "top1_error") if base is not None else None
+        stat = group.stat(split, "top1_error")
+        change = (relative_change(stat.mean, base_stat.mean)
+                  if stat is not None and base_stat is not None and group.method != BASELINE
+                  else None)
+        row.append("" if change is None else f"{change:.2f}")
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def build_report(paths, fmt: str = "markdown", split: str = "") -> str:
+    """The whole report for run directories (or folders of them) as text."""
+    if fmt not in table_format.FORMATS + ("csv",):
+        raise ConfigError(f"--format={fmt} is not one of markdown, csv, latex")
+    if split and split not in ("test", "val", "train"):
+        raise ConfigError(f"--split={split} is not one of test, val, train")
+    runs = [load_run(p) for p in find_run_dirs(paths)]
+    split = choose_split(runs, split)
+    groups = group_runs(runs)
+    if fmt == "csv":
+        return csv_report(groups, split)
+    tables = table1(groups, split) + table6(groups, split)
+    notes = [n for g in groups.values() for n in g.notes()]
+    unfinished = [r.path for r in runs if not r.finished]
+    if unfinished:
+        notes.append(f"{len(unfinished)} of {len(runs)} runs unfinished (no metrics.json): "
+                     + ", ".join(unfinished))
+    return table_format.render(tables, fmt, notes)

@@ -1,0 +1,97 @@
+"""Finding ``cskd-train`` run directories and reading their JSON files.
+
+Only JSON is read (no TensorFlow), so listing and reporting runs is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from cskd_tf.errors import WorkdirError
+
+
+def find_run_dirs(paths) -> list:
+    """Every directory under ``paths`` (or one of them) that holds config.json.
+
+    A run directory is not searched further: its ``checkpoints/`` and
+    ``tensorboard/`` never hold runs. Raises WorkdirError for a path that does
+    not exist or contains no run at all, since an empty table would hide a
+    typo.
+    """
+    found = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise WorkdirError(f"{path} does not exist; pass run directories written by "
+                               "cskd-train (or folders containing them)")
+        if not os.path.isdir(path):
+            raise WorkdirError(f"{path} is not a directory; pass run directories written by "
+                               "cskd-train (or folders containing them)")
+        before = len(found)
+        for root, dirs, files in os.walk(path):
+            if "config.json" in files:
+                found.append(os.path.abspath(root))
+                dirs[:] = []
+            else:
+                dirs.sort()  # a stable order whatever the file system returns
+        if len(found) == before:
+            raise WorkdirError(f"{path} holds no training run (no config.json below it)")
+    # A parent and its child given together would list runs twice.
+    return sorted(set(found))
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise WorkdirError(f"{path} is not valid JSON ({error})") from None
+
+
+# Config fields that make a run's data a subset of its dataset (the budgeted
+# protocols): runs on different subsets are different experiments.
+SUBSET_FIELDS = ("max_classes", "max_train_per_class")
+
+
+def dataset_label(config: dict) -> str:
+    """``config.dataset``, plus the subset fields that are set, e.g.
+    ``tinyimagenet (max_train_per_class=10)``."""
+    subset = [f"{k}={config[k]}" for k in SUBSET_FIELDS if config.get(k)]
+    return str(config["dataset"]) + (f" ({', '.join(subset)})" if subset else "")
+
+
+@dataclass
+class Run:
+    """One run directory: the fields that group it, and its metrics if finished."""
+
+    path: str
+    dataset: str
+    model: str
+    method: str
+    seed: int
+    config: dict
+    metrics: dict | None  # None: metrics.json not written yet, i.e. unfinished
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None
+
+
+def load_run(path: str) -> Run:
+    """The run in ``path``; metrics is None until metrics.json exists (unfinished)."""
+    config = _read_json(os.path.join(path, "config.json"))
+    if not isinstance(config, dict):
+        raise WorkdirError(f"{path}/config.json does not hold a config object")
+    missing = [k for k in ("dataset", "model", "method") if k not in config]
+    if missing:
+        raise WorkdirError(f"{path}/config.json lacks {', '.join(missing)}; "
+                           "was it written by cskd-train?")
+    metrics_path = os.path.join(path, "metrics.json")
+    metrics = _read_json(metrics_path) if os.path.exists(metrics_path) else None
+    if metrics is not None and not (isinstance(metrics, dict)
+                                    and all(isinstance(v, dict) for v in metrics.values())):
+        raise WorkdirError(f"{metrics_path} is not a {{split: {{metric: value}}}} object")
+    return Run(path=path, dataset=dataset_label(config), model=str(config["model"]),
+               method=str(config["method"]), seed=int(config.get("seed", 0)), config=config,
+               metrics=metrics)

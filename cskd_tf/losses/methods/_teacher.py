@@ -1,0 +1,185 @@
+"""Loading a frozen KD teacher, shared by the ``kd`` and ``kd_cskd`` methods.
+
+``config.teacher_workdir`` names either
+
+* a finished ``cskd-train`` workdir (``config.json``, ``data.json`` and a
+  checkpoint): the teacher is rebuilt exactly as ``trainer.load_trained``
+  does (its own architecture, head and input normalization from the
+  workdir) and restored from the last checkpoint; or
+* a SavedModel directory (``saved_model.pb``): loaded with
+  ``tf.saved_model.load``; its ``logits`` signature is used if present, else
+  ``serving_default``. The signature must take one image tensor; float inputs
+  get the student's [0, 1] images, uint8 inputs the same images converted to
+  0..255. Its output ``logits`` (or its single output) is taken as logits.
+
+Either way the teacher is called in inference mode (``training=False``: batch
+norm uses its moving statistics and never updates them), its variables are
+not tracked by the student (so they are neither optimized, decayed nor
+checkpointed), and its outputs are wrapped in ``tf.stop_gradient``. Images of
+another spatial size than the teacher's are resized to it.
+
+Bad input raises :class:`~cskd_tf.errors.ModelError` with a one-line message:
+no teacher set, a path that does not exist, a directory that is neither kind,
+a workdir without checkpoint, or a teacher whose class count (or channel
+count) differs from the student's.
+
+Not a method itself (nothing is registered here).
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from cskd_tf.errors import CSKDError, ModelError
+
+
+class Teacher:
+    """A frozen classifier: ``teacher(images) -> logits`` for the student's input images."""
+
+    def __init__(self, call, num_classes, source, keep=None):
+        self._call = call
+        self.num_classes = int(num_classes)
+        self.source = source
+        self.keep = keep  # the object owning the variables (a keras model or a SavedModel)
+
+    @property
+    def variables(self):
+        if hasattr(self.keep, "weights"):  # a Keras model: trainable and BN statistics
+            return list(self.keep.weights)
+        return list(getattr(self.keep, "variables", ()))
+
+    def __call__(self, images):
+        return tf.stop_gradient(tf.cast(self._call(images), tf.float32))
+
+
+def student_facts(model):
+    """(num_classes, image_shape) of a CSKDModel."""
+    num_classes = int(model.backbone.get_layer("classifier").output.shape[-1])
+    image_shape = tuple(int(d) for d in model.backbone.input.shape[1:])
+    return num_classes, image_shape
+
+
+def load_teacher(config, num_classes, image_shape) -> Teacher:
+    path = str(config.teacher_workdir or "")
+    if not path:
+        raise ModelError(f"method {config.method!r} needs a teacher: set --config.teacher_workdir "
+                         "to a finished cskd-train workdir or a SavedModel directory")
+    if not os.path.exists(path):
+        raise ModelError(f"teacher path {path!r} does not exist; set --config.teacher_workdir to a "
+                         "finished cskd-train workdir or a SavedModel directory")
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        teacher = _from_saved_model(path, image_shape)
+    elif os.path.exists(os.path.join(path, "config.json")):
+        teacher = _from_workdir(path, config, image_shape)
+    else:
+        raise ModelError(f"teacher path {path!r} is neither a cskd-train workdir (no config.json) "
+                         "nor a SavedModel directory (no saved_model.pb)")
+    if teacher.num_classes != int(num_classes):
+        raise ModelError(f"the teacher in {path!r} predicts {teacher.num_classes} classes but the "
+                         f"student's dataset has {num_classes}; use a teacher trained on the same "
+                         "dataset (same config.dataset and config.max_classes)")
+    return teacher
+
+
+def _resize_to(images, height, width):
+    if height is None or width is None:
+        return images
+    shape = images.shape
+    if shape[1] == height and shape[2] == width:
+        return images
+    return tf.image.resize(images, (int(height), int(width)))
+
+
+def _from_workdir(path, config, image_shape):
+    from cskd_tf.training import trainer
+    from cskd_tf.training.workdir import Workdir
+
+    workdir = Workdir(path)
+    try:
+        teacher_config = workdir.load_config()
+        facts = workdir.read("data.json")
+    except CSKDError as e:
+        raise ModelError(f"cannot use {path!r} as the teacher: {e}") from None
+    if config.teacher_model and config.teacher_model != teacher_config.model:
+        raise ModelError(f"config.teacher_model={config.teacher_model!r} but the teacher workdir "
+                         f"{path!r} trained {teacher_config.model!r}; fix or clear "
+                         "--config.teacher_model")
+    teacher_shape = tuple(int(d) for d in facts["image_shape"])
+    if teacher_shape[-1] != int(image_shape[-1]):
+        raise ModelError(f"the teacher in {path!r} takes {teacher_shape[-1]}-channel images but the "
+                         f"student's have {image_shape[-1]}; use a teacher trained on the same dataset")
+    num_classes = int(facts["num_classes"])
+    latest = tf.train.latest_checkpoint(workdir.checkpoint_dir)
+    if latest is None:
+        raise ModelError(f"the teacher workdir {path!r} has no checkpoint; finish training it "
+                         "with cskd-train first")
+    # Build (and so check) the class count before paying for the restore.
+    model = trainer.build_model(teacher_config, num_classes, teacher_shape, facts["mean"],
+                                facts["std"])
+    status = tf.train.Checkpoint(model=model).restore(latest)
+    status.expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError:
+        raise ModelError(f"the checkpoint in {path!r} does not match the teacher's config "
+                         f"(model {teacher_config.model!r}); is the workdir intact?") from None
+    model.trainable = False
+
+    def call(images):
+        images = _resize_to(images, *teacher_shape[:2])
+        return model.forward(images, training=False)["logits"]
+
+    return Teacher(call, num_classes, source=f"workdir {path}", keep=model)
+
+
+def _from_saved_model(path, image_shape):
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as e:  # noqa: BLE001 - any load failure is a bad teacher path
+        raise ModelError(f"cannot load the SavedModel teacher in {path!r}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    signatures = getattr(loaded, "signatures", {}) or {}
+    name = "logits" if "logits" in signatures else "serving_default"
+    if name not in signatures:
+        raise ModelError(f"the SavedModel teacher in {path!r} has no 'serving_default' or "
+                         "'logits' signature; export it with one that maps images to logits")
+    fn = signatures[name]
+    args, kwargs = fn.structured_input_signature
+    if args or len(kwargs) != 1:
+        raise ModelError(f"the SavedModel teacher's {name!r} signature in {path!r} must take exactly "
+                         f"one image tensor (it takes {len(args) + len(kwargs)})")
+    (input_name, spec), = kwargs.items()
+    outputs = fn.structured_outputs
+    if isinstance(outputs, dict):
+        if "logits" in outputs:
+            key = "logits"
+        elif len(outputs) == 1:
+            key = next(iter(outputs))
+        else:
+            raise ModelError(f"the SavedModel teacher's {name!r} signature in {path!r} has outputs "
+                             f"{sorted(outputs)} but no 'logits'")
+        out_spec = outputs[key]
+    else:
+        key, out_spec = None, outputs
+    height = width = None
+    if spec.shape.rank == 4:
+        height, width = spec.shape[1], spec.shape[2]
+        if spec.shape[3] is not None and int(spec.shape[3]) != int(image_shape[-1]):
+            raise ModelError(f"the SavedModel teacher in {path!r} takes {spec.shape[3]}-channel "
+                             f"images but the student's have {image_shape[-1]}")
+
+    def call(images):
+        images = _resize_to(tf.convert_to_tensor(images, tf.float32), height, width)
+        if spec.dtype == tf.uint8:
+            images = tf.image.convert_image_dtype(images, tf.uint8, saturate=True)
+        else:
+            images = tf.cast(images, spec.dtype)
+        result = fn(**{input_name: images})
+        return result[key] if key is not None else result
+
+    num_classes = out_spec.shape[-1] if out_spec.shape.rank else None
+    if num_classes is None:  # unknown statically: ask the model
+        num_classes = call(tf.zeros((1, *image_shape), tf.float32)).shape[-1]
+    return Teacher(call, int(num_classes), source=f"SavedModel {path}", keep=loaded)

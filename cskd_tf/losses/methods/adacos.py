@@ -1,0 +1,82 @@
+"""AdaCos (Zhang et al., CVPR 2019): cosine logits with an adaptive scale, Table 1.
+
+The head is ``"cosine"``: logits_ij = s · cos θ_ij, cos θ_ij the cosine between
+the features of example i and the weight of class j (no bias, no margin). The
+loss is plain cross-entropy on those logits. s is the *dynamic* AdaCos scale
+(Zhang et al., Eq. 15-16), recomputed every step from the current batch
+before the loss is taken:
+
+    B_avg = (1/B) Σ_i Σ_{j≠y_i} exp(s_prev · cos θ_ij)
+    θ_med = median_i θ_{i,y_i}        (lower median for even B, as torch.median)
+    s     = log(B_avg) / cos(min(π/4, θ_med))
+
+starting from the fixed AdaCos value s₀ = √2 · log(C − 1) for C classes. s is
+not trained (no gradient flows through its update) and lives in the
+classifier's non-trainable ``scale`` variable, so evaluation, checkpoints and
+export use the last value. log(B_avg) is computed as a log-sum-exp, so it
+cannot overflow; s is kept ≥ 1e-3 so the logits never collapse to 0 or flip
+sign in a degenerate batch (never reached in normal training).
+
+Needs C ≥ 3 (s₀ = 0 for two classes). Cost: one forward and one backward
+pass per step, as CE; the scale update is a few reductions over the logits.
+"""
+
+import math
+
+import tensorflow as tf
+
+from cskd_tf.errors import ModelError
+from cskd_tf.losses.methods.base import Method, cross_entropy, register
+
+MIN_SCALE = 1e-3
+
+
+def initial_scale(num_classes):
+    """Fixed-AdaCos scale s₀ = √2 · log(C − 1)."""
+    return math.sqrt(2.0) * math.log(num_classes - 1)
+
+
+def adaptive_scale(cosine, labels, scale):
+    """The dynamic AdaCos scale for a batch of cosines (B, C) given the previous s."""
+    cosine = tf.clip_by_value(tf.cast(cosine, tf.float32), -1.0, 1.0)
+    labels = tf.cast(labels, tf.int32)
+    scale = tf.cast(scale, tf.float32)
+    target = tf.one_hot(labels, tf.shape(cosine)[-1], on_value=True, off_value=False)
+    non_target = tf.where(target, tf.constant(-math.inf, tf.float32), scale * cosine)
+    batch = tf.cast(tf.shape(cosine)[0], tf.float32)
+    log_b_avg = tf.reduce_logsumexp(non_target) - tf.math.log(batch)
+    theta = tf.acos(tf.clip_by_value(tf.gather(cosine, labels, axis=1, batch_dims=1),
+                                     -1.0 + 1e-7, 1.0 - 1e-7))
+    theta_sorted = tf.sort(theta)
+    theta_med = theta_sorted[(tf.shape(theta)[0] - 1) // 2]
+    new_scale = log_b_avg / tf.cos(tf.minimum(tf.constant(math.pi / 4, tf.float32), theta_med))
+    return tf.maximum(new_scale, MIN_SCALE)
+
+
+@register("adacos")
+class AdaCos(Method):
+    head = "cosine"
+    terms = ("ce", "scale")
+
+    def build(self, model):
+        classifier = model.backbone.get_layer("classifier")
+        if not hasattr(classifier, "scale"):
+            raise ModelError("method 'adacos' needs the cosine head (a classifier with a "
+                             "'scale' variable); build the backbone with head='cosine'")
+        if classifier.units < 3:
+            raise ModelError(f"method 'adacos' needs at least 3 classes (its scale "
+                             f"√2·log(C−1) is 0 for C={classifier.units}); use another method")
+        classifier.scale.assign(initial_scale(classifier.units))
+        self.classifier = classifier
+
+    def loss(self, model, images, labels, targets):
+        scale = self.classifier.scale
+        previous = tf.cast(tf.convert_to_tensor(scale), tf.float32)
+        logits = model.forward(images[0], training=True)["logits"]
+        cosine = tf.stop_gradient(logits) / previous
+        new_scale = tf.stop_gradient(adaptive_scale(cosine, labels, previous))
+        scale.assign(tf.cast(new_scale, scale.dtype))
+        # The head computed s_prev·cos; rescale to s_new·cos (gradient flows through cos).
+        logits = logits * (new_scale / previous)
+        ce = cross_entropy(labels, logits)
+        return ce, logits, {"ce": ce, "scale": new_scale}

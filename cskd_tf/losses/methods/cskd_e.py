@@ -1,0 +1,46 @@
+"""CS-KD-E: CS-KD plus a sample-wise term between two augmentations of the same image.
+
+The paper's CS-KD-E (Yun et al., CVPR 2020, Table 2) adds the sample-wise
+self-distillation of DDGSD (Xu & Liu, AAAI 2019) to CS-KD:
+
+    L = CE(f(x), y)
+        + λ   · T² · KL( softmax(f̃(x')/T) ‖ softmax(f(x)/T) )     class-wise (CS-KD)
+        + λ_s · T² · KL( softmax(f̃(x̂)/T) ‖ softmax(f(x)/T) )     sample-wise
+
+x' is a random training sample of x's class (view ``partner``), x̂ a second,
+independent augmentation of the same image as x (view ``view2``), f̃ the same
+network in training mode with its output detached. Defaults: T =
+config.temperature = 4, λ = config.lambda_cls (1; 3 on fine-grained data),
+λ_s = config.lambda_sample = 1.
+
+Choices the paper leaves open, made here: the sample-wise term uses the same
+temperature (and T² factor) as the class-wise one, and, like the partner,
+the second view is a detached target (no cross-entropy on x̂), so only the
+anchor pass carries gradient.
+
+Cost: three forward passes per step, two of them without gradient (partner
+and second view), about 1.67× the compute of CE.
+"""
+
+from cskd_tf.losses.kl import class_wise_kl
+from cskd_tf.losses.methods.base import Method, cross_entropy, register
+
+
+@register("cskd_e")
+class ClassWiseSelfKDWithSampleTerm(Method):
+    views = ("anchor", "partner", "view2")
+    terms = ("ce", "cls", "sample")
+    forward_passes = 3
+
+    def targets(self, model, images, labels):
+        return {"partner_logits": model.forward(images[1], training=True)["logits"],
+                "view2_logits": model.forward(images[2], training=True)["logits"]}
+
+    def loss(self, model, images, labels, targets):
+        logits = model.forward(images[0], training=True)["logits"]
+        temperature = float(self.config.temperature)
+        ce = cross_entropy(labels, logits)
+        cls = class_wise_kl(logits, targets["partner_logits"], temperature)
+        sample = class_wise_kl(logits, targets["view2_logits"], temperature)
+        total = ce + model.lambda_cls * cls + float(self.config.lambda_sample) * sample
+        return total, logits, {"ce": ce, "cls": cls, "sample": sample}

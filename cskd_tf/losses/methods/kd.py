@@ -1,0 +1,82 @@
+"""Knowledge distillation (Hinton et al., 2015) from a frozen teacher, Table 4.
+
+    L = (1 − α) · CE(f(x), y) + α · T² · KL( softmax(g(x)/T) ‖ softmax(f(x)/T) )
+
+g: the teacher, loaded from config.teacher_workdir (a finished cskd-train
+workdir or a SavedModel directory, see :mod:`._teacher`), frozen, called with
+``training=False`` on the same augmented batch as the student, outside the
+gradient tape. T = config.kd_temperature (4), α = config.kd_alpha (0.9). The
+KL is summed over classes and averaged over the batch.
+
+Relation to ``keras.distillation`` (Keras 3.15): ``Distiller`` is a
+``keras.Model`` wrapping teacher and student, a role ``CSKDModel`` already
+fills (custom train step, coupled weight decay, partner views), so it is not
+used. ``LogitsDistillation(temperature=T, loss=keras.losses.KLDivergence())``
+computes this very distillation term (softmax at T, KL, × T²) except that
+``KLDivergence`` clips both distributions to [1e-7, 1], so it saturates once a
+student probability falls below 1e-7; with its default string loss it applies
+the KL to the raw scaled logits instead (a different quantity). The term is
+therefore computed exactly in log space with
+:func:`cskd_tf.losses.class_wise_kl` (same formula as CS-KD's term with the
+teacher as target); tests/test_methods.py checks it equals
+``LogitsDistillation`` where no probability is clipped and differs where
+one is.
+
+The teacher is loaded in :meth:`prepare_training` (``trainer.train`` calls it
+before training starts, so a bad teacher fails fast with a ModelError) and
+never by evaluation or export of the finished student. A custom loop that
+skips ``prepare_training`` gets the teacher loaded lazily on the first step.
+
+Cost: one student forward/backward pass plus one teacher forward pass.
+"""
+
+import tensorflow as tf
+
+from cskd_tf.errors import ConfigError
+from cskd_tf.losses.kl import class_wise_kl
+from cskd_tf.losses.methods._teacher import load_teacher, student_facts
+from cskd_tf.losses.methods.base import Method, cross_entropy, register
+
+
+def kd_loss(logits, teacher_logits, labels, temperature, alpha):
+    """(1 − α)·CE + α·T²·KL(teacher ‖ student); returns (total, ce, kd)."""
+    ce = cross_entropy(labels, logits)
+    kd = class_wise_kl(logits, teacher_logits, temperature)
+    return (1.0 - alpha) * ce + alpha * kd, ce, kd
+
+
+@register("kd")
+class KnowledgeDistillation(Method):
+    terms = ("ce", "kd")
+    forward_passes = 2
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.temperature = float(config.kd_temperature)
+        self.alpha = float(config.kd_alpha)
+        if not self.temperature > 0:
+            raise ConfigError(f"config.kd_temperature must be > 0 (got {config.kd_temperature!r})")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"config.kd_alpha must be in [0, 1] (got {config.kd_alpha!r})")
+        self.teacher = None
+
+    def prepare_training(self, model):
+        num_classes, image_shape = student_facts(model)
+        self.teacher = load_teacher(self.config, num_classes, image_shape)
+
+    def teacher_logits(self, model, images):
+        if self.teacher is None:
+            # Create the teacher's variables eagerly, outside any trace, and keep AutoGraph
+            # from converting the loading code.
+            with tf.init_scope():
+                tf.autograph.experimental.do_not_convert(self.prepare_training)(model)
+        return self.teacher(images)
+
+    def targets(self, model, images, labels):
+        return {"teacher_logits": self.teacher_logits(model, images[0])}
+
+    def loss(self, model, images, labels, targets):
+        logits = model.forward(images[0], training=True)["logits"]
+        total, ce, kd = kd_loss(logits, targets["teacher_logits"], labels, self.temperature,
+                                self.alpha)
+        return total, logits, {"ce": ce, "kd": kd}

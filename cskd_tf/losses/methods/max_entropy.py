@@ -1,0 +1,37 @@
+"""Confidence penalty / maximum entropy (Pereyra et al., ICLR-W 2017), Table 1.
+
+    L = CE(f(x), y) − β · H(p),   H(p) = − Σ_c p_c log p_c,   p = softmax(f(x))
+
+averaged over the batch, natural log; β = config.max_entropy_beta (0.1).
+Logged terms: ``ce`` and ``entropy`` (the batch mean of H, in nats).
+
+Cost: one forward and one backward pass per step, as CE.
+"""
+
+import tensorflow as tf
+
+from cskd_tf.errors import ConfigError
+from cskd_tf.losses.methods.base import Method, cross_entropy, register
+
+
+def mean_entropy(logits):
+    """Batch mean of the softmax entropy in nats, exact in log space."""
+    log_p = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+    return tf.reduce_mean(-tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1))
+
+
+@register("max_entropy")
+class MaximumEntropy(Method):
+    terms = ("ce", "entropy")
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.beta = float(config.max_entropy_beta)
+        if self.beta < 0:
+            raise ConfigError(f"config.max_entropy_beta must be >= 0 (got {config.max_entropy_beta!r})")
+
+    def loss(self, model, images, labels, targets):
+        logits = model.forward(images[0], training=True)["logits"]
+        ce = cross_entropy(labels, logits)
+        entropy = mean_entropy(logits)
+        return ce - self.beta * entropy, logits, {"ce": ce, "entropy": entropy}

@@ -1,0 +1,46 @@
+"""Mixup (Zhang et al., ICLR 2018), Table 3.
+
+Per batch, λ ~ Beta(α, α) (folded to max(λ, 1 − λ), see below) and a random
+permutation π of the batch:
+
+    x̃ = λ · x + (1 − λ) · x[π]
+    L = λ · CE(f(x̃), y) + (1 − λ) · CE(f(x̃), y[π])
+
+α = config.mixup_alpha (1.0). One λ per batch, as in the reference
+implementation. λ is folded to max(λ, 1 − λ), which leaves the distribution
+of mixed pairs unchanged (see :class:`~cskd_tf.losses.methods._mixing.MixSampler`)
+and makes y the dominant label of every mixed image.
+
+Training accuracy: measured on the *mixed* images' logits against the
+dominant label y (no extra un-mixed forward pass), so it is lower than the
+clean-image accuracy and not comparable with other methods' training
+accuracy; validation/test metrics are on clean images as for every method.
+
+Cost: one forward and one backward pass per step, as CE.
+"""
+
+import tensorflow as tf
+
+from cskd_tf.losses.methods._mixing import MixSampler, mix, mixup_cross_entropy
+from cskd_tf.losses.methods.base import Method, register
+
+
+@register("mixup")
+class Mixup(Method):
+    terms = ("ce", "mix_lambda")
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.sampler = MixSampler(config.mixup_alpha, config.seed)
+
+    def build(self, model):
+        self.sampler.build()
+
+    def targets(self, model, images, labels):
+        lam, perm = self.sampler.sample(tf.shape(images[0])[0])
+        return {"lam": lam, "perm": perm, "mixed": mix(images[0], lam, perm)}
+
+    def loss(self, model, images, labels, targets):
+        logits = model.forward(targets["mixed"], training=True)["logits"]
+        ce = mixup_cross_entropy(logits, labels, targets["lam"], targets["perm"])
+        return ce, logits, {"ce": ce, "mix_lambda": targets["lam"]}

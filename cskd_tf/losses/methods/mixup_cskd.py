@@ -1,0 +1,59 @@
+"""Mixup + CS-KD, the combination of the paper's Table 3.
+
+The paper combines the two by applying the class-wise regularizer to mixed
+inputs and mixed labels. Here: per batch one λ ~ Beta(α, α) (folded to
+max(λ, 1 − λ)) and one permutation π are drawn and applied to the anchors
+*and* to their partners,
+
+    x̃  = λ · x  + (1 − λ) · x[π]          mixed anchors
+    x̃' = λ · x' + (1 − λ) · x'[π]         mixed partners
+
+x'_i is a sample of x_i's class, so x̃'_i carries the same mixed label
+(λ on y_i, 1 − λ on y_π(i)) as x̃_i, and the class-wise term matches the
+predictions of two different inputs with that same mixed label:
+
+    L = λ · CE(f(x̃), y) + (1 − λ) · CE(f(x̃), y[π])
+        + λ_cls · T² · KL( softmax(f̃(x̃')/T) ‖ softmax(f(x̃)/T) )
+
+f̃ detached (training mode, as in CS-KD). α = config.mixup_alpha, T =
+config.temperature, λ_cls = config.lambda_cls (model.lambda_cls, so the
+warm-up callback applies). Training accuracy is on the mixed anchors'
+logits against the dominant label y, as for ``mixup``.
+
+This is our reading of the paper's one-sentence description (the reference
+code does not include it). Cost: two forward passes (one without gradient),
+about 1.33× the compute of CE, as CS-KD.
+"""
+
+import tensorflow as tf
+
+from cskd_tf.losses.kl import class_wise_kl
+from cskd_tf.losses.methods._mixing import MixSampler, mix, mixup_cross_entropy
+from cskd_tf.losses.methods.base import Method, register
+
+
+@register("mixup_cskd")
+class MixupClassWiseSelfKD(Method):
+    views = ("anchor", "partner")
+    terms = ("ce", "cls", "mix_lambda")
+    forward_passes = 2
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.sampler = MixSampler(config.mixup_alpha, config.seed)
+
+    def build(self, model):
+        self.sampler.build()
+
+    def targets(self, model, images, labels):
+        lam, perm = self.sampler.sample(tf.shape(images[0])[0])
+        mixed_partner = mix(images[1], lam, perm)
+        return {"lam": lam, "perm": perm, "mixed": mix(images[0], lam, perm),
+                "partner_logits": model.forward(mixed_partner, training=True)["logits"]}
+
+    def loss(self, model, images, labels, targets):
+        logits = model.forward(targets["mixed"], training=True)["logits"]
+        ce = mixup_cross_entropy(logits, labels, targets["lam"], targets["perm"])
+        cls = class_wise_kl(logits, targets["partner_logits"], float(self.config.temperature))
+        total = ce + model.lambda_cls * cls
+        return total, logits, {"ce": ce, "cls": cls, "mix_lambda": targets["lam"]}

@@ -1,0 +1,269 @@
+"""A finished training run -> a TF Serving model version, ``saved_models/NAME/<version>/``.
+
+``export_workdir`` (what ``cskd-export`` runs):
+
+1. loads the run's last checkpoint (:func:`cskd_tf.training.trainer.load_trained`);
+2. writes the three signatures of :mod:`cskd_tf.serving.signatures` with
+   ``keras.export.ExportArchive`` into ``NAME/.tmp-<version>-<random>/`` beside the target;
+3. adds the assets (labels.txt, the training config, cskd_export.json with the
+   preprocessing and data facts) so the export can be used and evaluated on its own;
+4. loads the result back and checks it against the Keras model (signature contract and
+   predictions) — a broken export never reaches the folder a server watches;
+5. renames the folder to ``NAME/<version>`` (atomic: a polling server sees no half
+   export) and adds the version to ``saved_models/models.config``.
+
+An existing version is never overwritten; the default version is one above the highest
+numeric folder in ``NAME/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import re
+import shutil
+import uuid
+
+import numpy as np
+
+from cskd_tf.errors import WorkdirError
+from cskd_tf.serving import ServingError
+from cskd_tf.serving import loading, models_config
+from cskd_tf.serving import signatures as sig
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Self-check tolerance between the reloaded export and the Keras model; the tests hold
+# the real contract (1e-5) on the evaluation pipeline.
+VERIFY_ATOL = 1e-4
+
+
+@dataclasses.dataclass
+class ExportResult:
+    path: str  # saved_models/NAME/<version>, absolute
+    model_name: str
+    version: int
+    models_config: str  # path of the updated models.config
+    base_path: str  # what models.config tells the server
+
+
+def check_model_name(name) -> str:
+    if not name or not MODEL_NAME.match(str(name)):
+        raise ServingError(f"--model_name={name!r} is not usable as a TF Serving model name and "
+                           "URL part; use letters, digits, '_', '-' or '.', starting with a "
+                           "letter or digit")
+    return str(name)
+
+
+def existing_versions(model_dir) -> list:
+    """The numeric version folders of ``model_dir`` (those TF Serving would consider)."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(d) for d in os.listdir(model_dir)
+                  if d.isdigit() and os.path.isdir(os.path.join(model_dir, d)))
+
+
+def next_version(model_dir) -> int:
+    versions = existing_versions(model_dir)
+    return (versions[-1] + 1) if versions else 1
+
+
+def resolve_augment(config, facts) -> str:
+    """The resolved eval transform name of a run.
+
+    ``data.json`` stores ``config.augment`` as given, which may be ``auto``; then the
+    dataset source's default is what evaluation used.
+    """
+    from cskd_tf.data import augment as augment_lib
+
+    name = facts.get("augment") or "auto"
+    if name == "auto":
+        from cskd_tf.data.sources import get_source
+
+        try:
+            name = get_source(config.dataset, config.data_dir).default_augment
+        except Exception as error:  # the source may need its data to say (e.g. tfds)
+            raise ServingError(f"cannot resolve config.augment='auto' for {config.dataset} "
+                               f"({error}); retrain or set augment in DIR/data.json") from None
+    return augment_lib.check_name(name)
+
+
+def preprocess_for(facts, augment):
+    """The evaluation transform of a run (uint8 any size -> float32 model input)."""
+    from cskd_tf import data as data_lib
+
+    info = data_lib.DatasetInfo(
+        name=str(facts.get("name", "")), num_classes=int(facts["num_classes"]),
+        class_names=list(facts["class_names"]), image_shape=tuple(facts["image_shape"]),
+        mean=tuple(facts["mean"]), std=tuple(facts["std"]), splits=dict(facts.get("splits", {})),
+        train_counts=np.asarray(facts.get("train_counts", []), np.int64), augment=augment)
+    return data_lib.eval_preprocess(info, augment)
+
+
+def _describe_preprocessing(facts, augment) -> dict:
+    size, _, channels = (int(d) for d in facts["image_shape"])
+    if augment == "finegrained":
+        resize = (f"resize the shorter side to {round(size * 256 / 224)} px (bilinear, "
+                  f"antialiased), centre crop {size}x{size}")
+    else:
+        resize = f"resize to {size}x{size} (bilinear, antialiased; identity at that size)"
+    return {
+        "augment": augment,
+        "steps": ["uint8 -> float32 / 255",
+                  f"channels -> {channels} (grey->RGB repeats, RGB->grey luma, alpha dropped)",
+                  resize,
+                  "(x - mean) / std per channel, inside the model"],
+        "image_shape": [size, size, channels],
+        "mean": list(facts["mean"]),
+        "std": list(facts["std"]),
+    }
+
+
+def _write_assets(directory, *, config, facts, augment, model_name, version, top_k,
+                  feature_dim, workdir):
+    from cskd_tf import __version__
+    from cskd_tf import config as config_lib
+
+    assets = os.path.join(directory, "assets")
+    os.makedirs(assets, exist_ok=True)
+    # ExportArchive offers no public hook for tf.saved_model.Asset objects; the assets/
+    # folder is part of the SavedModel layout and TF Serving loads (and copies) the
+    # whole version folder, so plain files here travel with the model.
+    names = [str(c) for c in facts["class_names"]]
+    with open(os.path.join(assets, loading.LABELS), "w", encoding="utf-8") as f:
+        f.write("".join(f"{n}\n" for n in names))
+    with open(os.path.join(assets, loading.CONFIG), "w", encoding="utf-8") as f:
+        f.write(config_lib.to_json(config) + "\n")
+    metrics_path = os.path.join(workdir, "metrics.json")
+    metrics = None
+    if os.path.exists(metrics_path):
+        with open(metrics_path, encoding="utf-8") as f:
+            metrics = json.load(f)
+    contract = sig.contract(len(names), int(facts["image_shape"][-1]), feature_dim, top_k)
+    manifest = {
+        "format": "cskd_tf.serving/1",
+        "model_name": model_name,
+        "version": int(version),
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cskd_tf_version": __version__,
+        "source_workdir": os.path.abspath(workdir),
+        "class_names": names,
+        "num_classes": len(names),
+        "top_k": min(int(top_k), len(names)),
+        "feature_dim": int(feature_dim),
+        "preprocessing": _describe_preprocessing(facts, augment),
+        "signatures": {name: {side: {t: {"dtype": d, "shape": s} for t, (d, s) in spec.items()}
+                              for side, spec in entry.items()}
+                       for name, entry in contract.items()},
+        "data": {k: v for k, v in facts.items() if k != "cache_path"},
+        "metrics": metrics,
+    }
+    with open(os.path.join(assets, loading.MANIFEST), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return contract
+
+
+def _verify(directory, functions, contract, image_shape):
+    """Reloads the staged export and compares it with the Keras model; ServingError if off."""
+    import tensorflow as tf
+
+    found = loading.signature_metadata(directory)
+    for name, expected in contract.items():
+        if name not in found["signature_def"]:
+            raise ServingError(f"export self-check: signature {name} is missing")
+        got = loading.tensor_summary(found, name)
+        want = {side: {t: (d, list(s)) for t, (d, s) in spec.items()}
+                for side, spec in expected.items()}
+        if got != want:
+            raise ServingError(f"export self-check: signature {name} is {got}, expected {want}")
+    loaded = tf.saved_model.load(directory)
+    size, _, channels = image_shape
+    rng = np.random.default_rng(0)
+    # The training size and an off size, so the in-graph resize is exercised too.
+    for h, w in ((size, size), (size + 3, size + 5)):
+        images = tf.constant(rng.integers(0, 256, (2, h, w, channels), dtype=np.uint8))
+        served = loaded.signatures[sig.SERVING_DEFAULT](images=images)
+        reference = functions.serving_default(images)
+        diff = float(np.max(np.abs(served[sig.PROBABILITIES].numpy()
+                                   - reference[sig.PROBABILITIES].numpy())))
+        if not diff <= VERIFY_ATOL:
+            raise ServingError(f"export self-check: served probabilities differ from the Keras "
+                               f"model by {diff:.3g} at {h}x{w} input")
+
+
+def export_workdir(workdir, model_name, export_base="saved_models", version=None, top_k=5,
+                   version_policy=None, serving_base_path="", verify=True) -> ExportResult:
+    """Exports the finished run in ``workdir`` as ``export_base/model_name/<version>``.
+
+    Args:
+      version: an int >= 1, or None for the next free version.
+      top_k: classes reported by ``top_k_*`` (capped at the number of classes).
+      version_policy: ``specific``, ``all`` or ``latest`` for models.config; None keeps
+        the model's current policy (``specific`` for a new model).
+      serving_base_path: where the server sees ``export_base`` (e.g. ``/models`` inside
+        the tensorflow/serving container); default: the absolute local path.
+      verify: reload the export and compare it with the Keras model before publishing.
+    """
+    import keras
+
+    from cskd_tf.training.trainer import load_trained
+    from cskd_tf.training.workdir import Workdir
+
+    model_name = check_model_name(model_name)
+    if int(top_k) < 1:
+        raise ServingError(f"--top_k must be >= 1 (got {top_k})")
+    if version is not None and int(version) < 1:
+        raise ServingError(f"--version must be >= 1 (got {version}); TF Serving versions are "
+                           "positive integers")
+    if version_policy is not None and version_policy not in models_config.POLICIES:
+        raise ServingError(f"--version_policy={version_policy!r} is not one of "
+                           f"{', '.join(models_config.POLICIES)}")
+    run = Workdir(workdir)
+    if not run.is_finished():
+        raise WorkdirError(f"{run.path} holds no finished model (no metrics.json); train it to "
+                           "the end with cskd-train --workdir=DIR first")
+
+    export_base = os.path.abspath(os.path.expanduser(export_base))
+    model_dir = os.path.join(export_base, model_name)
+    version = int(version) if version is not None else next_version(model_dir)
+    final = os.path.join(model_dir, str(version))
+    if os.path.exists(final):
+        raise ServingError(f"{final} already exists; exports are never overwritten — omit "
+                           f"--version to use the next free one ({next_version(model_dir)})")
+
+    config, facts, model = load_trained(run.path)
+    augment = resolve_augment(config, facts)
+    functions = sig.ServingFunctions(model, preprocess_for(facts, augment), facts["class_names"],
+                                     facts["image_shape"], top_k=top_k)
+    feature_dim = int(model.embed(np.zeros((1, *facts["image_shape"]), np.float32)).shape[-1])
+
+    os.makedirs(model_dir, exist_ok=True)
+    # Hidden and non-numeric: TF Serving ignores it while it is being written.
+    staging = os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    try:
+        archive = keras.export.ExportArchive()
+        # Not archive.track(model): only the variables the endpoints use are saved, so
+        # training-only state (e.g. λ, a KD teacher) stays out of the served model.
+        for name, fn, spec in functions.endpoints():
+            archive.add_endpoint(name, fn, input_signature=spec)
+        archive.write_out(staging, verbose=False)
+        contract = _write_assets(staging, config=config, facts=facts, augment=augment,
+                                 model_name=model_name, version=version, top_k=top_k,
+                                 feature_dim=feature_dim, workdir=run.path)
+        if verify:
+            _verify(staging, functions, contract, tuple(int(d) for d in facts["image_shape"]))
+        if os.path.exists(final):  # another export took this version meanwhile
+            raise ServingError(f"{final} appeared while exporting; rerun cskd-export")
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    base_path = (os.path.join(serving_base_path, model_name) if serving_base_path
+                 else model_dir)
+    config_path = models_config.update(export_base, model_name, base_path, version,
+                                       version_policy)
+    return ExportResult(path=final, model_name=model_name, version=version,
+                        models_config=config_path, base_path=base_path)

@@ -1,0 +1,134 @@
+"""The Keras Tuner HyperModel of CS-KD: one trial = the trainer's model, data and callbacks.
+
+``build(hp)`` makes exactly the model ``cskd-train`` would make from the
+config with the trial's λ, T (and learning rate, weight decay) filled in;
+``fit`` trains it on the project's pair pipeline with the project's
+callbacks and returns the metrics of the last epoch on the validation split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import keras_tuner
+
+from cskd_tf import data as data_lib
+from cskd_tf import losses
+from cskd_tf.errors import ConfigError
+from cskd_tf.training import callbacks as cb
+from cskd_tf.training import runtime, trainer
+from cskd_tf.tuning.space import SearchSpace, add_derived_metrics
+
+# Epoch-log keys reported under another name: they are what the trial really trained with
+# (the model's λ variable, the T the loss read), next to the hyperparameter values of the
+# same name in the trial table.
+_USED = {"lambda_cls": "used_lambda_cls", "temperature": "used_temperature"}
+
+
+@dataclass
+class TrialData:
+    """The prepared dataset every trial of one process shares (built once, not per trial)."""
+
+    info: data_lib.DatasetInfo
+    splits: dict
+    steps_per_epoch: int
+    jit_compile: bool
+
+    @classmethod
+    def prepare(cls, config):
+        """Builds or reuses the shard cache; ConfigError when there is no validation split."""
+        jit_compile = runtime.setup(config)
+        info, splits = data_lib.prepare(config)
+        if "val" not in splits:
+            raise ConfigError(
+                f"dataset {config.dataset!r} has no validation split for the tuner's objective; "
+                "set --config.val_fraction > 0 to hold one out of train (the test split is "
+                "never used for tuning)")
+        steps = config.steps_per_epoch or info.splits["train"] // config.batch_size
+        if steps < 1:
+            raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
+                              f"split ({info.splits['train']} examples); lower --config.batch_size")
+        return cls(info=info, splits=splits, steps_per_epoch=int(steps), jit_compile=jit_compile)
+
+
+class DerivedMetrics(keras.callbacks.Callback):
+    """Adds combined objectives (val_error_plus_ece) to the epoch logs.
+
+    Listed right after CSKDCallback, so the logs already hold the validation metrics and
+    every later callback (TensorBoard, CSVLogger) sees the combined value too.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            add_derived_metrics(logs)
+
+
+class CSKDHyperModel(keras_tuner.HyperModel):
+    """Builds and trains one trial's CSKDModel from the config and the trial's values.
+
+    Args:
+      space: the :class:`SearchSpace` of the search (it holds the base config).
+      data: the :class:`TrialData` to train on; ``None`` in a process that only
+        declares the space (the distributed chief), where ``build`` is never called.
+    """
+
+    def __init__(self, space: SearchSpace, data: TrialData | None = None):
+        super().__init__(name="cskd", tunable=True)
+        self.space = space
+        self.data = data
+
+    def declare_hyperparameters(self, hp):
+        self.space.declare(hp)
+
+    def trial_config(self, hp):
+        """The full config of a trial: the base config with this trial's values."""
+        return self.space.trial_config(self.space.declare(hp))
+
+    def build(self, hp):
+        if self.data is None:
+            raise RuntimeError("CSKDHyperModel.build needs TrialData (the chief builds no model)")
+        config = self.trial_config(hp)
+        # Same seed in every trial: the same initial weights and batch order, so trials
+        # differ only by their hyperparameters.
+        runtime.setup(config)
+        info = self.data.info
+        method = losses.get_method(config.method, config)
+        model = trainer.build_model(config, info.num_classes, info.image_shape, info.mean,
+                                    info.std, method)
+        method.prepare_training(model)
+        trainer.compile_model(model, config, self.data.steps_per_epoch, self.data.jit_compile)
+        return model
+
+    def fit(self, hp, model, epochs=None, initial_epoch=0, callbacks=(), **kwargs):
+        """Trains epochs ``initial_epoch .. epochs - 1``; returns the last epoch's metrics.
+
+        The last epoch, not the best one, because cskd-train keeps the last weights: a
+        trial is scored as the run its hyperparameters would give when retrained.
+        Raises NonFiniteLossError (from NonFiniteLossGuard) when the loss diverges.
+        """
+        del kwargs  # Keras Tuner passes nothing else; accepted for its signature
+        config = self.trial_config(hp)
+        epochs = int(epochs or config.num_epochs)
+        info, splits = self.data.info, self.data.splits
+        train_ds, steps = data_lib.train_dataset(config, info, splits["train"],
+                                                 views=model.method.views,
+                                                 start_epoch=int(initial_epoch))
+        val_ds = data_lib.eval_dataset(config, info, splits["val"])
+        project_callbacks = [
+            cb.NonFiniteLossGuard(),
+            cb.LearningRateLogger(),
+            cb.CSKDCallback(val_ds, lambda_cls=float(config.lambda_cls),
+                            # The T the loss reads, so the logged value proves what was used.
+                            temperature=float(model.method.config.temperature),
+                            lambda_warmup_epochs=config.lambda_warmup_epochs,
+                            jit_compile=self.data.jit_compile),
+            DerivedMetrics(),
+        ]
+        history = model.fit(train_ds, epochs=epochs, initial_epoch=int(initial_epoch),
+                            steps_per_epoch=steps, callbacks=project_callbacks + list(callbacks),
+                            shuffle=False, verbose=2 if config.verbose else 0)
+        results = {_USED.get(name, name): float(values[-1])
+                   for name, values in history.history.items() if values}
+        results["epochs"] = float(epochs)
+        return results

@@ -1,0 +1,423 @@
+"""Sources, the shard cache, augmentation and the data API (cskd_tf.data).
+
+Every on-disk layout is faked in tmp_path with a few tiny PIL-written images.
+"""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from cskd_tf.config import default_config
+from cskd_tf.data import (AUGMENTS, eval_dataset, eval_preprocess, prepare, shards, sources,
+                          train_dataset)
+from cskd_tf.data.augment import train_transform
+from cskd_tf.data.tfds_source import parse_name
+from cskd_tf.errors import ConfigError, DataError
+
+REAL_TINYIMAGENET = "/tmp/tiny-imagenet-200-lowshot"
+REAL_FASHION = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+
+
+def write_image(path, seed=0, size=(12, 10), grey=False, fmt=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0]) if grey else (size[1], size[0], 3)
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(path, format=fmt)
+
+
+def make_config(tmp_path, **kw):
+    config = default_config()
+    config.cache_dir = str(tmp_path / "cache")
+    config.update(kw)
+    return config
+
+
+def one_line_error(error_type, config, max_length=400):
+    with pytest.raises(error_type) as e:
+        prepare(config)
+    message = str(e.value)
+    assert "\n" not in message and len(message) < max_length, message
+    return message
+
+
+# --------------------------------------------------------------------------- fake trees
+
+
+def fake_tinyimagenet(root, wnids=("n002", "n001", "n003"), per_class=4, val_per_class=2):
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "wnids.txt"), "w") as f:
+        f.write("\n".join(wnids) + "\n")
+    with open(os.path.join(root, "words.txt"), "w") as f:
+        for w in wnids:
+            f.write(f"{w}\tthing {w}, other name\n")
+    rows = []
+    for k, w in enumerate(wnids):
+        for i in range(per_class):
+            write_image(os.path.join(root, "train", w, "images", f"{w}_{i}.JPEG"), k * 10 + i,
+                        size=(16, 16), grey=(i == 0), fmt="JPEG")
+        for i in range(val_per_class):
+            name = f"val_{w}_{i}.JPEG"
+            write_image(os.path.join(root, "val", "images", name), 100 + k * 10 + i,
+                        size=(16, 16), fmt="JPEG")
+            rows.append(f"{name}\t{w}\t0\t0\t15\t15")
+    with open(os.path.join(root, "val", "val_annotations.txt"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    return root
+
+
+def fake_imagefolder(root, classes=("cat", "dog"), per_class=4, splits=("train", "test")):
+    for split in splits:
+        for k, cls in enumerate(classes):
+            for i in range(per_class):
+                ext = (".JPG", ".png", ".jpeg")[i % 3]
+                write_image(os.path.join(root, split, cls, f"img{i}{ext}"), k * 10 + i,
+                            size=(10 + i, 8), fmt="PNG" if ext == ".png" else "JPEG")
+    return root
+
+
+def write_idx(path, array):
+    array = np.asarray(array, np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def fake_fashion(root, train_labels=None):
+    os.makedirs(root, exist_ok=True)
+    train_labels = np.tile(np.arange(10), 3) if train_labels is None else train_labels
+    test_labels = np.arange(10)
+    write_idx(os.path.join(root, "train-images-idx3-ubyte.gz"),
+              np.arange(len(train_labels) * 28 * 28).reshape(-1, 28, 28) % 256)
+    write_idx(os.path.join(root, "train-labels-idx1-ubyte.gz"), train_labels)
+    write_idx(os.path.join(root, "t10k-images-idx3-ubyte"), np.zeros((10, 28, 28)))
+    write_idx(os.path.join(root, "t10k-labels-idx1-ubyte"), test_labels)
+    return root
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def test_digits_splits_shapes_and_datasets(tmp_path):
+    config = make_config(tmp_path, batch_size=32, num_epochs=1)
+    info, splits = prepare(config)
+    assert info.num_classes == 10 and info.class_names[3] == "3"
+    assert info.image_shape == (8, 8, 1) and info.augment == "digits"
+    assert info.splits == {"train": 1078, "val": 359, "test": 360}
+    assert info.train_counts.sum() == 1078 and len(info.mean) == 1 and 0 < info.std[0] < 1
+    ds, steps = train_dataset(config, info, splits["train"])
+    (x, xp), y = next(iter(ds))
+    assert steps == 1078 // 32 and x.shape == (32, 8, 8, 1) and xp.shape == x.shape
+    assert x.dtype == tf.float32 and 0.0 <= float(tf.reduce_min(x)) <= float(tf.reduce_max(x)) <= 1.0
+    labels = np.concatenate([y for _, y in eval_dataset(config, info, splits["test"])])
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), splits["test"].counts)
+    # The test split is fixed: a different seed changes neither it nor the cache.
+    info2, splits2 = prepare(make_config(tmp_path, seed=5))
+    assert splits2["test"].directory == splits["test"].directory
+
+
+def test_tinyimagenet_layout(tmp_path):
+    root = fake_tinyimagenet(str(tmp_path / "tiny"))
+    config = make_config(tmp_path, dataset="tinyimagenet", data_dir=root, batch_size=4)
+    info, splits = prepare(config)
+    # Classes are the sorted wnids, named by their first synonym.
+    assert info.class_names == ["thing n001", "thing n002", "thing n003"]
+    assert info.splits == {"train": 12, "val": 6} and info.image_shape == (32, 32, 3)
+    assert info.augment == "tinyimagenet" and info.mean == (0.485, 0.456, 0.406)
+    (x, xp), y = next(iter(train_dataset(config, info, splits["train"])[0]))
+    assert x.shape == (4, 32, 32, 3)
+    x, y = next(iter(eval_dataset(config, info, splits["val"])))  # includes a grey JPEG
+    assert x.shape == (6, 32, 32, 3) and list(y) == [0, 0, 1, 1, 2, 2]
+
+
+def test_imagefolder_holds_out_val_by_seed(tmp_path):
+    root = fake_imagefolder(str(tmp_path / "folder"), per_class=6)
+    config = make_config(tmp_path, dataset="imagefolder", data_dir=root, val_fraction=0.34,
+                         image_size=16)
+    info, splits = prepare(config)
+    assert info.class_names == ["cat", "dog"] and info.image_shape == (16, 16, 3)
+    assert info.splits == {"train": 8, "val": 4, "test": 12}
+    assert info.augment == "finegrained" and info.native_shape is None  # mixed sizes
+    x, _ = next(iter(eval_dataset(config, info, splits["test"])))
+    assert x.shape == (12, 16, 16, 3)
+    val_a = splits["val"].load()[0]
+    val_b = prepare(make_config(tmp_path, dataset="imagefolder", data_dir=root,
+                                val_fraction=0.34, image_size=16, seed=1))[1]["val"].load()[0]
+    assert sorted(val_a) != sorted(val_b)  # another seed, another held-out split
+
+
+def test_mit67_layout(tmp_path):
+    root = tmp_path / "mit67"
+    lines = {"Train": [], "Test": []}
+    for k, cls in enumerate(["kitchen", "bakery"]):
+        for i in range(5):
+            write_image(str(root / "Images" / cls / f"img{i}.jpg"), k * 10 + i, fmt="JPEG")
+            lines["Train" if i < 4 else "Test"].append(f"{cls}/img{i}.jpg")
+    for split, rows in lines.items():
+        (root / f"{split}Images.txt").write_text("\r\n".join(rows) + "\r\n")
+    config = make_config(tmp_path, dataset="mit67", data_dir=str(root), val_fraction=0.25,
+                         max_train_per_class=2)
+    info, splits = prepare(config)
+    assert info.class_names == ["bakery", "kitchen"] and info.image_shape == (224, 224, 3)
+    assert info.splits == {"train": 4, "val": 2, "test": 2}
+    assert list(info.train_counts) == [2, 2]
+
+
+def test_fashion_mnist_idx(tmp_path):
+    root = fake_fashion(str(tmp_path / "fashion"))
+    config = make_config(tmp_path, dataset="fashion_mnist", data_dir=root, val_fraction=0.34,
+                         max_classes=4)
+    info, splits = prepare(config)
+    assert info.class_names == ["T-shirt/top", "Trouser", "Pullover", "Dress"]
+    assert info.splits == {"train": 8, "val": 4, "test": 4}
+    assert info.image_shape == (28, 28, 1) and info.augment == "cifar"
+    payloads, labels = splits["train"].load()
+    assert len(payloads[0]) == 28 * 28 and list(labels) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_cache_is_built_once_and_keyed_by_split_spec(tmp_path, monkeypatch):
+    root = fake_tinyimagenet(str(tmp_path / "tiny"))
+    config = make_config(tmp_path, dataset="tinyimagenet", data_dir=root)
+    info, splits = prepare(config)
+    meta = os.path.join(info.cache_path, "meta.json")
+    shard = splits["train"].files()[0]
+    stamps = (os.stat(meta).st_mtime_ns, os.stat(shard).st_mtime_ns)
+    builds = []
+    monkeypatch.setattr(shards, "_build", lambda *a: builds.append(a))
+    info2, _ = prepare(config)
+    assert builds == [] and info2.cache_path == info.cache_path
+    assert (os.stat(meta).st_mtime_ns, os.stat(shard).st_mtime_ns) == stamps
+    monkeypatch.undo()
+    info3, _ = prepare(make_config(tmp_path, dataset="tinyimagenet", data_dir=root,
+                                   max_classes=2))
+    assert info3.cache_path != info.cache_path and info3.num_classes == 2
+    leftovers = [n for n in os.listdir(config.cache_dir) if n.startswith(".tmp")]
+    assert leftovers == []
+
+
+def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
+    config = make_config(tmp_path)
+    real = shards._write_split
+    calls = []
+
+    def interrupted(folder, *args):
+        calls.append(folder)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(folder, *args)
+
+    monkeypatch.setattr(shards, "_write_split", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(config)
+    assert os.listdir(config.cache_dir) == []
+    # A temporary folder left by a killed build (its process is gone) is cleaned up.
+    monkeypatch.undo()
+    key = shards.cache_key(shards.cache_spec(sources.get_source("digits")))
+    stale = os.path.join(config.cache_dir, f".tmp-{key}-999999999-abcd1234")
+    os.makedirs(os.path.join(stale, "train"))
+    info, _ = prepare(config)
+    assert os.listdir(config.cache_dir) == [os.path.basename(info.cache_path)]
+
+
+def test_cache_dir_defaults_to_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("CSKD_CACHE_DIR", str(tmp_path / "envcache"))
+    assert shards.cache_root("") == str(tmp_path / "envcache")
+    assert shards.cache_root(str(tmp_path / "x")) == str(tmp_path / "x")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unknown_dataset_and_bad_fields(tmp_path):
+    assert "digits" in one_line_error(ConfigError, make_config(tmp_path, dataset="digitz"))
+    one_line_error(ConfigError, make_config(tmp_path, augment="autoaugment"))
+    one_line_error(ConfigError, make_config(tmp_path, dataset="tfds:"))
+    assert parse_name("cifar100:3.0.2") == "cifar100:3.0.2"
+
+
+def test_missing_directory(tmp_path):
+    message = one_line_error(DataError, make_config(tmp_path, dataset="tinyimagenet",
+                                                    data_dir=str(tmp_path / "nowhere")))
+    assert "nowhere" in message and "data_dir" in message
+    one_line_error(ConfigError, make_config(tmp_path, dataset="tinyimagenet"))
+
+
+def test_empty_split(tmp_path):
+    root = fake_imagefolder(str(tmp_path / "folder"), splits=("train",))
+    os.makedirs(os.path.join(root, "val", "cat"))
+    message = one_line_error(DataError, make_config(tmp_path, dataset="imagefolder",
+                                                    data_dir=root))
+    assert "val split is empty" in message
+
+
+def test_class_without_training_example(tmp_path):
+    root = fake_imagefolder(str(tmp_path / "folder"), splits=("train",))
+    os.makedirs(os.path.join(root, "train", "emu"))
+    message = one_line_error(DataError, make_config(tmp_path, dataset="imagefolder",
+                                                    data_dir=root))
+    assert "'emu'" in message and "no training example" in message
+
+
+def test_labels_out_of_range(tmp_path):
+    root = fake_fashion(str(tmp_path / "fashion"), train_labels=np.array([0, 1, 12]))
+    message = one_line_error(DataError, make_config(tmp_path, dataset="fashion_mnist",
+                                                    data_dir=root))
+    assert "out of range" in message
+    root = fake_imagefolder(str(tmp_path / "folder"), splits=("train",))
+    write_image(os.path.join(root, "test", "horse", "a.jpg"), fmt="JPEG")
+    assert "horse" in one_line_error(DataError, make_config(tmp_path, dataset="imagefolder",
+                                                            data_dir=root))
+
+
+def test_corrupt_idx(tmp_path):
+    root = fake_fashion(str(tmp_path / "fashion"))
+    with open(os.path.join(root, "t10k-labels-idx1-ubyte"), "wb") as f:
+        f.write(b"\x12\x34\x56\x78garbage")
+    assert "magic" in one_line_error(DataError, make_config(tmp_path, dataset="fashion_mnist",
+                                                            data_dir=root))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_jpeg_is_named(tmp_path, damage):
+    root = fake_tinyimagenet(str(tmp_path / "tiny"))
+    bad = os.path.join(root, "train", "n003", "images", "n003_2.JPEG")
+    with open(bad, "rb") as f:
+        data = f.read()
+    with open(bad, "wb") as f:
+        f.write(b"not a jpeg at all" if damage == "garbage" else data[: len(data) // 2])
+    message = one_line_error(DataError, make_config(tmp_path, dataset="tinyimagenet",
+                                                    data_dir=root))
+    assert bad in message
+    assert not [n for n in os.listdir(tmp_path / "cache") if not n.startswith(".")]
+
+
+def test_tfds_not_prepared(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def offline(self, *a, **k):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    message = one_line_error(DataError, make_config(tmp_path, dataset="tfds:cifar10",
+                                                    data_dir=str(tmp_path / "tfds")))
+    assert "internet" in message and "no network" in message
+    one_line_error(ConfigError, make_config(tmp_path, dataset="tfds:no_such_dataset_xyz",
+                                            data_dir=str(tmp_path / "tfds")))
+    monkeypatch.undo()
+    # imagenet2012 needs its archives in the manual dir; TFDS says so before any download.
+    message = one_line_error(DataError, make_config(tmp_path, dataset="tfds:imagenet2012",
+                                                    data_dir=str(tmp_path / "tfds")), 800)
+    assert "downloads/manual" in message and "ILSVRC2012_img_train.tar" in message
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+@pytest.mark.parametrize("name", AUGMENTS)
+def test_train_transforms(name):
+    size = 24
+    image = tf.random.stateless_uniform([40, 30, 3], seed=[1, 2])
+    transform = train_transform(name, size, 3)
+    a = transform(image, tf.constant([3, 4]))
+    b = transform(image, tf.constant([3, 4]))
+    assert a.shape == (size, size, 3) and a.dtype == tf.float32
+    np.testing.assert_array_equal(a, b)  # stateless: the seed decides everything
+    assert 0.0 <= float(tf.reduce_min(a)) and float(tf.reduce_max(a)) <= 1.0
+
+
+def test_digits_transform_never_flips():
+    # A left-to-right ramp stays increasing after every pad-1 crop.
+    image = tf.tile(tf.reshape(tf.linspace(0.1, 1.0, 8), [1, 8, 1]), [8, 1, 1])
+    transform = train_transform("digits", 8, 1)
+    for s in range(20):
+        row = transform(image, tf.constant([s, 0]))[4, :, 0].numpy()
+        inner = row[row > 0]
+        assert (np.diff(inner) > 0).all()
+
+
+def test_eval_preprocess(tmp_path):
+    info, _ = prepare(make_config(tmp_path, image_size=224, augment="finegrained"))
+    fn = eval_preprocess(info, "finegrained")
+    out = fn(tf.zeros([300, 400, 3], tf.uint8))  # RGB into a 1-channel model
+    assert out.shape == (224, 224, 1) and out.dtype == tf.float32
+    info.image_shape = (32, 32, 3)
+    fn = eval_preprocess(info, "tinyimagenet")
+    grey = fn(tf.fill([64, 64, 1], tf.constant(255, tf.uint8)))
+    assert grey.shape == (32, 32, 3) and float(tf.reduce_min(grey)) == 1.0
+    assert fn(tf.zeros([5, 64, 48, 3], tf.uint8)).shape == (5, 32, 32, 3)
+
+
+# --------------------------------------------------------------------------- real data
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_TINYIMAGENET),
+                    reason="unpack shared/data/tiny-imagenet-200-lowshot.tar.gz into /tmp")
+def test_real_tinyimagenet_lowshot(tmp_path):
+    config = make_config(tmp_path, dataset="tinyimagenet", data_dir=REAL_TINYIMAGENET,
+                         max_classes=3, batch_size=16, num_epochs=1)
+    info, splits = prepare(config)
+    assert info.num_classes == 3 and info.native_shape == (64, 64, 3)
+    assert info.splits == {"train": 300, "val": 75} and list(info.train_counts) == [100] * 3
+    assert all(name and not name.startswith("n0") for name in info.class_names)
+    ds, steps = train_dataset(config, info, splits["train"])
+    assert steps == 300 // 16
+    (x, xp), y = next(iter(ds))
+    assert x.shape == (16, 32, 32, 3) and set(y.numpy()) <= {0, 1, 2}
+
+
+def test_tfds_prepared_builder(tmp_path):
+    """A tiny locally generated TFDS dataset goes through the tfds: source end to end."""
+    import tensorflow_datasets as tfds
+
+    class CskdTinyTfds(tfds.core.GeneratorBasedBuilder):
+        # TFDS looks for optional metadata files next to the builder's module, which must
+        # be in a package; the test module is not.
+        __module__ = "cskd_tf.data.tfds_source"
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(8, 8, 3)),
+                "label": tfds.features.ClassLabel(names=["ant", "bee", "cow"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(12, 0),
+                    "test": self._generate_examples(6, 100)}
+
+        def _generate_examples(self, n, offset):
+            for i in range(n):
+                yield i, {"image": np.full((8, 8, 3), i + offset, np.uint8), "label": i % 3}
+
+    config = make_config(tmp_path, dataset="tfds:cskd_tiny_tfds", data_dir=str(tmp_path / "tfds"),
+                         val_fraction=0.25, batch_size=3, num_epochs=1)
+    info, splits = prepare(config)  # prepares the builder (no download), then the cache
+    assert info.class_names == ["ant", "bee", "cow"] and info.image_shape == (8, 8, 3)
+    assert info.splits == {"train": 9, "val": 3, "test": 6} and info.augment == "cifar"
+    assert splits["train"].kind == "encoded"  # TFDS's PNG bytes, copied as they are
+    x, y = next(iter(eval_dataset(config, info, splits["test"])))
+    assert sorted(np.round(x.numpy()[:, 0, 0, 0] * 255).astype(int)) == list(range(100, 106))
+
+
+def test_wrong_data_dir_fails_before_walking_it(tmp_path):
+    (tmp_path / "home" / "stuff").mkdir(parents=True)
+    message = one_line_error(DataError, make_config(tmp_path, dataset="mit67",
+                                                    data_dir=str(tmp_path / "home")))
+    assert "Images not found" in message
+    message = one_line_error(DataError, make_config(tmp_path, dataset="fashion_mnist",
+                                                    data_dir=str(tmp_path / "home")))
+    assert "train-images-idx3-ubyte" in message
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_FASHION),
+                    reason="apt-get install dataset-fashion-mnist")
+def test_real_fashion_mnist(tmp_path):
+    config = make_config(tmp_path, dataset="fashion_mnist", max_classes=2,
+                         max_train_per_class=10)
+    info, splits = prepare(config)
+    assert info.class_names == ["T-shirt/top", "Trouser"] and info.image_shape == (28, 28, 1)
+    assert info.splits == {"train": 20, "val": 1200, "test": 2000}
+    assert list(info.splits) == ["train", "val", "test"]

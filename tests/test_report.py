@@ -1,0 +1,132 @@
+"""Tests of cskd_tf.evaluation.report and the cskd-report command on made-up runs."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cskd_tf.errors import ConfigError, WorkdirError
+from cskd_tf.evaluation import report
+
+
+def make_run(root, name, *, dataset="tfds:cifar100", model="resnet18", method="ce", seed=0,
+             top1=None, splits=("val", "test"), **extra):
+    """A run dir with config.json, and metrics.json when ``top1`` is given."""
+    path = os.path.join(root, name)
+    os.makedirs(path)
+    config = {"dataset": dataset, "model": model, "method": method, "seed": seed,
+              "lambda_cls": 1.0, **extra}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    if top1 is not None:
+        metrics = {"top1_error": top1, "top5_error": top1 / 4, "ece": 10.0 - seed,
+                   "recall_at_1": 100.0 - top1, "nll": 1.0, "num_examples": 100}
+        with open(os.path.join(path, "metrics.json"), "w") as f:
+            json.dump({s: metrics for s in splits}, f)
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = str(tmp_path / "runs")
+    # CIFAR-100: CE 24.0/24.2 (mean 24.1), CS-KD 22.0/21.98 (mean 21.99): -8.755%.
+    make_run(root, "c100/ce_s0", method="ce", seed=0, top1=24.0)
+    make_run(root, "c100/ce_s1", method="ce", seed=1, top1=24.2)
+    make_run(root, "c100/cskd_s0", method="cskd", seed=0, top1=22.0)
+    make_run(root, "c100/cskd_s1", method="cskd", seed=1, top1=21.98)
+    # CUB: CS-KD has one unfinished seed.
+    make_run(root, "cub/ce_s0", dataset="tfds:caltech_birds2011", method="ce", top1=46.0)
+    make_run(root, "cub/cskd_s0", dataset="tfds:caltech_birds2011", method="cskd", top1=33.0)
+    make_run(root, "cub/cskd_s1", dataset="tfds:caltech_birds2011", method="cskd", seed=1)
+    return root
+
+
+def test_find_run_dirs_recurses_and_stops_at_runs(runs):
+    found = report.find_run_dirs([runs, os.path.join(runs, "c100")])
+    assert len(found) == 7  # the nested path does not list runs twice
+    assert all(os.path.exists(os.path.join(p, "config.json")) for p in found)
+
+
+def test_find_run_dirs_errors(tmp_path):
+    with pytest.raises(WorkdirError, match="does not exist"):
+        report.find_run_dirs([str(tmp_path / "nope")])
+    with pytest.raises(WorkdirError, match="no training run"):
+        report.find_run_dirs([str(tmp_path)])
+
+
+def test_aggregation_mean_std_and_change(runs):
+    groups = report.group_runs(report.load_run(p) for p in report.find_run_dirs([runs]))
+    ce = groups[("tfds:cifar100", "resnet18", "ce")].stat("test", "top1_error")
+    cskd = groups[("tfds:cifar100", "resnet18", "cskd")].stat("test", "top1_error")
+    assert ce.mean == pytest.approx(24.1) and ce.n == 2
+    assert ce.std == pytest.approx(0.141421356, rel=1e-6)  # sample std (ddof=1)
+    assert cskd.mean == pytest.approx(21.99)
+    assert report.relative_change(cskd.mean, ce.mean) == pytest.approx(-8.7552, abs=1e-3)
+    cub = groups[("tfds:caltech_birds2011", "resnet18", "cskd")]
+    assert not cub.complete and cub.status == "incomplete (1/2 runs finished)"
+    assert list(groups)[0][2] == "ce"  # the baseline row comes first
+
+
+def test_markdown_tables(runs):
+    text = report.build_report([runs], "markdown")
+    assert "test split" in text
+    assert "| Method | CIFAR-100 | CUB-200-2011 |" in text  # the paper's column order
+    lines = text.splitlines()
+    cskd_row = next(l for l in lines if l.startswith("| CS-KD |") and "−8.8%" in l)
+    # Best CIFAR-100 top-1 in bold, with the relative change from CE.
+    assert "**21.99 ± 0.01 (−8.8%)**" in cskd_row
+    # The unfinished CUB group is visible, not dropped.
+    assert "incomplete (1/2 runs finished)" in cskd_row
+    assert "cub/cskd_s1" in text  # named in the notes
+    # Table 6: the R@1 column is higher-is-better: CS-KD (78.01) is bold.
+    assert "**78.01 ± 0.01**" in text
+    table = [l for l in lines if l.startswith("|")]
+    assert len({l.count("|") for l in table[:4]}) == 1  # well-formed rows
+
+
+def test_latex_and_csv(runs):
+    tex = report.build_report([runs], "latex")
+    assert r"\textbf{21.99 $\pm$ 0.01 ($-$8.8\%)}" in tex
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 3
+    rows = list(csv.DictReader(io.StringIO(report.build_report([runs], "csv"))))
+    assert len(rows) == 4
+    by = {(r["dataset"], r["method"]): r for r in rows}
+    assert float(by["tfds:cifar100", "cskd"]["top1_error_mean"]) == pytest.approx(21.99)
+    assert by["tfds:cifar100", "cskd"]["top1_error_best"] == "1"
+    assert float(by["tfds:cifar100", "cskd"]["top1_error_change_from_ce_pct"]) == pytest.approx(-8.76)
+    assert by["tfds:caltech_birds2011", "cskd"]["status"] == "incomplete"
+    assert by["tfds:caltech_birds2011", "cskd"]["runs_finished"] == "1"
+
+
+def test_split_choice(tmp_path):
+    root = str(tmp_path)
+    make_run(root, "a", top1=20.0, splits=("val", "test"))
+    make_run(root, "b", method="cskd", top1=19.0, splits=("val",))
+    assert "val split" in report.build_report([root])  # not every run has test
+    with pytest.raises(ConfigError, match="no test metrics"):
+        report.build_report([root], split="test")
+
+
+def test_group_notes_and_subsets(tmp_path):
+    root = str(tmp_path)
+    make_run(root, "a", top1=20.0, seed=0)
+    make_run(root, "b", top1=21.0, seed=0, lambda_cls=3.0)
+    # A budgeted subset of the same dataset is a separate column, not averaged in.
+    make_run(root, "c", top1=50.0, max_train_per_class=10)
+    text = report.build_report([root])
+    assert "repeat" in text and "lambda_cls" in text
+    assert "CIFAR-100 (max_train_per_class=10)" in text
+
+
+def test_cli_nonexistent_dir_is_one_line_error(tmp_path):
+    # A subprocess: absl flags are process-global and app.run exits.
+    proc = subprocess.run([sys.executable, "-m", "cskd_tf.cli.report", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "does not exist" in lines[0]
+

@@ -1,0 +1,211 @@
+"""The training application end to end: CLI, resume, callbacks, bad input."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import console_script
+
+TINY = ["--config.model_width=8", "--config.max_train_per_class=40", "--config.batch_size=32",
+        "--config.learning_rate=0.1", "--config.lr_decay_epochs=(2,)", "--config.verbose=0"]
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "digits_quick.py")
+PAPER_METRICS = {"top1_error", "top5_error", "ece", "recall_at_1", "nll"}
+
+
+def cli(name, *args, timeout=300):
+    return subprocess.run([console_script(name), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_line_error(result):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    return lines[-1]
+
+
+def test_cli_trains_evaluates_and_protects_a_finished_run(tmp_path):
+    workdir = str(tmp_path / "run")
+    result = cli("cskd-train", f"--config={CONFIG}", f"--workdir={workdir}",
+                 "--config.num_epochs=3", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    assert set(metrics) == {"val", "test"}
+    for split in metrics.values():
+        assert PAPER_METRICS <= set(split)
+        assert 0 <= split["top1_error"] <= 100 and 0 <= split["ece"] <= 100
+        assert split["top5_error"] <= split["top1_error"]
+    # Three short epochs on digits already beat chance (90% error) clearly.
+    assert metrics["val"]["top1_error"] < 75
+
+    rows = list(csv.DictReader(open(os.path.join(workdir, "history.csv"))))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    for column in ("loss", "ce", "cls", "accuracy", "top5_accuracy", "lr", "lambda_cls",
+                   "temperature", "val_accuracy", "val_ece", "val_nll", "val_recall_at_1"):
+        assert column in rows[0], column
+    # lr ÷10 at epoch 2 (0-based) as configured.
+    assert float(rows[1]["lr"]) == pytest.approx(0.1)
+    assert float(rows[2]["lr"]) == pytest.approx(0.01)
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+    evaluated = json.loads(cli("cskd-eval", f"--workdir={workdir}").stdout)
+    for split in ("val", "test"):
+        for key in PAPER_METRICS:
+            assert evaluated[split][key] == pytest.approx(metrics[split][key], abs=1e-3)
+
+    before = os.path.getmtime(os.path.join(workdir, "metrics.json"))
+    again = cli("cskd-train", f"--config={CONFIG}", f"--workdir={workdir}",
+                "--config.num_epochs=3", *TINY)
+    assert "already holds a finished run" in one_line_error(again)
+    assert os.path.getmtime(os.path.join(workdir, "metrics.json")) == before
+
+
+def _train_cmd(workdir, epochs):
+    return [console_script("cskd-train"), f"--config={CONFIG}", f"--workdir={workdir}",
+            f"--config.num_epochs={epochs}", "--config.deterministic=True",
+            "--config.lr_decay_epochs=(3,)", *[a for a in TINY if "lr_decay" not in a]]
+
+
+def test_kill_minus_nine_then_rerun_finishes_like_an_uninterrupted_run(tmp_path):
+    epochs = 5
+    reference = str(tmp_path / "reference")
+    assert subprocess.run(_train_cmd(reference, epochs), capture_output=True,
+                          timeout=300).returncode == 0
+
+    workdir = str(tmp_path / "interrupted")
+    process = subprocess.Popen(_train_cmd(workdir, epochs), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    index = os.path.join(workdir, "checkpoints", "checkpoint")
+    deadline = time.time() + 240
+    while not os.path.exists(index) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert os.path.exists(index), "no checkpoint was written before the kill"
+    assert not os.path.exists(os.path.join(workdir, "metrics.json")), "the run finished too soon"
+
+    resumed = subprocess.run(_train_cmd(workdir, epochs), capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = json.load(open(os.path.join(reference, "metrics.json")))
+    got = json.load(open(os.path.join(workdir, "metrics.json")))
+    for split in want:
+        for key in PAPER_METRICS:
+            assert got[split][key] == pytest.approx(want[split][key], rel=1e-4, abs=1e-4), key
+    rows = list(csv.DictReader(open(os.path.join(workdir, "history.csv"))))
+    assert {int(r["epoch"]) for r in rows} == set(range(epochs))
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.foo=1", "unknown config field 'foo'"),
+    ("--config.dataset=imagenet9", "unknown dataset 'imagenet9'"),
+    ("--config.model=resnet7", "unknown model 'resnet7'"),
+    ("--config.method=csdk", "unknown method 'csdk'"),
+    ("--config.data_dir=/nonexistent/tiny", "does not exist"),
+    ("--config.batch_size=0", "batch_size must be > 0"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
+    workdir = tmp_path / "run"
+    args = [f"--config={CONFIG}", f"--workdir={workdir}", *TINY, override]
+    if "data_dir" in override:
+        args.append("--config.dataset=tinyimagenet")
+    line = one_line_error(cli("cskd-train", *args))
+    assert expected in line
+    assert not (workdir / "metrics.json").exists()
+
+
+def test_eval_of_a_missing_run_is_one_line(tmp_path):
+    assert "no training run" in one_line_error(cli("cskd-eval", f"--workdir={tmp_path}"))
+
+
+def test_nan_loss_stops_with_epoch_and_step(tmp_path, tiny_config):
+    from cskd_tf.errors import NonFiniteLossError
+    from cskd_tf.training.trainer import train
+
+    tiny_config.learning_rate = 1e30
+    tiny_config.lr_decay_epochs = ()
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+"):
+        train(tiny_config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_config):
+    from cskd_tf.errors import WorkdirError
+    from cskd_tf.training.workdir import Workdir
+
+    Workdir(str(tmp_path)).prepare_for_training(tiny_config)
+    tiny_config.lambda_cls = 3.0
+    with pytest.raises(WorkdirError, match="lambda_cls"):
+        Workdir(str(tmp_path)).prepare_for_training(tiny_config)
+
+
+def test_model_fit_with_pair_dataset_and_cskd_callback():
+    """The Python API: model.fit(pair_dataset, callbacks=[CSKDCallback(...)])."""
+    import keras
+    from sklearn.datasets import load_digits
+
+    from cskd_tf import losses, models
+    from cskd_tf.config import default_config
+    from cskd_tf.data import pair_dataset
+    from cskd_tf.training import CSKDCallback
+
+    digits = load_digits()
+    images = (digits.images[..., None] * 16).clip(0, 255).astype(np.uint8)
+    labels = digits.target.astype(np.int32)
+    train = pair_dataset(images[:320], labels[:320], batch_size=32, seed=0)
+    val = pair_dataset(images[320:480], labels[320:480], batch_size=80, seed=1).map(
+        lambda xs, y: (xs[0], y))
+
+    config = default_config()
+    method = losses.get_method("cskd", config)
+    backbone = models.build("preact_resnet10", num_classes=10, input_shape=(8, 8, 1), width=8)
+    model = models.CSKDModel(backbone, method=method, lambda_cls=1.0, weight_decay=1e-4)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    callback = CSKDCallback(val, temperature=4.0, lambda_warmup_epochs=2)
+    history = model.fit(train, epochs=2, callbacks=[callback], verbose=0)
+    logs = history.history
+    assert logs["lambda_cls"] == pytest.approx([0.5, 1.0])
+    assert logs["temperature"] == [4.0, 4.0]
+    for key in ("loss", "ce", "cls", "accuracy", "top5_accuracy", "val_ece", "val_nll",
+                "val_recall_at_1", "val_accuracy"):
+        assert len(logs[key]) == 2 and all(np.isfinite(logs[key])), key
+    # The CS-KD term is really in the loss: loss = ce + λ·cls per batch, so on average too.
+    assert logs["loss"][1] == pytest.approx(logs["ce"][1] + 1.0 * logs["cls"][1], rel=1e-3)
+    assert model.predict(images[:4], verbose=0).shape == (4, 10)
+
+
+def test_step_schedule_divides_at_the_named_epochs():
+    from cskd_tf.training.schedules import EpochSchedule
+
+    schedule = EpochSchedule(0.1, steps_per_epoch=10, kind="step", decay_epochs=(2, 3))
+    assert [round(float(schedule(s)), 6) for s in (0, 19, 20, 29, 30, 45)] == \
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+
+
+def test_config_file_with_an_unknown_field_is_refused(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("from cskd_tf.config import default_config\n"
+                    "def get_config():\n    c = default_config()\n    c.lamda_cls = 2.0\n"
+                    "    return c\n")
+    line = one_line_error(cli("cskd-train", f"--config={path}", f"--workdir={tmp_path}/run"))
+    assert "unknown config field 'lamda_cls'; did you mean lambda_cls?" in line
+
+
+def test_config_json_round_trip():
+    from cskd_tf.config import default_config, from_json, to_json
+
+    config = default_config()
+    config.lr_decay_epochs = (5, 7)
+    config.search.temperature = (2.0, 4.0)
+    again = from_json(to_json(config))
+    assert again.lr_decay_epochs == (5, 7)
+    assert tuple(again.search.temperature) == (2.0, 4.0)
+    assert again.to_dict() == config.to_dict()
