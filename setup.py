@@ -7,6 +7,7 @@ CONSOLE_SCRIPTS = [
     "cskd-eval = cskd_tf.cli.eval:run",
     "cskd-report = cskd_tf.cli.report:run",
     "cskd-plot = cskd_tf.cli.plot:run",
+    "cskd-speed = cskd_tf.evaluation.speed:run",
 ]
 
 setup(
