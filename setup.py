@@ -8,6 +8,9 @@ CONSOLE_SCRIPTS = [
     "cskd-report = cskd_tf.cli.report:run",
     "cskd-plot = cskd_tf.cli.plot:run",
     "cskd-speed = cskd_tf.evaluation.speed:run",
+    "cskd-export = cskd_tf.cli.export:run",
+    "cskd-predict = cskd_tf.cli.predict:run",
+    "cskd-tune = cskd_tf.cli.tune:run",
 ]
 
 setup(
@@ -34,7 +37,9 @@ setup(
         "importlib_resources>=6",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "tensorflow-serving-api>=2.21,<2.22"],
+        # The gRPC client of cskd-predict; export and the REST client need nothing extra.
+        "serving": ["tensorflow-serving-api>=2.21,<2.22"],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

@@ -23,5 +23,4 @@ def get_config():
         num_epochs=30,
         lr_decay_epochs=(15, 23),
         batch_size=128,
-        weight_decay=5e-4,
     )

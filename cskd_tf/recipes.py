@@ -36,3 +36,99 @@ def paper_config(dataset_key, **overrides):
     config.update(PAPER_DATASETS[dataset_key])
     config.update(overrides)
     return config
+
+
+# ----------------------------------------------------------------------------- paper tables
+#
+# One config per cell of the paper's comparison tables, generated from PAPER_DATASETS:
+# a cell is "TABLE:DATASET:MODEL:METHOD", MODEL a registry name. configs/paper.py exposes
+# paper_cell_config() to cskd-train (--config=configs/paper.py:CELL).
+
+# Architecture rows of Tables 1-4 -> registry name for (32 px CIFAR-style, 224 px) datasets.
+ARCHITECTURES = {
+    "resnet18": ("preact_resnet18", "resnet18"),
+    "densenet121": ("densenet121_cifar", "densenet121"),
+    "resnet10": ("preact_resnet10", "resnet10"),
+}
+SMALL_DATASETS = ("cifar100", "tinyimagenet", "cub200", "dogs", "mit67")
+_CIFAR_STYLE = ("cifar100", "tinyimagenet")
+
+# table -> (datasets, architecture rows, methods, KD teacher (architecture, method) or None).
+# Table 5's architectures are registry names already (ImageNet only).
+PAPER_TABLES = {
+    # Output regularizers vs CS-KD, ResNet-18 and DenseNet-121.
+    "table1": (SMALL_DATASETS, ("resnet18", "densenet121"),
+               ("ce", "adacos", "virtual_softmax", "max_entropy", "label_smoothing", "cskd"), None),
+    # Self-distillation methods, ResNet-18.
+    "table2": (SMALL_DATASETS, ("resnet18",), ("ce", "ddgsd", "byot", "cskd", "cskd_e"), None),
+    # Combination with Mixup, ResNet-18.
+    "table3": (SMALL_DATASETS, ("resnet18",), ("ce", "cskd", "mixup", "mixup_cskd"), None),
+    # Combination with KD: ResNet-10 students of a DenseNet-121 teacher trained with CS-KD.
+    "table4": (SMALL_DATASETS, ("resnet10",), ("ce", "cskd", "kd", "kd_cskd"),
+               ("densenet121", "cskd")),
+    # ImageNet, 90 epochs, batch 256.
+    "table5": (("imagenet",), ("resnet50", "resnet101", "resnext101_32x4d"), ("ce", "cskd"), None),
+}
+KD_METHODS = ("kd", "kd_cskd")
+PAPER_WORKDIR_ROOT = "runs/paper"
+
+
+def _model_name(architecture, dataset):
+    if architecture not in ARCHITECTURES:
+        return architecture
+    cifar, imagenet = ARCHITECTURES[architecture]
+    return cifar if dataset in _CIFAR_STYLE else imagenet
+
+
+def teacher_cell(table, dataset):
+    """The cell that trains ``table``'s KD teacher on ``dataset``, or None."""
+    teacher = PAPER_TABLES[table][3]
+    if teacher is None:
+        return None
+    architecture, method = teacher
+    return f"{table}:{dataset}:{_model_name(architecture, dataset)}:{method}"
+
+
+def paper_cells(table=None):
+    """Every valid cell id ("TABLE:DATASET:MODEL:METHOD"), in table order.
+
+    Table 4 also lists its teacher cells (DenseNet-121 trained with CS-KD), which its KD
+    students read from :func:`paper_workdir` of the teacher cell.
+    """
+    cells = []
+    for name, (datasets, architectures, methods, _) in PAPER_TABLES.items():
+        if table is not None and name != table:
+            continue
+        for dataset in datasets:
+            if teacher_cell(name, dataset):
+                cells.append(teacher_cell(name, dataset))
+            for architecture in architectures:
+                model = _model_name(architecture, dataset)
+                cells.extend(f"{name}:{dataset}:{model}:{method}" for method in methods)
+    return cells
+
+
+def paper_workdir(cell):
+    """The conventional workdir of a cell: runs/paper/TABLE/DATASET/MODEL/METHOD."""
+    return "/".join([PAPER_WORKDIR_ROOT, *cell.split(":")])
+
+
+def paper_cell_config(cell):
+    """The config of one table cell (see :func:`paper_cells`); ConfigError if unknown."""
+    import difflib
+
+    from cskd_tf.errors import ConfigError
+
+    valid = paper_cells()
+    if cell not in valid:
+        close = difflib.get_close_matches(str(cell), valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown paper cell {cell!r}{hint}; a cell is TABLE:DATASET:MODEL:METHOD "
+                          f"with TABLE in {', '.join(PAPER_TABLES)}; list them with "
+                          "python -c 'from cskd_tf.recipes import paper_cells; "
+                          "print(*paper_cells(), sep=chr(10))'")
+    table, dataset, model, method = cell.split(":")
+    overrides = dict(model=model, method=method)
+    if method in KD_METHODS:
+        overrides["teacher_workdir"] = paper_workdir(teacher_cell(table, dataset))
+    return paper_config(dataset, **overrides)

@@ -1,4 +1,4 @@
-"""cskd-tune: search λ and T (and optionally learning rate, weight decay) with Keras Tuner.
+r"""cskd-tune: search λ and T (and optionally learning rate, weight decay) with Keras Tuner.
 
     cskd-tune --config=configs/digits_quick.py --workdir=runs/tune_digits \
         --tuner=random --max_trials=20 [--objective=val_accuracy] [--config.FIELD=VALUE ...]
@@ -52,7 +52,8 @@ def main(argv):
     config = common.load_config(FLAGS.config)
     options = SearchOptions(
         tuner=FLAGS.tuner, max_trials=FLAGS.max_trials, objective=FLAGS.objective,
-        overwrite=FLAGS.overwrite, max_consecutive_failed_trials=FLAGS.max_consecutive_failed_trials,
+        overwrite=FLAGS.overwrite,
+        max_consecutive_failed_trials=FLAGS.max_consecutive_failed_trials,
         hyperband_factor=FLAGS.hyperband_factor, hyperband_iterations=FLAGS.hyperband_iterations,
         chief_wait_s=FLAGS.chief_wait_s, tensorboard=FLAGS.tensorboard)
     try:

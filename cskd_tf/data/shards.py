@@ -173,12 +173,48 @@ def prepare_cache(source: Source, *, cache_dir="", max_classes=0, max_train_per_
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         meta = _read_meta(final)
-    splits = {name: PreparedSplit(name=name, directory=os.path.join(final, name),
-                                  counts=np.asarray(s["counts"], np.int64), kind=s["kind"],
-                                  raw_shape=tuple(s["raw_shape"]) if s["raw_shape"] else None,
-                                  channels=meta["channels"])
-              for name, s in meta["splits"].items()}
-    return meta, splits
+    return meta, _splits(final, meta)
+
+
+def _splits(folder: str, meta: dict) -> dict:
+    return {name: PreparedSplit(name=name, directory=os.path.join(folder, name),
+                                counts=np.asarray(s["counts"], np.int64), kind=s["kind"],
+                                raw_shape=tuple(s["raw_shape"]) if s["raw_shape"] else None,
+                                channels=meta["channels"])
+            for name, s in meta["splits"].items()}
+
+
+@dataclass
+class CacheDefaults:
+    """A pre-built cache's stand-in for its Source: the defaults prepare() takes from it."""
+
+    default_image_size: int
+    default_augment: str
+    mean: tuple | None
+    std: tuple | None
+
+
+def open_cache(folder: str):
+    """A cache folder built earlier (``<cache_dir>/<key>``) without its source.
+
+    ``folder`` may be on any filesystem tf.io.gfile reads (local, NFS, gs://, ...); it is
+    only read. Returns (meta dict, {split: PreparedSplit}, CacheDefaults).
+    """
+    meta = _read_meta(folder)
+    if meta is None:
+        raise DataError(f"{folder} holds no shard cache (no meta.json of format "
+                        f"{FORMAT_VERSION}); build one with python -m cskd_tf.data.build_cache "
+                        f"and set --config.data_dir to the folder it prints")
+    saved = meta.get("source_defaults") or {}
+    native = meta.get("native_shape")
+    # Caches built before source_defaults was recorded: the native size, else 224 px.
+    size = int(saved.get("image_size") or (native[0] if native else 224))
+    defaults = CacheDefaults(
+        default_image_size=size,
+        default_augment=saved.get("augment") or ("cifar" if size <= 64 else "finegrained"),
+        mean=tuple(saved["mean"]) if saved.get("mean") else None,
+        std=tuple(saved["std"]) if saved.get("std") else None)
+    return meta, _splits(folder, meta), defaults
 
 
 def _remove_stale(root: str, key: str):
@@ -197,9 +233,10 @@ def _remove_stale(root: str, key: str):
 
 def _read_meta(folder: str):
     try:
-        with open(os.path.join(folder, "meta.json")) as f:
+        # tf.io.gfile: a pre-built cache may live on a remote filesystem (open_cache).
+        with tf.io.gfile.GFile(os.path.join(folder, "meta.json")) as f:
             meta = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, tf.errors.OpError):
         return None
     return meta if meta.get("format_version") == FORMAT_VERSION else None
 
@@ -208,7 +245,12 @@ def _build(tmp, key, spec, source, listing) -> dict:
     os.makedirs(tmp)
     meta = {"format_version": FORMAT_VERSION, "key": key, "spec": spec,
             "source": source.name, "class_names": list(listing.class_names),
-            "channels": int(source.channels), "splits": {}}
+            "channels": int(source.channels), "splits": {},
+            # What prepare() takes from the source, for reading the cache without it.
+            "source_defaults": {"image_size": int(source.default_image_size),
+                                "augment": source.default_augment,
+                                "mean": list(source.mean) if source.mean else None,
+                                "std": list(source.std) if source.std else None}}
     for name, data in listing.splits.items():
         info, stats = _write_split(os.path.join(tmp, name), data, len(listing.class_names),
                                    source.channels)

@@ -32,6 +32,13 @@ import tensorflow as tf
 
 from cskd_tf.losses import Method, cross_entropy
 
+try:  # Keras' own test for "step outputs are reduced across workers"
+    from keras.src.backend.tensorflow.trainer import (
+        _collective_all_reduce_multi_worker as _reduces_across_workers)
+except ImportError:  # a Keras without it reduces step outputs some other way
+    def _reduces_across_workers(strategy):
+        return False
+
 
 @keras.saving.register_keras_serializable(package="cskd_tf")
 class Normalize(keras.layers.Layer):
@@ -108,7 +115,24 @@ class CSKDModel(keras.Model):
                 tracker.update_state(terms[tracker.name])
         self.accuracy_metric.update_state(labels, logits)
         self.top5_metric.update_state(labels, logits)
-        return {m.name: m.result() for m in self.metrics}
+        results = {m.name: m.result() for m in self.metrics}
+        if _reduces_across_workers(tf.distribute.get_strategy()):
+            # Keras 3.15 averages step outputs across workers with reduce(axis=0), which
+            # fails on scalars (tensorflow/tensorflow#72388); one-element vectors reduce to
+            # the same scalar. The values are already global: metric variables sum their
+            # updates over all replicas.
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy, Keras 3.15 first reduces a whole input batch across replicas
+        # to build the model symbolically; MultiWorkerMirroredStrategy rejects the nested
+        # ((anchor, partner), label) batch. A built model with a built optimizer (what
+        # trainer.build_model and compile_model make) has nothing left to build.
+        built = all(layer.built for layer in self._flatten_layers())
+        if built and (self.optimizer is None or self.optimizer.built):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # -------------------------------------------------------------------- steps
     def train_step(self, data):

@@ -74,7 +74,10 @@ def read_image(path) -> bytes:
             out = io.BytesIO()
             image.save(out, format="PNG")
             return out.getvalue()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except UnidentifiedImageError:
+        raise ServingError(f"cannot decode image {path}: not an image file PIL recognises "
+                           f"({len(data)} bytes)") from None
+    except (OSError, ValueError, SyntaxError) as error:  # truncated or corrupt data
         raise ServingError(f"cannot decode image {path}: {error}") from None
 
 

@@ -87,9 +87,9 @@ class ExportedModel:
     """
 
     def __init__(self, path):
+        self.path = check_saved_model(path)  # before importing TensorFlow: a quick error
         import tensorflow as tf
 
-        self.path = check_saved_model(path)
         self.manifest = self._read_asset(MANIFEST, json.load) or {}
         try:
             self._loaded = tf.saved_model.load(self.path)

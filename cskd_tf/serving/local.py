@@ -56,7 +56,8 @@ def _decode_json_string(value, where):
         return value.encode("utf-8")
     if isinstance(value, list):
         return [_decode_json_string(v, where) for v in value]
-    raise RequestError(f"{where}: expected a string or {{\"b64\": ...}}, got {type(value).__name__}")
+    raise RequestError(f"{where}: expected a string or {{\"b64\": ...}}, "
+                       f"got {type(value).__name__}")
 
 
 def _to_array(values, dtype_name, where):

@@ -91,7 +91,8 @@ def server_config_class():
 
     pool = descriptor_pool.DescriptorPool()  # private: never clashes with the real protos
     pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.ModelServerConfig"))
+    descriptor = pool.FindMessageTypeByName(f"{package}.ModelServerConfig")
+    return message_factory.GetMessageClass(descriptor)
 
 
 def read(path):

@@ -26,7 +26,7 @@ served inputs go through exactly the transform the reported metrics saw.
 
 from __future__ import annotations
 
-import tensorflow as tf
+# TensorFlow is imported where it is used: clients import the names below without it.
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_BYTES = "predict_bytes"
@@ -48,6 +48,8 @@ CLIENT_OUTPUTS = (TOP_K_CLASSES, TOP_K_SCORES, CLASS_NAMES)
 
 def input_specs(channels: int) -> dict:
     """{signature name: [tf.TensorSpec]} — the input signature of each endpoint."""
+    import tensorflow as tf
+
     images = tf.TensorSpec([None, None, None, int(channels)], tf.uint8, name=IMAGES)
     return {
         SERVING_DEFAULT: [images],
@@ -99,11 +101,15 @@ class ServingFunctions:
         self.top_k = min(int(top_k), len(self.class_names))
 
     def _forward(self, inputs):
+        import tensorflow as tf
+
         out = self.model.forward(inputs, training=False)
         # Mixed-precision models compute in bfloat16/float16; clients always get float32.
         return tf.cast(out["logits"], tf.float32), tf.cast(out["features"], tf.float32)
 
     def _predictions(self, inputs):
+        import tensorflow as tf
+
         logits, _ = self._forward(inputs)
         probabilities = tf.nn.softmax(logits, axis=-1)
         scores, classes = tf.math.top_k(probabilities, k=self.top_k)
@@ -121,6 +127,8 @@ class ServingFunctions:
         return self._predictions(self.preprocess(images))
 
     def predict_bytes(self, image_bytes):
+        import tensorflow as tf
+
         channels = self.image_shape[-1]
 
         def decode_one(encoded):

@@ -135,14 +135,21 @@ def resolve_kind(setting: str, tf_config: dict | None = None, num_gpus: int | No
         num_gpus = len(tf.config.list_physical_devices("GPU"))
     if num_gpus > 1:
         return "mirrored"
-    if tpu if tpu is not None else _tpu_present():
+    if tpu is None:
+        tpu = _tpu_present()
+    if tpu:
         return "tpu"
     return "one_device"
 
 
 @dataclass
 class Placement:
-    """The strategy a run trains under and this process's part in it."""
+    """The strategy a run trains under and this process's part in it.
+
+    ``num_workers`` counts the training processes (TF_CONFIG's chief + workers; 1 for
+    the single-process strategies, TPUStrategy included), ``worker_index`` is this
+    process's input-pipeline id and ``is_chief`` says whether it writes the workdir.
+    """
 
     kind: str
     strategy: tf.distribute.Strategy
@@ -292,34 +299,34 @@ def train_dataset(placement: Placement, config, info, split, views, start_epoch=
 # --------------------------------------------------------------------- files and agreement
 
 
-def _all_reduce(placement: Placement, value: float, op) -> float:
-    """``op`` over every replica of every worker of one scalar; a barrier for the workers."""
+def _gather(placement: Placement, value: float) -> list[float]:
+    """One scalar from every replica of every worker; a barrier for the workers."""
     strategy = placement.strategy
 
     @tf.function
-    def reduce():
-        local = strategy.run(lambda: tf.constant(value, tf.float32))
-        return strategy.reduce(op, local, axis=None)
+    def gather():
+        local = strategy.run(lambda: tf.constant([value], tf.float32))
+        return strategy.gather(local, axis=0)
 
-    return float(reduce().numpy())
+    return [float(v) for v in gather().numpy()]
 
 
 def barrier(placement: Placement):
     """Returns once every worker has reached it (no-op with one worker)."""
     if placement.num_workers > 1:
-        _all_reduce(placement, 0.0, tf.distribute.ReduceOp.SUM)
+        _gather(placement, 0.0)
 
 
 def check_agree(placement: Placement, value: int, what: str):
     """Raises WorkdirError on every worker unless all workers hold the same ``value``."""
     if placement.num_workers <= 1:
         return
-    high = _all_reduce(placement, float(value), tf.distribute.ReduceOp.MAX)
-    low = -_all_reduce(placement, -float(value), tf.distribute.ReduceOp.MAX)
-    if high != low:
-        raise WorkdirError(f"the workers disagree on {what} ({low:g} to {high:g}; this worker: "
-                           f"{value}); put --workdir on a filesystem every worker reads (NFS, "
-                           f"GCS fuse) so all resume from the chief's checkpoints")
+    values = _gather(placement, float(value))
+    if min(values) != max(values):
+        raise WorkdirError(f"the workers disagree on {what} ({min(values):g} to "
+                           f"{max(values):g}; this worker: {value}); put --workdir on a "
+                           f"filesystem every worker reads (NFS, GCS fuse) so all resume from "
+                           f"the chief's checkpoints")
 
 
 def output_workdir(placement: Placement, workdir: Workdir, config, overwrite=False) -> Workdir:
@@ -346,8 +353,13 @@ def output_workdir(placement: Placement, workdir: Workdir, config, overwrite=Fal
     return out
 
 
-def release(out: Workdir, workdir: Workdir):
-    """Deletes a non-chief worker's temporary outputs."""
+def release(placement: Placement, out: Workdir, workdir: Workdir):
+    """Ends a run: waits for every worker, then deletes a non-chief's temporary outputs.
+
+    The wait keeps the chief (which hosts TensorFlow's coordination service) from exiting
+    while another worker still evaluates, which would make that worker fail.
+    """
+    barrier(placement)
     if out.path != workdir.path:
         shutil.rmtree(out.path, ignore_errors=True)
 

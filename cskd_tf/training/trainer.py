@@ -79,7 +79,7 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
     info, splits = data_lib.prepare(config)
     # Only the chief writes the workdir; other workers write to a temporary one.
     out = distribute.output_workdir(placement, workdir, config, overwrite=overwrite)
-    out.write("data.json", {**info_to_json(info), "augment": config.augment})
+    out.write("data.json", info_to_json(info))
 
     # Model, method state, optimizer and metrics belong to the strategy (a no-op scope on
     # the single-device path).
@@ -130,7 +130,7 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
 
     metrics = evaluate_splits(model, config, info, splits, jit_compile)
     out.write("metrics.json", metrics)
-    distribute.release(out, workdir)
+    distribute.release(placement, out, workdir)
     return metrics
 
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import keras
 import keras_tuner
+import tensorflow as tf
 
 from cskd_tf import data as data_lib
-from cskd_tf import losses
-from cskd_tf.errors import ConfigError
+from cskd_tf import losses, models
+from cskd_tf.errors import ConfigError, NonFiniteLossError
 from cskd_tf.training import callbacks as cb
 from cskd_tf.training import runtime, trainer
 from cskd_tf.tuning.space import SearchSpace, add_derived_metrics
@@ -38,6 +39,9 @@ class TrialData:
     @classmethod
     def prepare(cls, config):
         """Builds or reuses the shard cache; ConfigError when there is no validation split."""
+        # Name errors now, as one line, rather than as the same failure in every trial.
+        models.get_spec(config.model)
+        losses.get_method(config.method, config)
         jit_compile = runtime.setup(config)
         info, splits = data_lib.prepare(config)
         if "val" not in splits:
@@ -105,7 +109,8 @@ class CSKDHyperModel(keras_tuner.HyperModel):
 
         The last epoch, not the best one, because cskd-train keeps the last weights: a
         trial is scored as the run its hyperparameters would give when retrained.
-        Raises NonFiniteLossError (from NonFiniteLossGuard) when the loss diverges.
+        Raises NonFiniteLossError when training diverges: a NaN/Inf loss (from
+        NonFiniteLossGuard) or NaN/Inf outputs on the validation split.
         """
         del kwargs  # Keras Tuner passes nothing else; accepted for its signature
         config = self.trial_config(hp)
@@ -125,10 +130,29 @@ class CSKDHyperModel(keras_tuner.HyperModel):
                             jit_compile=self.data.jit_compile),
             DerivedMetrics(),
         ]
-        history = model.fit(train_ds, epochs=epochs, initial_epoch=int(initial_epoch),
-                            steps_per_epoch=steps, callbacks=project_callbacks + list(callbacks),
-                            shuffle=False, verbose=2 if config.verbose else 0)
+        try:
+            history = model.fit(train_ds, epochs=epochs, initial_epoch=int(initial_epoch),
+                                steps_per_epoch=steps,
+                                callbacks=project_callbacks + list(callbacks),
+                                shuffle=False, verbose=2 if config.verbose else 0)
+        except ValueError as error:
+            # NonFiniteLossGuard sees each step's loss, which can still be finite when the
+            # epoch's last update is the one that blows up (common at extreme λ); the
+            # validation pass then fails on NaN logits. Report that as the divergence it is.
+            if _outputs_not_finite(model, val_ds):
+                raise NonFiniteLossError(
+                    "the model diverged: its outputs on the validation split are NaN or "
+                    f"infinite ({error})") from error
+            raise
         results = {_USED.get(name, name): float(values[-1])
                    for name, values in history.history.items() if values}
         results["epochs"] = float(epochs)
         return results
+
+
+def _outputs_not_finite(model, dataset) -> bool:
+    """Whether the model's logits on the first batch of ``dataset`` hold NaN or inf."""
+    for images, _ in dataset.take(1):
+        logits = model(images, training=False)
+        return not bool(tf.reduce_all(tf.math.is_finite(tf.cast(logits, tf.float32))))
+    return False

@@ -55,11 +55,25 @@ def last_line(message) -> str:
 
 
 def completed(trials, direction):
-    """Completed trials with a finite score, best first (ties: the earlier trial)."""
+    """The trials that may be called best, best first (ties: the earlier trial).
+
+    Completed, with a finite score, and trained for the most epochs any completed trial
+    reached: Hyperband's short early rounds are not comparable with full-length runs,
+    and best.json is retrained for config.num_epochs. (Random and Bayesian search train
+    every trial for the same number of epochs, so this keeps all of them.)
+    """
     done = [t for t in trials if t.status == "COMPLETED" and t.score is not None
             and math.isfinite(float(t.score))]
+    if done:
+        longest = max(_epochs(t) for t in done)
+        done = [t for t in done if _epochs(t) == longest]
     sign = -1.0 if direction == "max" else 1.0
     return sorted(done, key=lambda t: (sign * float(t.score), _sort_key(t.trial_id)))
+
+
+def _epochs(trial):
+    # Without Hyperband's tuner/epochs every trial ran config.num_epochs: same for all.
+    return int(trial.hyperparameters.values.get("tuner/epochs", 0))
 
 
 def trial_rows(oracle, project_dir, space, direction):

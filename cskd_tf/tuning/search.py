@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from cskd_tf import config as config_lib
 from cskd_tf.errors import ConfigError, CSKDError, WorkdirError
@@ -106,6 +106,24 @@ def _flatten(value, prefix=""):
     return {prefix[:-1]: value}
 
 
+def check_setup(path, setup: dict):
+    """WorkdirError if DIR/search.json records a different search than ``setup``."""
+    record_path = os.path.join(path, "search.json")
+    try:
+        with open(record_path) as f:
+            previous = _flatten(json.load(f))
+    except (OSError, ValueError):
+        return  # no search yet (or the chief is writing it right now)
+    current = _flatten(json.loads(json.dumps(setup)))
+    changed = sorted(k for k in set(previous) | set(current)
+                     if k not in RESUME_FREE and previous.get(k) != current.get(k))
+    if changed:
+        shown = ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "")
+        raise WorkdirError(
+            f"{path} holds a search with another setup ({shown}); rerun it with the same "
+            "flags to resume, pass --overwrite to start over, or choose another --workdir")
+
+
 def prepare_workdir(path, setup: dict, overwrite: bool):
     """Creates DIR, or checks that the search in it is this one; writes DIR/search.json."""
     if overwrite:
@@ -115,20 +133,9 @@ def prepare_workdir(path, setup: dict, overwrite: bool):
                 shutil.rmtree(target)
             elif os.path.exists(target):
                 os.remove(target)
-    record_path = os.path.join(path, "search.json")
-    if os.path.exists(record_path):
-        with open(record_path) as f:
-            previous = _flatten(json.load(f))
-        current = _flatten(json.loads(json.dumps(setup)))
-        changed = sorted(k for k in set(previous) | set(current)
-                         if k not in RESUME_FREE and previous.get(k) != current.get(k))
-        if changed:
-            shown = ", ".join(changed[:6]) + (", ..." if len(changed) > 6 else "")
-            raise WorkdirError(
-                f"{path} holds a search with another setup ({shown}); rerun it with the same "
-                "flags to resume, pass --overwrite to start over, or choose another --workdir")
+    check_setup(path, setup)
     os.makedirs(path, exist_ok=True)
-    write_json_atomic(record_path, setup)
+    write_json_atomic(os.path.join(path, "search.json"), setup)
 
 
 def print_setup(space, options, direction, role, workdir, config):
@@ -150,8 +157,8 @@ def print_setup(space, options, direction, role, workdir, config):
         _say(f"Trials: {options.max_trials} of config.num_epochs={config.num_epochs} epochs each")
         size = space.size_hint()
         if size < options.max_trials:
-            _say(f"Note: the space has only {int(size)} distinct points; the search stops when "
-                "it runs out of new ones")
+            _say(f"Note: the space has only {int(size)} distinct points; the search stops "
+                 "when it runs out of new ones")
 
 
 def tune(config, workdir, options: SearchOptions, retrain_hint=""):
@@ -159,8 +166,13 @@ def tune(config, workdir, options: SearchOptions, retrain_hint=""):
     space, direction, role = check(config, options)
     workdir = os.path.abspath(workdir)
     print_setup(space, options, direction, role, workdir, config)
-    if role != "worker":
-        prepare_workdir(workdir, setup_record(config, options, direction), options.overwrite)
+    setup = setup_record(config, options, direction)
+    if role == "worker":
+        # A worker runs whatever the chief's oracle hands out with its own config: refuse
+        # to train trials of a search that was set up differently.
+        check_setup(workdir, setup)
+    else:
+        prepare_workdir(workdir, setup, options.overwrite)
 
     # The slow imports (TensorFlow, Keras Tuner) only after every cheap check passed.
     from cskd_tf.tuning.hypermodel import CSKDHyperModel, TrialData
@@ -182,7 +194,7 @@ def tune(config, workdir, options: SearchOptions, retrain_hint=""):
     if role == "chief":
         oracle.announce_starts = True
         _say(f"Chief oracle listening on {distributed.oracle_address()}; start the workers "
-            "with the same command and their own KERASTUNER_TUNER_ID", flush=True)
+             "with the same command and their own KERASTUNER_TUNER_ID")
         distributed.serve_chief(tuner)
     elif role == "worker":
         import grpc
@@ -196,7 +208,7 @@ def tune(config, workdir, options: SearchOptions, retrain_hint=""):
                                     "command to resume, then this worker") from None
         ran = ", ".join(tuner.ran_trials) or "none"
         _say(f"Worker {tuner.tuner_id} done (trials run here: {ran}); the chief writes "
-            f"{os.path.join(workdir, 'trials.csv')} and best.json")
+             f"{os.path.join(workdir, 'trials.csv')} and best.json")
         return None
     else:
         tuner.search(verbose=0)  # our oracle prints one line per trial instead

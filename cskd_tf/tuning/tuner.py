@@ -6,15 +6,16 @@ import gc
 import logging
 import os
 import time
+import traceback
 
 import keras
 import keras_tuner
 import tensorflow as tf
+from keras_tuner.src import config as kt_config
 
 from cskd_tf.errors import ConfigError, NonFiniteLossError
 from cskd_tf.tuning import results as results_lib
 
-TUNERS = ("random", "bayesian", "hyperband")
 CHECKPOINT_NAME = "cskd_checkpoint"
 
 
@@ -26,7 +27,7 @@ class _CSKDOracle:
 
     The line is printed where the oracle lives (the local process or the chief), so a
     distributed chief logs every trial's outcome; Keras Tuner's own multi-line display
-    is turned off (search(verbose=0)).
+    is turned off (make_oracle sets verbose=0).
 
     Keras Tuner's own failure limit (``max_consecutive_failed_trials``) raises inside
     ``end_trial`` before the trial is saved and released, which crashes a local search
@@ -38,6 +39,16 @@ class _CSKDOracle:
     failure_limit = 3
     stop_reason = None
     announce_starts = False  # the chief: say which worker got which trial
+
+    def reload(self):
+        super().reload()
+        # Keras Tuner requeues the trials its saved state lists as running. A process
+        # killed between writing a new trial's file and the oracle's state leaves a
+        # RUNNING trial that no list names; without this it would never run.
+        queued = set(self._retry_queue)
+        for trial_id, trial in self.trials.items():
+            if trial.status == "RUNNING" and trial_id not in queued:
+                self._retry_queue.append(trial_id)
 
     @keras_tuner.synchronized
     def create_trial(self, tuner_id):
@@ -105,8 +116,10 @@ def make_oracle(name, objective, direction, max_trials, seed, failure_limit, max
                 hyperband_factor=3, hyperband_iterations=1):
     """The oracle of ``name``; Keras Tuner's own failure limit is replaced by ours."""
     kt_objective = keras_tuner.Objective(objective, direction=direction)
-    # Effectively off: _CSKDOracle applies the limit (see its docstring).
-    common = dict(objective=kt_objective, seed=int(seed), max_retries_per_trial=0,
+    # seed + 1: Keras Tuner takes a seed of 0 as "draw one at random", and config.seed is
+    # often 0; the same config must give the same trials in every process and rerun.
+    # max_consecutive_failed_trials is effectively off: _CSKDOracle applies the limit.
+    common = dict(objective=kt_objective, seed=int(seed) + 1, max_retries_per_trial=0,
                   max_consecutive_failed_trials=10**9)
     if name == "random":
         oracle = RandomOracle(max_trials=max_trials, **common)
@@ -118,8 +131,11 @@ def make_oracle(name, objective, direction, max_trials, seed, failure_limit, max
         # Hyperband has no max_trials argument; the base oracle still honours the cap.
         oracle.max_trials = max_trials or None
     else:
-        raise ConfigError(f"unknown --tuner {name!r}; use one of {', '.join(TUNERS)}")
+        raise ConfigError(f"unknown --tuner {name!r}; use random, bayesian or hyperband")
     oracle.failure_limit = int(failure_limit)
+    # Keras Tuner's multi-line display is replaced by _CSKDOracle's one line per trial
+    # (search(verbose=0) would do this too, but the chief never calls search()).
+    oracle.verbose = 0
     return oracle
 
 
@@ -137,8 +153,6 @@ class _TrialRetraceFilter(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
-
-
 class CSKDTuner(keras_tuner.Tuner):
     """Runs trials of a :class:`CSKDHyperModel`: build, (Hyperband) restore, fit, record.
 
@@ -151,6 +165,9 @@ class CSKDTuner(keras_tuner.Tuner):
 
     def __init__(self, oracle, hypermodel, directory, project_name="keras_tuner",
                  overwrite=False, tensorboard_dir=None):
+        # Keras Tuner prints the traceback of every failed trial (its DEBUG flag, on by
+        # default); run_trial prints it for unexpected errors only, not for divergence.
+        kt_config.DEBUG = False
         if not any(isinstance(f, _TrialRetraceFilter) for f in tf.get_logger().filters):
             tf.get_logger().addFilter(_TrialRetraceFilter())
         # Set first: Keras Tuner's __init__ calls _populate_initial_space, which uses it.
@@ -200,6 +217,9 @@ class CSKDTuner(keras_tuner.Tuner):
             results_lib.write_record(trial_dir, record)
             raise keras_tuner.errors.FailedTrialError(str(error)) from error
         except Exception as error:
+            # Keras Tuner's own traceback print is off (see __init__); an unexpected error
+            # keeps its traceback, a divergence above does not need one.
+            traceback.print_exc()
             message = str(error).strip().splitlines()
             record.update(seconds=time.monotonic() - start, status="FAILED",
                           error=f"{type(error).__name__}: {message[-1] if message else ''}")
@@ -238,8 +258,8 @@ class CSKDTuner(keras_tuner.Tuner):
         checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
         checkpoint.read(path).assert_existing_objects_matched()
 
-    # Keras Tuner's save/load of models goes through its own checkpoints, which this tuner
-    # does not write; retrain from best.json instead (docs/tuning.md).
     def load_model(self, trial):
-        raise NotImplementedError("cskd-tune keeps no per-trial model for Random/Bayesian "
-                                  "search; retrain with cskd-train --config_overrides=best.json")
+        # Keras Tuner's get_best_models() loads its own per-epoch checkpoints, which this
+        # tuner does not write (they would cost a save per epoch and trial).
+        raise NotImplementedError("cskd-tune keeps no trained model per trial; retrain the "
+                                  "best one with cskd-train --config_overrides=DIR/best.json")

@@ -5,7 +5,8 @@
 * a finished ``cskd-train`` workdir (``config.json``, ``data.json`` and a
   checkpoint): the teacher is rebuilt exactly as ``trainer.load_trained``
   does (its own architecture, head and input normalization from the
-  workdir) and restored from the last checkpoint; or
+  workdir; a non-empty ``config.teacher_model`` overrides the architecture) and
+  restored from the last checkpoint; or
 * a SavedModel directory (``saved_model.pb``): loaded with
   ``tf.saved_model.load``; its ``logits`` signature is used if present, else
   ``serving_default``. The signature must take one image tensor; float inputs
@@ -28,6 +29,7 @@ Not a method itself (nothing is registered here).
 
 from __future__ import annotations
 
+import gc
 import os
 
 import tensorflow as tf
@@ -72,15 +74,19 @@ def load_teacher(config, num_classes, image_shape) -> Teacher:
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         teacher = _from_saved_model(path, image_shape)
     elif os.path.exists(os.path.join(path, "config.json")):
-        teacher = _from_workdir(path, config, image_shape)
+        teacher = _from_workdir(path, config, num_classes, image_shape)
     else:
         raise ModelError(f"teacher path {path!r} is neither a cskd-train workdir (no config.json) "
                          "nor a SavedModel directory (no saved_model.pb)")
-    if teacher.num_classes != int(num_classes):
-        raise ModelError(f"the teacher in {path!r} predicts {teacher.num_classes} classes but the "
+    _check_classes(path, teacher.num_classes, num_classes)
+    return teacher
+
+
+def _check_classes(path, teacher_classes, num_classes):
+    if int(teacher_classes) != int(num_classes):
+        raise ModelError(f"the teacher in {path!r} predicts {teacher_classes} classes but the "
                          f"student's dataset has {num_classes}; use a teacher trained on the same "
                          "dataset (same config.dataset and config.max_classes)")
-    return teacher
 
 
 def _resize_to(images, height, width):
@@ -92,7 +98,7 @@ def _resize_to(images, height, width):
     return tf.image.resize(images, (int(height), int(width)))
 
 
-def _from_workdir(path, config, image_shape):
+def _from_workdir(path, config, student_classes, image_shape):
     from cskd_tf.training import trainer
     from cskd_tf.training.workdir import Workdir
 
@@ -102,29 +108,40 @@ def _from_workdir(path, config, image_shape):
         facts = workdir.read("data.json")
     except CSKDError as e:
         raise ModelError(f"cannot use {path!r} as the teacher: {e}") from None
-    if config.teacher_model and config.teacher_model != teacher_config.model:
-        raise ModelError(f"config.teacher_model={config.teacher_model!r} but the teacher workdir "
-                         f"{path!r} trained {teacher_config.model!r}; fix or clear "
-                         "--config.teacher_model")
+    if config.teacher_model:  # an explicit architecture overrides the workdir's
+        teacher_config.model = config.teacher_model
     teacher_shape = tuple(int(d) for d in facts["image_shape"])
     if teacher_shape[-1] != int(image_shape[-1]):
         raise ModelError(f"the teacher in {path!r} takes {teacher_shape[-1]}-channel images but the "
                          f"student's have {image_shape[-1]}; use a teacher trained on the same dataset")
     num_classes = int(facts["num_classes"])
+    _check_classes(path, num_classes, student_classes)
     latest = tf.train.latest_checkpoint(workdir.checkpoint_dir)
     if latest is None:
         raise ModelError(f"the teacher workdir {path!r} has no checkpoint; finish training it "
                          "with cskd-train first")
-    # Build (and so check) the class count before paying for the restore.
     model = trainer.build_model(teacher_config, num_classes, teacher_shape, facts["mean"],
                                 facts["std"])
-    status = tf.train.Checkpoint(model=model).restore(latest)
-    status.expect_partial()
+    mismatch = False
     try:
+        status = tf.train.Checkpoint(model=model).restore(latest)
+        status.expect_partial()
         status.assert_existing_objects_matched()
-    except AssertionError:
-        raise ModelError(f"the checkpoint in {path!r} does not match the teacher's config "
-                         f"(model {teacher_config.model!r}); is the workdir intact?") from None
+    except (AssertionError, ValueError, tf.errors.OpError):
+        mismatch = True
+    if mismatch:
+        # Drop the half-restored model now, so TensorFlow's "unrestored values" warnings
+        # do not trail the one-line error.
+        model = status = None
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel("ERROR")
+        try:
+            gc.collect()
+        finally:
+            logger.setLevel(level)
+        raise ModelError(f"the checkpoint in {path!r} does not fit a {teacher_config.model!r} "
+                         "teacher; clear --config.teacher_model or check the workdir") from None
     model.trainable = False
 
     def call(images):

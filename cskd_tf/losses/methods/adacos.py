@@ -17,6 +17,10 @@ export use the last value. log(B_avg) is computed as a log-sum-exp, so it
 cannot overflow; s is kept ≥ 1e-3 so the logits never collapse to 0 or flip
 sign in a degenerate batch (never reached in normal training).
 
+Under a multi-replica ``tf.distribute`` strategy each replica computes s from
+its slice of the batch and the replicas' values are averaged, so all replicas
+keep the same s (an approximation of s from the global batch).
+
 Needs C ≥ 3 (s₀ = 0 for two classes). Cost: one forward and one backward
 pass per step, as CE; the scale update is a few reductions over the logits.
 """
@@ -75,6 +79,10 @@ class AdaCos(Method):
         logits = model.forward(images[0], training=True)["logits"]
         cosine = tf.stop_gradient(logits) / previous
         new_scale = tf.stop_gradient(adaptive_scale(cosine, labels, previous))
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            # Every replica must hold the same s: average the replicas' batch estimates.
+            new_scale = replica.all_reduce(tf.distribute.ReduceOp.MEAN, new_scale)
         scale.assign(tf.cast(new_scale, scale.dtype))
         # The head computed s_prev·cos; rescale to s_new·cos (gradient flows through cos).
         logits = logits * (new_scale / previous)

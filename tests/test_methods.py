@@ -1,0 +1,535 @@
+"""The training methods of the paper's tables (cskd_tf/losses/methods/*).
+
+* each loss against an independent numpy implementation of its formula, on fixed logits
+  (a stub model whose logits are its inputs);
+* gradient flow: detached partner / second view / teacher sides, DDGSD's per-direction
+  detachment, BYOT's deepest head trained by plain CE only, the KD teacher frozen;
+* every method trains on tiny digits with preact_resnet18 (graph mode) and densenet121_cifar
+  (eagerly: tracing DenseNet-121 costs more than the few steps), and cskd-train runs a BYOT
+  teacher and a KD + CS-KD student as subprocesses;
+* KD bad input, the SavedModel teacher, and the paper-cell configs (configs/paper.py).
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import console_script
+from cskd_tf import losses
+from cskd_tf.config import default_config, validate
+from cskd_tf.errors import ConfigError, ModelError
+from cskd_tf.losses.methods import _mixing, _teacher, adacos, byot, ddgsd, virtual_softmax
+
+METHODS = ("cskd_e", "label_smoothing", "max_entropy", "adacos", "virtual_softmax", "ddgsd",
+           "byot", "mixup", "mixup_cskd", "kd", "kd_cskd")
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+# ------------------------------------------------------------------------ numpy references
+def log_softmax(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def softmax(z):
+    return np.exp(log_softmax(z))
+
+
+def np_ce(logits, labels):
+    return float(-np.mean(log_softmax(logits)[np.arange(len(labels)), labels]))
+
+
+def np_kl(student, teacher, T):
+    """mean_batch KL(softmax(teacher/T) ‖ softmax(student/T))."""
+    log_q, log_p = log_softmax(np.asarray(teacher) / T), log_softmax(np.asarray(student) / T)
+    return float(np.mean(np.sum(np.exp(log_q) * (log_q - log_p), axis=-1)))
+
+
+def np_mix(x, lam, perm):
+    return lam * x + (1 - lam) * x[perm]
+
+
+def np_mixup_ce(logits, labels, lam, perm):
+    lp = log_softmax(logits)
+    rows = np.arange(len(labels))
+    return float(np.mean(-lam * lp[rows, labels] - (1 - lam) * lp[rows, labels[perm]]))
+
+
+class StubModel:
+    """forward(x) = {"logits": x @ W, "features": x}; W = I makes the logits the input."""
+
+    def __init__(self, num_classes, lambda_cls=1.0):
+        self.kernel = tf.Variable(tf.eye(num_classes))
+        self.lambda_cls = tf.constant(float(lambda_cls))
+
+    def forward(self, x, training=False):
+        x = tf.cast(x, tf.float32)
+        return {"logits": x @ self.kernel, "features": x}
+
+
+def method_config(name, **fields):
+    config = default_config()
+    config.method = name
+    config.update(fields)
+    return config
+
+
+def fixed_logits(*shape, scale=3.0, seed=0):
+    return (np.random.default_rng(seed).normal(size=shape) * scale).astype(np.float32)
+
+
+LABELS = np.array([0, 3, 1, 4, 2, 2, 0, 1], np.int64)
+
+
+def run_method(name, images, labels=LABELS, model=None, **fields):
+    method = losses.get_method(name, method_config(name, **fields))
+    model = model or StubModel(images[0].shape[-1], fields.get("lambda_cls", 1.0))
+    method.build(model)
+    images = tuple(tf.constant(x) for x in images)
+    targets = method.targets(model, images, tf.constant(labels))
+    total, logits, terms = method.loss(model, images, tf.constant(labels), targets)
+    return method, float(total), logits, {k: float(v) for k, v in terms.items()}, targets
+
+
+# --------------------------------------------------------------------- losses against numpy
+def test_label_smoothing_matches_numpy():
+    z = fixed_logits(8, 5)
+    _, total, _, terms, _ = run_method("label_smoothing", (z,), label_smoothing=0.2)
+    q = np.full((8, 5), 0.2 / 5) + 0.8 * np.eye(5)[LABELS]
+    assert total == pytest.approx(float(np.mean(-np.sum(q * log_softmax(z), -1))), rel=1e-5)
+    assert terms["ce"] == pytest.approx(np_ce(z, LABELS), rel=1e-5)
+
+
+def test_max_entropy_matches_numpy():
+    z = fixed_logits(8, 5)
+    _, total, _, terms, _ = run_method("max_entropy", (z,), max_entropy_beta=0.3)
+    entropy = float(np.mean(-np.sum(softmax(z) * log_softmax(z), -1)))
+    assert terms["entropy"] == pytest.approx(entropy, rel=1e-5)
+    assert total == pytest.approx(np_ce(z, LABELS) - 0.3 * entropy, rel=1e-5)
+
+
+def test_cskd_e_matches_numpy():
+    z, zp, zv = fixed_logits(8, 5, seed=0), fixed_logits(8, 5, seed=1), fixed_logits(8, 5, seed=2)
+    _, total, _, terms, _ = run_method("cskd_e", (z, zp, zv), temperature=3.0, lambda_cls=2.0,
+                                       lambda_sample=0.5)
+    want = np_ce(z, LABELS) + 2.0 * 9 * np_kl(z, zp, 3.0) + 0.5 * 9 * np_kl(z, zv, 3.0)
+    assert total == pytest.approx(want, rel=1e-5)
+    assert terms["sample"] == pytest.approx(9 * np_kl(z, zv, 3.0), rel=1e-5)
+
+
+def np_adacos_scale(cosine, labels, s):
+    rows = np.arange(len(labels))
+    non_target = np.ones_like(cosine, bool)
+    non_target[rows, labels] = False
+    b_avg = np.exp(s * cosine.astype(np.float64))[non_target].sum() / len(labels)
+    theta = np.sort(np.arccos(cosine[rows, labels].astype(np.float64)))
+    theta_med = theta[(len(theta) - 1) // 2]  # torch.median: the lower median
+    return np.log(b_avg) / np.cos(min(np.pi / 4, theta_med))
+
+
+@pytest.mark.parametrize("batch", [7, 8])
+def test_adacos_scale_matches_numpy(batch):
+    rng = np.random.default_rng(batch)
+    cosine = rng.uniform(-0.6, 0.9, size=(batch, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, size=batch)
+    got = float(adacos.adaptive_scale(cosine, labels, 3.1))
+    assert got == pytest.approx(np_adacos_scale(cosine, labels, 3.1), rel=1e-4)
+
+
+def tiny_model(method_name, num_classes=10, **fields):
+    from cskd_tf.training import trainer
+
+    config = method_config(method_name, model="preact_resnet18", model_width=4, **fields)
+    return trainer.build_model(config, num_classes, (8, 8, 1), (0.5,), (0.5,))
+
+
+def test_adacos_updates_the_head_scale_and_uses_it():
+    model = tiny_model("adacos")
+    head = model.backbone.get_layer("classifier")
+    s0 = np.sqrt(2) * np.log(9)
+    assert float(head.scale.numpy()) == pytest.approx(s0, rel=1e-6)
+    images = tf.random.uniform((8, 8, 8, 1), seed=1)
+    labels = tf.constant(LABELS)
+    cosine = model.forward(images, training=True)["logits"].numpy() / s0
+    _, logits, terms = model.method.loss(model, (images,), labels, {})
+    s1 = np_adacos_scale(cosine, LABELS, s0)
+    assert float(head.scale.numpy()) == pytest.approx(s1, rel=1e-4)
+    assert terms["scale"].numpy() == pytest.approx(s1, rel=1e-4)
+    np.testing.assert_allclose(logits.numpy(), s1 * cosine, rtol=1e-4, atol=1e-5)
+    # Evaluation uses the adapted scale.
+    np.testing.assert_allclose(model(images).numpy() / s1,
+                               model.forward(images)["logits"].numpy() / s1, rtol=1e-6)
+    with pytest.raises(ModelError, match="at least 3 classes"):
+        tiny_model("adacos", num_classes=2)
+
+
+def test_virtual_softmax_matches_numpy():
+    z, feats = fixed_logits(8, 5), fixed_logits(8, 6, seed=1, scale=1.0)
+    kernel = fixed_logits(6, 5, seed=2, scale=0.5)
+    got = float(virtual_softmax.virtual_softmax_loss(z, feats, kernel, LABELS))
+    virtual = np.linalg.norm(kernel, axis=0)[LABELS] * np.linalg.norm(feats, axis=1)
+    augmented = np.concatenate([z, virtual[:, None]], axis=1)
+    assert got == pytest.approx(np_ce(augmented, LABELS), rel=1e-5)
+    assert got > np_ce(z, LABELS)  # the virtual class only adds mass to the denominator
+
+
+def test_ddgsd_matches_numpy_and_each_kl_direction_detaches_its_teacher():
+    z1, z2 = fixed_logits(8, 5, seed=0), fixed_logits(8, 5, seed=1)
+    mu = 0.5
+    method = losses.get_method("ddgsd", method_config("ddgsd", ddgsd_mmd_weight=mu))
+    model = StubModel(5)
+    a, b = tf.constant(z1), tf.constant(z2)
+    with tf.GradientTape() as tape:
+        tape.watch(a)
+        total, _, terms = method.loss(model, (a, b), tf.constant(LABELS), {})
+    mmd = float(np.sum((z1.mean(0) - z2.mean(0)) ** 2))
+    want = (np_ce(z1, LABELS) + np_ce(z2, LABELS) + np_kl(z1, z2, 1.0) + np_kl(z2, z1, 1.0)
+            + mu * mmd)
+    assert float(total) == pytest.approx(want, rel=1e-5)
+    assert float(terms["mmd"]) == pytest.approx(mmd, rel=1e-5)
+    # d/dz1: CE (p1 − y) and KL(p̃2 ‖ p1) (p1 − p2), both /B, plus the MMD; nothing from
+    # KL(p̃1 ‖ p2), where z1 is the detached teacher.
+    p1, p2 = softmax(z1), softmax(z2)
+    grad = ((p1 - np.eye(5)[LABELS]) + (p1 - p2)) / 8 + mu * 2 * (z1.mean(0) - z2.mean(0)) / 8
+    np.testing.assert_allclose(tape.gradient(total, a).numpy(), grad, rtol=1e-4, atol=1e-6)
+
+
+def test_byot_loss_matches_numpy():
+    deep, deep_f = fixed_logits(8, 5), fixed_logits(8, 6, seed=1)
+    aux = [{"logits": fixed_logits(8, 5, seed=s), "features": fixed_logits(8, 6, seed=s + 10)}
+           for s in (2, 3)]
+    T, alpha, beta = 3.0, 0.3, 0.01
+    total, terms = byot.byot_loss(deep, deep_f, aux, LABELS, T, alpha, beta)
+    want = np_ce(deep, LABELS)
+    for out in aux:
+        want += ((1 - alpha) * np_ce(out["logits"], LABELS) + alpha * T * T * np_kl(out["logits"], deep, T)
+                 + beta * float(np.mean(np.sum((out["features"] - deep_f) ** 2, -1))))
+    assert float(total) == pytest.approx(want, rel=1e-5)
+    assert float(terms["ce"]) == pytest.approx(np_ce(deep, LABELS), rel=1e-5)
+
+
+def test_mixup_pieces_match_numpy_and_the_sampler_folds_lambda():
+    x, z = fixed_logits(8, 4, 4, 1), fixed_logits(8, 5)
+    perm = np.array([3, 0, 1, 2, 7, 6, 5, 4])
+    np.testing.assert_allclose(_mixing.mix(x, 0.7, perm).numpy(), np_mix(x, 0.7, perm), rtol=1e-6)
+    got = float(_mixing.mixup_cross_entropy(z, LABELS, 0.7, perm))
+    assert got == pytest.approx(np_mixup_ce(z, LABELS, 0.7, perm), rel=1e-5)
+
+    sampler = _mixing.MixSampler(1.0, seed=3)
+    sampler.build()
+    draw = tf.function(lambda: sampler.sample(8))
+    lams = []
+    for _ in range(200):
+        lam, perm = draw()
+        assert sorted(perm.numpy().tolist()) == list(range(8))
+        lams.append(float(lam))
+    # Beta(1, 1) folded to max(λ, 1 − λ): uniform on [0.5, 1].
+    assert min(lams) >= 0.5 and max(lams) <= 1.0
+    assert np.mean(lams) == pytest.approx(0.75, abs=0.04)
+    with pytest.raises(ConfigError, match="mixup_alpha"):
+        _mixing.MixSampler(0.0, seed=0)
+
+
+def test_mixup_and_mixup_cskd_match_numpy():
+    z, zp = fixed_logits(8, 5, seed=0), fixed_logits(8, 5, seed=1)
+    _, total, logits, _, targets = run_method("mixup", (z,), mixup_alpha=0.4)
+    lam, perm = float(targets["lam"]), targets["perm"].numpy()
+    np.testing.assert_allclose(logits.numpy(), np_mix(z, lam, perm), rtol=1e-5, atol=1e-6)
+    assert total == pytest.approx(np_mixup_ce(np_mix(z, lam, perm), LABELS, lam, perm), rel=1e-5)
+
+    _, total, _, terms, targets = run_method("mixup_cskd", (z, zp), temperature=2.0,
+                                             lambda_cls=1.5)
+    lam, perm = float(targets["lam"]), targets["perm"].numpy()
+    mixed, mixed_partner = np_mix(z, lam, perm), np_mix(zp, lam, perm)  # the same λ and π
+    want = np_mixup_ce(mixed, LABELS, lam, perm) + 1.5 * 4 * np_kl(mixed, mixed_partner, 2.0)
+    assert total == pytest.approx(want, rel=1e-5)
+
+
+def stub_teacher(num_classes, seed=5):
+    kernel = tf.Variable(fixed_logits(num_classes, num_classes, seed=seed, scale=1.0))
+    return _teacher.Teacher(lambda x: tf.cast(x, tf.float32) @ kernel, num_classes, "stub",
+                            keep=tf.Module()), kernel
+
+
+def test_kd_and_kd_cskd_match_numpy():
+    z, zp = fixed_logits(8, 5, seed=0), fixed_logits(8, 5, seed=1)
+    fields = dict(kd_temperature=3.0, kd_alpha=0.7, temperature=2.0, lambda_cls=0.5)
+    teacher, kernel = stub_teacher(5)
+    t = z @ kernel.numpy()
+    for name in ("kd", "kd_cskd"):
+        method = losses.get_method(name, method_config(name, **fields))
+        method.teacher = teacher
+        model = StubModel(5, lambda_cls=0.5)
+        images = (tf.constant(z), tf.constant(zp))[:len(method.views)]
+        targets = method.targets(model, images, tf.constant(LABELS))
+        total, _, terms = method.loss(model, images, tf.constant(LABELS), targets)
+        want = 0.3 * np_ce(z, LABELS) + 0.7 * 9 * np_kl(z, t, 3.0)
+        if name == "kd_cskd":
+            want += 0.5 * 4 * np_kl(z, zp, 2.0)
+        assert float(total) == pytest.approx(want, rel=1e-5), name
+        assert float(terms["kd"]) == pytest.approx(9 * np_kl(z, t, 3.0), rel=1e-5)
+
+
+def test_kd_term_equals_keras_logits_distillation_only_where_it_does_not_clip():
+    from cskd_tf.losses.methods.kd import kd_loss
+
+    keras_kd = keras.distillation.LogitsDistillation(temperature=4.0,
+                                                     loss=keras.losses.KLDivergence())
+    moderate_s, moderate_t = fixed_logits(8, 10, seed=0, scale=1.0), fixed_logits(8, 10, seed=1, scale=1.0)
+    _, _, ours = kd_loss(moderate_s, moderate_t, LABELS, 4.0, 0.9)
+    assert float(ours) == pytest.approx(float(keras_kd.compute_loss(moderate_t, moderate_s)), rel=1e-4)
+    # Confident logits: student probabilities far below 1e-7 get clipped by KLDivergence.
+    sharp_s, sharp_t = fixed_logits(8, 10, seed=0, scale=60.0), fixed_logits(8, 10, seed=1, scale=60.0)
+    _, _, ours = kd_loss(sharp_s, sharp_t, LABELS, 4.0, 0.9)
+    assert float(ours) == pytest.approx(16 * np_kl(sharp_s, sharp_t, 4.0), rel=1e-4)
+    assert float(keras_kd.compute_loss(sharp_t, sharp_s)) < 0.8 * float(ours)
+
+
+# --------------------------------------------------------------------------- gradient flow
+@pytest.mark.parametrize("name,detached", [("cskd_e", (1, 2)), ("mixup_cskd", (1,)),
+                                           ("kd", ()), ("kd_cskd", (1,))])
+def test_no_gradient_reaches_the_detached_side(name, detached):
+    """Even with targets computed inside the tape, partner / view2 / teacher get nothing."""
+    method = losses.get_method(name, method_config(name))
+    model = StubModel(5)
+    method.build(model)
+    teacher_kernel = None
+    if name.startswith("kd"):
+        method.teacher, teacher_kernel = stub_teacher(5)
+    images = tuple(tf.constant(fixed_logits(8, 5, seed=s)) for s in range(len(method.views)))
+    with tf.GradientTape(persistent=True) as tape:
+        for x in images:
+            tape.watch(x)
+        targets = method.targets(model, images, tf.constant(LABELS))
+        total, _, _ = method.loss(model, images, tf.constant(LABELS), targets)
+    assert float(tf.reduce_sum(tf.abs(tape.gradient(total, images[0])))) > 0
+    for index in detached:
+        assert tape.gradient(total, images[index]) is None, (name, index)
+    if teacher_kernel is not None:
+        assert tape.gradient(total, teacher_kernel) is None
+
+
+def test_byot_deepest_head_gets_the_plain_ce_gradient_and_the_aux_heads_train():
+    model = tiny_model("byot", byot_beta=0.1)
+    assert len(model.byot_heads) == 3  # after stage1..stage3; stage4 feeds the classifier
+    head_vars = [v for h in model.byot_heads for v in h.trainable_variables]
+    trainable = {id(v) for v in model.trainable_variables}
+    assert head_vars and all(id(v) in trainable for v in head_vars)
+    classifier = model.backbone.get_layer("classifier").trainable_variables
+    images, labels = tf.random.uniform((8, 8, 8, 1), seed=2), tf.constant(LABELS)
+    with tf.GradientTape(persistent=True) as tape:
+        total, logits, _ = model.method.loss(model, (images,), labels, {})
+        ce_only = losses.cross_entropy(labels, model.forward(images, training=True)["logits"])
+    for got, want in zip(tape.gradient(total, classifier), tape.gradient(ce_only, classifier)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
+    assert all(float(tf.reduce_sum(tf.abs(g))) > 0 for g in tape.gradient(total, head_vars))
+
+
+# ------------------------------------------------------------------- end-to-end training
+def small_config(model, method, teacher=""):
+    config = default_config()
+    config.update(dict(
+        dataset="digits", model=model, model_width=8, method=method, max_classes=5,
+        augment="none", weight_decay=0.0, learning_rate=0.05, lr_schedule="constant",
+        eval_splits=("val",), eval_batch_size=512, verbose=0, teacher_workdir=teacher))
+    if model == "densenet121_cifar":  # eager: 3 single-batch epochs
+        config.update(dict(max_train_per_class=2, batch_size=10, steps_per_epoch=1, num_epochs=3))
+    else:
+        config.update(dict(max_train_per_class=4, batch_size=10, steps_per_epoch=2, num_epochs=2))
+    return config
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A 5-class digits teacher workdir (random weights: what KD needs is a frozen net)."""
+    from cskd_tf import data as data_lib
+    from cskd_tf.training import trainer
+    from cskd_tf.training.workdir import Workdir
+
+    config = small_config("preact_resnet18", "ce")
+    config.model_width = 4
+    info, _ = data_lib.prepare(config)
+    workdir = Workdir(str(tmp_path_factory.mktemp("teacher")))
+    workdir.prepare_for_training(config)
+    workdir.write("data.json", {**trainer.info_to_json(info), "augment": config.augment})
+    model = trainer.build_model(config, info.num_classes, info.image_shape, info.mean, info.std)
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), workdir.checkpoint_dir, 1).save()
+    return workdir.path
+
+
+class TeacherFrozen(keras.callbacks.Callback):
+    """Snapshots the KD teacher's weights before training and compares them after."""
+
+    def on_train_begin(self, logs=None):
+        teacher = self.model.method.teacher
+        trainable = {id(v) for v in self.model.trainable_variables}
+        assert not any(id(v) in trainable for v in teacher.variables)
+        self.before = [v.numpy() for v in teacher.variables]
+
+    def on_train_end(self, logs=None):
+        after = [v.numpy() for v in self.model.method.teacher.variables]
+        assert len(after) == len(self.before) > 0
+        for a, b in zip(after, self.before):
+            np.testing.assert_array_equal(a, b)
+        self.checked = True
+
+
+@pytest.mark.parametrize("model", ["preact_resnet18", "densenet121_cifar"])
+@pytest.mark.parametrize("method", METHODS)
+def test_method_trains_and_writes_metrics(method, model, teacher_dir, tmp_path):
+    from cskd_tf.training import trainer
+
+    config = small_config(model, method, teacher_dir)
+    frozen = TeacherFrozen()
+    callbacks = [frozen] if method.startswith("kd") else []
+    eager = model == "densenet121_cifar"
+    tf.config.run_functions_eagerly(eager)
+    try:
+        metrics = trainer.train(config, str(tmp_path / "run"), extra_callbacks=callbacks)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    assert json.load(open(tmp_path / "run" / "metrics.json")) == metrics
+    assert 0 <= metrics["val"]["top1_error"] <= 100
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert len(rows) == config.num_epochs
+    loss = [float(r["loss"]) for r in rows]
+    assert all(np.isfinite(loss)) and loss[-1] < loss[0], loss
+    for term in losses.METHODS[method].terms:
+        assert term in rows[0], term
+    if callbacks:
+        assert frozen.checked
+
+
+# -------------------------------------------------------------------------- KD bad input
+def test_kd_bad_teacher_input_is_a_one_line_model_error(teacher_dir, tmp_path):
+    from cskd_tf.training import trainer
+
+    def fails(match, **fields):
+        config = method_config("kd", **fields)
+        with pytest.raises(ModelError, match=match) as info:
+            _teacher.load_teacher(config, 5, (8, 8, 1))
+        assert "\n" not in str(info.value)
+
+    fails("needs a teacher", teacher_workdir="")
+    fails("does not exist", teacher_workdir=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    fails("neither a cskd-train workdir", teacher_workdir=str(tmp_path / "empty"))
+    fails("does not fit a .preact_resnet10. teacher", teacher_workdir=teacher_dir,
+          teacher_model="preact_resnet10")
+    # A teacher whose class count differs from the student's.
+    other = tmp_path / "ten_classes"
+    shutil.copytree(teacher_dir, other)
+    facts = json.load(open(other / "data.json"))
+    facts["num_classes"] = 10
+    json.dump(facts, open(other / "data.json", "w"))
+    fails("predicts 10 classes but the student's dataset has 5", teacher_workdir=str(other))
+    facts["num_classes"] = 5
+    json.dump(facts, open(other / "data.json", "w"))
+    shutil.rmtree(other / "checkpoints")
+    fails("has no checkpoint", teacher_workdir=str(other))
+
+    # Through the trainer: the run stops before training, with the same error.
+    config = small_config("preact_resnet18", "kd_cskd", str(tmp_path / "missing_teacher"))
+    with pytest.raises(ModelError, match="does not exist"):
+        trainer.train(config, str(tmp_path / "student"))
+    assert not os.path.exists(tmp_path / "student" / "checkpoints")
+
+
+def test_saved_model_teacher_and_lazy_loading_match_the_workdir_teacher(teacher_dir, tmp_path):
+    config = method_config("kd", teacher_workdir=teacher_dir)
+    workdir_teacher = _teacher.load_teacher(config, 5, (8, 8, 1))
+    net = workdir_teacher.keep
+
+    class Export(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.uint8, name="image")])
+        def serve(self, image):
+            x = tf.image.convert_image_dtype(image, tf.float32)
+            return {"logits": self.net(x), "probabilities": tf.nn.softmax(self.net(x))}
+
+    module = Export()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    saved = _teacher.load_teacher(method_config("kd", teacher_workdir=str(tmp_path / "sm")), 5,
+                                  (8, 8, 1))
+    images = tf.round(tf.random.uniform((4, 8, 8, 1), seed=3) * 255) / 255
+    want = workdir_teacher(images).numpy()
+    np.testing.assert_allclose(saved(images).numpy(), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ModelError, match="predicts 5 classes"):
+        _teacher.load_teacher(method_config("kd", teacher_workdir=str(tmp_path / "sm")), 7,
+                              (8, 8, 1))
+
+    # A loop that skips prepare_training loads the teacher on the first traced step.
+    method = losses.get_method("kd", config)
+    model = tiny_model("ce", num_classes=5)
+    step = tf.function(lambda x: method.targets(model, (x,), None)["teacher_logits"])
+    np.testing.assert_allclose(step(images).numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_trains_a_byot_teacher_then_a_kd_cskd_student(tmp_path):
+    """Table 4 in miniature through cskd-train; the finished student evaluates without it."""
+    from cskd_tf.training import trainer
+
+    common = [f"--config={os.path.join(ROOT, 'configs', 'digits_quick.py')}",
+              "--config.model_width=8", "--config.max_classes=5",
+              "--config.max_train_per_class=8", "--config.batch_size=20",
+              "--config.num_epochs=1", "--config.verbose=0", "--config.eval_splits=('val',)"]
+    teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
+    for args in ([f"--workdir={teacher}", "--config.method=byot"],
+                 [f"--workdir={student}", "--config.method=kd_cskd",
+                  "--config.model=preact_resnet10", f"--config.teacher_workdir={teacher}"]):
+        result = subprocess.run([console_script("cskd-train"), *common, *args],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(os.path.join(student, "metrics.json")))
+    assert 0 <= metrics["val"]["top1_error"] <= 100
+    shutil.move(teacher, str(tmp_path / "moved"))
+    _, facts, model = trainer.load_trained(student)
+    assert model(tf.zeros((1, *facts["image_shape"]))).shape == (1, 5)
+
+
+# --------------------------------------------------------------------------- paper configs
+def test_every_paper_cell_builds_a_valid_config():
+    from cskd_tf import models, recipes
+
+    cells = recipes.paper_cells()
+    assert len(cells) == len(set(cells)) == 136
+    counts = {t: len(recipes.paper_cells(t)) for t in recipes.PAPER_TABLES}
+    assert counts == {"table1": 60, "table2": 25, "table3": 20, "table4": 25, "table5": 6}
+    for cell in cells:
+        table, dataset, model, method = cell.split(":")
+        config = validate(recipes.paper_cell_config(cell))
+        assert (config.model, config.method) == (model, method)
+        assert method in losses.METHODS
+        models.get_spec(model)
+        assert config.dataset == recipes.PAPER_DATASETS[dataset]["dataset"]
+    cub_kd = recipes.paper_cell_config("table4:cub200:resnet10:kd_cskd")
+    assert cub_kd.teacher_workdir == "runs/paper/table4/cub200/densenet121/cskd"
+    assert "table4:cub200:densenet121:cskd" in cells
+    assert cub_kd.lambda_cls == 3.0 and cub_kd.image_size == 224
+    imagenet = recipes.paper_cell_config("table5:imagenet:resnext101_32x4d:cskd")
+    assert (imagenet.num_epochs, imagenet.batch_size) == (90, 256)
+    with pytest.raises(ConfigError, match="did you mean"):
+        recipes.paper_cell_config("table1:cifar100:preact_resnet18:cksd")
+
+
+def test_paper_config_file_takes_the_cell_after_a_colon():
+    from absl import flags
+    from ml_collections import config_flags
+
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+    path = os.path.join(ROOT, "configs", "paper.py")
+    values(["prog", f"--config={path}:table2:dogs:resnet18:cskd_e"])
+    assert (values.config.method, values.config.model, values.config.dataset) == (
+        "cskd_e", "resnet18", "tfds:stanford_dogs")
