@@ -123,9 +123,9 @@ def paper_cell_config(cell):
     if cell not in valid:
         close = difflib.get_close_matches(str(cell), valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown paper cell {cell!r}{hint}; a cell is TABLE:DATASET:MODEL:METHOD "
-                          f"with TABLE in {', '.join(PAPER_TABLES)}; list them with "
-                          "python -c 'from cskd_tf.recipes import paper_cells; "
+        raise ConfigError(f"unknown paper cell {cell!r}{hint}; a cell is "
+                          f"TABLE:DATASET:MODEL:METHOD with TABLE in {', '.join(PAPER_TABLES)}; "
+                          "list them with python -c 'from cskd_tf.recipes import paper_cells; "
                           "print(*paper_cells(), sep=chr(10))'")
     table, dataset, model, method = cell.split(":")
     overrides = dict(model=model, method=method)

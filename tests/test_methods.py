@@ -25,7 +25,7 @@ from conftest import console_script
 from cskd_tf import losses
 from cskd_tf.config import default_config, validate
 from cskd_tf.errors import ConfigError, ModelError
-from cskd_tf.losses.methods import _mixing, _teacher, adacos, byot, ddgsd, virtual_softmax
+from cskd_tf.losses.methods import _mixing, _teacher, adacos, byot, virtual_softmax
 
 METHODS = ("cskd_e", "label_smoothing", "max_entropy", "adacos", "virtual_softmax", "ddgsd",
            "byot", "mixup", "mixup_cskd", "kd", "kd_cskd")
@@ -210,7 +210,8 @@ def test_byot_loss_matches_numpy():
     total, terms = byot.byot_loss(deep, deep_f, aux, LABELS, T, alpha, beta)
     want = np_ce(deep, LABELS)
     for out in aux:
-        want += ((1 - alpha) * np_ce(out["logits"], LABELS) + alpha * T * T * np_kl(out["logits"], deep, T)
+        want += ((1 - alpha) * np_ce(out["logits"], LABELS)
+                 + alpha * T * T * np_kl(out["logits"], deep, T)
                  + beta * float(np.mean(np.sum((out["features"] - deep_f) ** 2, -1))))
     assert float(total) == pytest.approx(want, rel=1e-5)
     assert float(terms["ce"]) == pytest.approx(np_ce(deep, LABELS), rel=1e-5)
@@ -283,11 +284,13 @@ def test_kd_term_equals_keras_logits_distillation_only_where_it_does_not_clip():
 
     keras_kd = keras.distillation.LogitsDistillation(temperature=4.0,
                                                      loss=keras.losses.KLDivergence())
-    moderate_s, moderate_t = fixed_logits(8, 10, seed=0, scale=1.0), fixed_logits(8, 10, seed=1, scale=1.0)
-    _, _, ours = kd_loss(moderate_s, moderate_t, LABELS, 4.0, 0.9)
-    assert float(ours) == pytest.approx(float(keras_kd.compute_loss(moderate_t, moderate_s)), rel=1e-4)
+    student = fixed_logits(8, 10, seed=0, scale=1.0)
+    teacher = fixed_logits(8, 10, seed=1, scale=1.0)
+    _, _, ours = kd_loss(student, teacher, LABELS, 4.0, 0.9)
+    assert float(ours) == pytest.approx(float(keras_kd.compute_loss(teacher, student)), rel=1e-4)
     # Confident logits: student probabilities far below 1e-7 get clipped by KLDivergence.
-    sharp_s, sharp_t = fixed_logits(8, 10, seed=0, scale=60.0), fixed_logits(8, 10, seed=1, scale=60.0)
+    sharp_s = fixed_logits(8, 10, seed=0, scale=60.0)
+    sharp_t = fixed_logits(8, 10, seed=1, scale=60.0)
     _, _, ours = kd_loss(sharp_s, sharp_t, LABELS, 4.0, 0.9)
     assert float(ours) == pytest.approx(16 * np_kl(sharp_s, sharp_t, 4.0), rel=1e-4)
     assert float(keras_kd.compute_loss(sharp_t, sharp_s)) < 0.8 * float(ours)
@@ -339,11 +342,11 @@ def small_config(model, method, teacher=""):
     config.update(dict(
         dataset="digits", model=model, model_width=8, method=method, max_classes=5,
         augment="none", weight_decay=0.0, learning_rate=0.05, lr_schedule="constant",
-        eval_splits=("val",), eval_batch_size=512, verbose=0, teacher_workdir=teacher))
-    if model == "densenet121_cifar":  # eager: 3 single-batch epochs
-        config.update(dict(max_train_per_class=2, batch_size=10, steps_per_epoch=1, num_epochs=3))
-    else:
-        config.update(dict(max_train_per_class=4, batch_size=10, steps_per_epoch=2, num_epochs=2))
+        eval_splits=("val",), eval_batch_size=512, verbose=0, teacher_workdir=teacher,
+        # One epoch over the same 10 images (batch = whole training set): every step sees
+        # the same anchors, so the per-step losses are comparable.
+        max_train_per_class=2, batch_size=10, num_epochs=1,
+        steps_per_epoch=3 if model == "densenet121_cifar" else 4))
     return config
 
 
@@ -363,6 +366,21 @@ def teacher_dir(tmp_path_factory):
     model = trainer.build_model(config, info.num_classes, info.image_shape, info.mean, info.std)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), workdir.checkpoint_dir, 1).save()
     return workdir.path
+
+
+class StepLosses(keras.callbacks.Callback):
+    """Each step's loss, recovered from the running epoch means Keras logs per batch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.means = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.means.append(float(logs["loss"]))
+
+    @property
+    def losses(self):
+        m = self.means
+        return [m[0]] + [(k + 1) * m[k] - k * m[k - 1] for k in range(1, len(m))]
 
 
 class TeacherFrozen(keras.callbacks.Callback):
@@ -388,8 +406,8 @@ def test_method_trains_and_writes_metrics(method, model, teacher_dir, tmp_path):
     from cskd_tf.training import trainer
 
     config = small_config(model, method, teacher_dir)
-    frozen = TeacherFrozen()
-    callbacks = [frozen] if method.startswith("kd") else []
+    steps, frozen = StepLosses(), TeacherFrozen()
+    callbacks = [steps, frozen] if method.startswith("kd") else [steps]
     eager = model == "densenet121_cifar"
     tf.config.run_functions_eagerly(eager)
     try:
@@ -398,13 +416,14 @@ def test_method_trains_and_writes_metrics(method, model, teacher_dir, tmp_path):
         tf.config.run_functions_eagerly(False)
     assert json.load(open(tmp_path / "run" / "metrics.json")) == metrics
     assert 0 <= metrics["val"]["top1_error"] <= 100
-    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
-    assert len(rows) == config.num_epochs
-    loss = [float(r["loss"]) for r in rows]
+    loss = steps.losses
+    assert len(loss) == config.steps_per_epoch
     assert all(np.isfinite(loss)) and loss[-1] < loss[0], loss
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert len(rows) == 1 and float(rows[0]["loss"]) == pytest.approx(np.mean(loss), rel=1e-4)
     for term in losses.METHODS[method].terms:
         assert term in rows[0], term
-    if callbacks:
+    if method.startswith("kd"):
         assert frozen.checked
 
 
@@ -453,13 +472,17 @@ def test_saved_model_teacher_and_lazy_loading_match_the_workdir_teacher(teacher_
             super().__init__()
             self.net = net
 
-        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.uint8, name="image")])
-        def serve(self, image):
-            x = tf.image.convert_image_dtype(image, tf.float32)
-            return {"logits": self.net(x), "probabilities": tf.nn.softmax(self.net(x))}
+        # The cskd-export contract: uint8 images of any size in, logits among the outputs.
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.uint8,
+                                                    name="images")])
+        def serve(self, images):
+            logits = self.net(tf.image.convert_image_dtype(images, tf.float32))
+            return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
     module = Export()
-    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    # A TF Serving model base: the newest numbered version is used.
+    tf.saved_model.save(module, str(tmp_path / "sm" / "3"),
+                        signatures={"serving_default": module.serve})
     saved = _teacher.load_teacher(method_config("kd", teacher_workdir=str(tmp_path / "sm")), 5,
                                   (8, 8, 1))
     images = tf.round(tf.random.uniform((4, 8, 8, 1), seed=3) * 255) / 255

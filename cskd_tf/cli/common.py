@@ -76,6 +76,9 @@ def _parse_flags(argv):
     AttributeError/KeyError for an unknown --config.FIELD)."""
     try:
         return flags.FLAGS(argv)
+    except CSKDError as exc:  # raised by a config file's get_config (e.g. configs/paper.py)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as exc:
         message = str(exc).strip()
         if isinstance(exc, (AttributeError, KeyError)):

@@ -7,11 +7,14 @@
   does (its own architecture, head and input normalization from the
   workdir; a non-empty ``config.teacher_model`` overrides the architecture) and
   restored from the last checkpoint; or
-* a SavedModel directory (``saved_model.pb``): loaded with
-  ``tf.saved_model.load``; its ``logits`` signature is used if present, else
-  ``serving_default``. The signature must take one image tensor; float inputs
-  get the student's [0, 1] images, uint8 inputs the same images converted to
-  0..255. Its output ``logits`` (or its single output) is taken as logits.
+* a SavedModel directory (``saved_model.pb``), or a TF Serving model base
+  holding numbered versions of one (the newest is used), e.g. what
+  ``cskd-export`` writes: loaded with ``tf.saved_model.load``; its ``logits``
+  signature is used if present, else ``serving_default``. The signature must
+  take one image tensor; float inputs get the student's [0, 1] images, uint8
+  inputs (the cskd-export contract) the same images rounded to 0..255, which
+  the export's own preprocessing then resizes. Its output ``logits`` (or its
+  single output) is taken as logits.
 
 Either way the teacher is called in inference mode (``training=False``: batch
 norm uses its moving statistics and never updates them), its variables are
@@ -71,6 +74,7 @@ def load_teacher(config, num_classes, image_shape) -> Teacher:
     if not os.path.exists(path):
         raise ModelError(f"teacher path {path!r} does not exist; set --config.teacher_workdir to a "
                          "finished cskd-train workdir or a SavedModel directory")
+    path = _latest_version(path)
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         teacher = _from_saved_model(path, image_shape)
     elif os.path.exists(os.path.join(path, "config.json")):
@@ -80,6 +84,15 @@ def load_teacher(config, num_classes, image_shape) -> Teacher:
                          "nor a SavedModel directory (no saved_model.pb)")
     _check_classes(path, teacher.num_classes, num_classes)
     return teacher
+
+
+def _latest_version(path):
+    """A TF Serving model base (numbered version folders) resolves to its newest version."""
+    if any(os.path.exists(os.path.join(path, name)) for name in ("saved_model.pb", "config.json")):
+        return path
+    versions = [int(name) for name in os.listdir(path) if name.isdigit()
+                and os.path.exists(os.path.join(path, name, "saved_model.pb"))]
+    return os.path.join(path, str(max(versions))) if versions else path
 
 
 def _check_classes(path, teacher_classes, num_classes):
@@ -112,8 +125,9 @@ def _from_workdir(path, config, student_classes, image_shape):
         teacher_config.model = config.teacher_model
     teacher_shape = tuple(int(d) for d in facts["image_shape"])
     if teacher_shape[-1] != int(image_shape[-1]):
-        raise ModelError(f"the teacher in {path!r} takes {teacher_shape[-1]}-channel images but the "
-                         f"student's have {image_shape[-1]}; use a teacher trained on the same dataset")
+        raise ModelError(f"the teacher in {path!r} takes {teacher_shape[-1]}-channel images but "
+                         f"the student's have {image_shape[-1]}; use a teacher trained on the "
+                         "same dataset")
     num_classes = int(facts["num_classes"])
     _check_classes(path, num_classes, student_classes)
     latest = tf.train.latest_checkpoint(workdir.checkpoint_dir)
@@ -165,8 +179,8 @@ def _from_saved_model(path, image_shape):
     fn = signatures[name]
     args, kwargs = fn.structured_input_signature
     if args or len(kwargs) != 1:
-        raise ModelError(f"the SavedModel teacher's {name!r} signature in {path!r} must take exactly "
-                         f"one image tensor (it takes {len(args) + len(kwargs)})")
+        raise ModelError(f"the SavedModel teacher's {name!r} signature in {path!r} must take "
+                         f"exactly one image tensor (it takes {len(args) + len(kwargs)})")
     (input_name, spec), = kwargs.items()
     outputs = fn.structured_outputs
     if isinstance(outputs, dict):

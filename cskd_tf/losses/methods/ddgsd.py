@@ -4,7 +4,8 @@ Two independent distortions (augmentations) x₁, x₂ of the same image (views
 ``anchor`` and ``view2``) go through the same network, both with gradient:
 
     L = CE(f(x₁), y) + CE(f(x₂), y)
-        + KL( softmax(f̃(x₂)) ‖ softmax(f(x₁)) ) + KL( softmax(f̃(x₁)) ‖ softmax(f(x₂)) )
+        + KL( softmax(f̃(x₂)) ‖ softmax(f(x₁)) )
+        + KL( softmax(f̃(x₁)) ‖ softmax(f(x₂)) )
         + μ · MMD²(z₁, z₂)
 
 f̃: the other branch's prediction, detached in each KL direction (each
@@ -44,7 +45,8 @@ class DataDistortionSelfDistillation(Method):
         super().__init__(config)
         self.mmd_weight = float(config.ddgsd_mmd_weight)
         if self.mmd_weight < 0:
-            raise ConfigError(f"config.ddgsd_mmd_weight must be >= 0 (got {config.ddgsd_mmd_weight!r})")
+            raise ConfigError(f"config.ddgsd_mmd_weight must be >= 0 "
+                              f"(got {config.ddgsd_mmd_weight!r})")
 
     def loss(self, model, images, labels, targets):
         first = model.forward(images[0], training=True)

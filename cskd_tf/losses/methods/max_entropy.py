@@ -28,7 +28,8 @@ class MaximumEntropy(Method):
         super().__init__(config)
         self.beta = float(config.max_entropy_beta)
         if self.beta < 0:
-            raise ConfigError(f"config.max_entropy_beta must be >= 0 (got {config.max_entropy_beta!r})")
+            raise ConfigError(f"config.max_entropy_beta must be >= 0 "
+                              f"(got {config.max_entropy_beta!r})")
 
     def loss(self, model, images, labels, targets):
         logits = model.forward(images[0], training=True)["logits"]
