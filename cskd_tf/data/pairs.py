@@ -215,6 +215,10 @@ def stream_pairs(split, *, views=("anchor", "partner"), augment=None, seed=0, st
             [num_classes], seed=tf.random.experimental.stateless_fold_in(
                 tf.random.experimental.stateless_fold_in(key, 4), shard_index),
             minval=None, maxval=None, dtype=tf.int64)
+        # Python ints: Dataset.shuffle compares its seed with (0, 0) in Python, which a
+        # symbolic seed fails whenever the global TF seed is 0 (keras.utils.set_random_seed(0)).
+        anchor_seed = int(anchor_seed)
+        class_seeds = [int(s) for s in class_seeds.numpy()]
 
         def anchors():
             # Round-robin over all class files, then a seeded shuffle; two calls give the
@@ -252,7 +256,12 @@ def stream_pairs(split, *, views=("anchor", "partner"), augment=None, seed=0, st
         return (ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .batch(batch_size, drop_remainder=drop_remainder))
 
-    ds = tf.data.Dataset.range(int(start_epoch), int(num_epochs)).flat_map(per_epoch)
+    # Epochs are built eagerly (see per_epoch) and chained; a handful of epochs to a few
+    # hundred keeps the chain shallow enough for tf.data.
+    epochs = [per_epoch(e) for e in range(int(start_epoch), int(num_epochs))]
+    ds = epochs[0] if epochs else per_epoch(int(start_epoch)).take(0)
+    for more in epochs[1:]:
+        ds = ds.concatenate(more)
     return _deterministic(ds.prefetch(tf.data.AUTOTUNE)), steps
 
 

@@ -77,9 +77,9 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
     placement = distribute.setup(config)
     jit_compile = runtime.setup(config)
     info, splits = data_lib.prepare(config)
-    # Only the chief writes the workdir; other workers write to a temporary one.
-    out = distribute.output_workdir(placement, workdir, config, overwrite=overwrite)
-    out.write("data.json", info_to_json(info))
+    if workdir.is_finished() and not overwrite:
+        # Refused before the (possibly slow) model build; output_workdir checks again.
+        workdir.prepare_for_training(config, overwrite=False)
 
     # Model, method state, optimizer and metrics belong to the strategy (a no-op scope on
     # the single-device path).
@@ -93,6 +93,10 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
                               f"split ({info.splits['train']} examples); lower --config.batch_size")
         compile_model(model, config, steps_per_epoch,
                       distribute.resolve_jit_compile(placement, jit_compile))
+    # Only the chief writes the workdir; other workers write to a temporary one. Nothing is
+    # written before the model and the method (e.g. a KD teacher) built without error.
+    out = distribute.output_workdir(placement, workdir, config, overwrite=overwrite)
+    out.write("data.json", info_to_json(info))
     checkpoint, manager, epoch_var = make_checkpoint(model, out)
     # Every worker resumes from the chief's checkpoints.
     latest = (manager.latest_checkpoint if out is workdir
