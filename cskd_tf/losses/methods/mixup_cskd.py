@@ -25,35 +25,27 @@ code does not include it). Cost: two forward passes (one without gradient),
 about 1.33× the compute of CE, as CS-KD.
 """
 
-import tensorflow as tf
-
 from cskd_tf.losses.kl import class_wise_kl
-from cskd_tf.losses.methods._mixing import MixSampler, mix, mixup_cross_entropy
-from cskd_tf.losses.methods.base import Method, register
+from cskd_tf.losses.methods._mixing import mix
+from cskd_tf.losses.methods.base import register
+from cskd_tf.losses.methods.mixup import Mixup
 
 
 @register("mixup_cskd")
-class MixupClassWiseSelfKD(Method):
+class MixupClassWiseSelfKD(Mixup):
+    """Mixup's step plus the class-wise term on the equally mixed partners."""
+
     views = ("anchor", "partner")
     terms = ("ce", "cls", "mix_lambda")
     forward_passes = 2
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.sampler = MixSampler(config.mixup_alpha, config.seed)
-
-    def build(self, model):
-        self.sampler.build()
-
     def targets(self, model, images, labels):
-        lam, perm = self.sampler.sample(tf.shape(images[0])[0])
-        mixed_partner = mix(images[1], lam, perm)
-        return {"lam": lam, "perm": perm, "mixed": mix(images[0], lam, perm),
-                "partner_logits": model.forward(mixed_partner, training=True)["logits"]}
+        targets = super().targets(model, images, labels)
+        mixed_partner = mix(images[1], targets["lam"], targets["perm"])
+        targets["partner_logits"] = model.forward(mixed_partner, training=True)["logits"]
+        return targets
 
     def loss(self, model, images, labels, targets):
-        logits = model.forward(targets["mixed"], training=True)["logits"]
-        ce = mixup_cross_entropy(logits, labels, targets["lam"], targets["perm"])
+        ce, logits, terms = super().loss(model, images, labels, targets)
         cls = class_wise_kl(logits, targets["partner_logits"], float(self.config.temperature))
-        total = ce + model.lambda_cls * cls
-        return total, logits, {"ce": ce, "cls": cls, "mix_lambda": targets["lam"]}
+        return ce + model.lambda_cls * cls, logits, {**terms, "cls": cls}
