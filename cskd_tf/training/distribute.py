@@ -341,10 +341,8 @@ def output_workdir(placement: Placement, workdir: Workdir, config, overwrite=Fal
         workdir.prepare_for_training(config, overwrite=overwrite)
         out = workdir
     else:
-        if workdir.is_finished() and not overwrite:
-            # The chief refuses too; failing here keeps this worker from waiting for it.
-            raise WorkdirError(f"{workdir.path} already holds a finished run; pass --overwrite "
-                               "to replace it or choose another --workdir")
+        # The chief refuses too; failing here keeps this worker from waiting for it.
+        workdir.refuse_if_finished(overwrite)
         out = Workdir(tempfile.mkdtemp(prefix=f"cskd-worker{placement.worker_index}-"))
         out.prepare_for_training(config)
         # Also removed if training raises; release() removes it on success.

@@ -77,9 +77,8 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
     placement = distribute.setup(config)
     jit_compile = runtime.setup(config)
     info, splits = data_lib.prepare(config)
-    if workdir.is_finished() and not overwrite:
-        # Refused before the (possibly slow) model build; output_workdir checks again.
-        workdir.prepare_for_training(config, overwrite=False)
+    # Refused before the (possibly slow) model build; output_workdir checks again.
+    workdir.refuse_if_finished(overwrite)
 
     # Model, method state, optimizer and metrics belong to the strategy (a no-op scope on
     # the single-device path).

@@ -52,11 +52,14 @@ class Workdir:
     def has_run(self):
         return os.path.exists(self.file("config.json"))
 
-    def prepare_for_training(self, config, overwrite=False):
-        """Creates the workdir, or checks that a run in it may be resumed."""
+    def refuse_if_finished(self, overwrite=False):
         if self.is_finished() and not overwrite:
             raise WorkdirError(f"{self.path} already holds a finished run; pass --overwrite to "
                                "replace it or choose another --workdir")
+
+    def prepare_for_training(self, config, overwrite=False):
+        """Creates the workdir, or checks that a run in it may be resumed."""
+        self.refuse_if_finished(overwrite)
         if overwrite and os.path.isdir(self.path):
             shutil.rmtree(self.path)
         if self.has_run():

@@ -15,7 +15,7 @@ partner) and one teacher pass.
 
 from cskd_tf.losses.kl import class_wise_kl
 from cskd_tf.losses.methods.base import register
-from cskd_tf.losses.methods.kd import KnowledgeDistillation, kd_loss
+from cskd_tf.losses.methods.kd import KnowledgeDistillation
 
 
 @register("kd_cskd")
@@ -25,13 +25,11 @@ class KnowledgeDistillationClassWise(KnowledgeDistillation):
     forward_passes = 3
 
     def targets(self, model, images, labels):
-        return {"teacher_logits": self.teacher_logits(model, images[0]),
-                "partner_logits": model.forward(images[1], training=True)["logits"]}
+        targets = super().targets(model, images, labels)
+        targets["partner_logits"] = model.forward(images[1], training=True)["logits"]
+        return targets
 
     def loss(self, model, images, labels, targets):
-        logits = model.forward(images[0], training=True)["logits"]
-        total, ce, kd = kd_loss(logits, targets["teacher_logits"], labels, self.temperature,
-                                self.alpha)
+        total, logits, terms = super().loss(model, images, labels, targets)
         cls = class_wise_kl(logits, targets["partner_logits"], float(self.config.temperature))
-        total = total + model.lambda_cls * cls
-        return total, logits, {"ce": ce, "kd": kd, "cls": cls}
+        return total + model.lambda_cls * cls, logits, {**terms, "cls": cls}
