@@ -346,7 +346,7 @@ def small_config(model, method, teacher=""):
         # One epoch over the same 10 images (batch = whole training set): every step sees
         # the same anchors, so the per-step losses are comparable.
         max_train_per_class=2, batch_size=10, num_epochs=1,
-        steps_per_epoch=3 if model == "densenet121_cifar" else 4))
+        steps_per_epoch=6 if model == "densenet121_cifar" else 4))
     return config
 
 

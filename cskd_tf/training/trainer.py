@@ -121,10 +121,12 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
                             temperature=float(config.temperature),
                             lambda_warmup_epochs=config.lambda_warmup_epochs,
                             jit_compile=jit_compile),
-            cb.EpochCheckpoint(manager, epoch_var, every=config.checkpoint_every_epochs),
+            # Logs before the checkpoint: a kill between the two then repeats a history row
+            # on resume instead of losing one.
             keras.callbacks.CSVLogger(out.file("history.csv"), append=True),
             keras.callbacks.TensorBoard(out.file("tensorboard"), write_graph=False,
                                         profile_batch=0),
+            cb.EpochCheckpoint(manager, epoch_var, every=config.checkpoint_every_epochs),
             *extra_callbacks,
         ]
         model.fit(train_ds, epochs=config.num_epochs, initial_epoch=start_epoch,
