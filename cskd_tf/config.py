@@ -23,6 +23,7 @@ CHOICES = {
     "jit_compile": ("auto", "on", "off"),
     "pair_mode": ("memory", "stream"),
     "distribution": ("auto", "one_device", "mirrored", "multi_worker", "tpu"),
+    "protocol": ("paper", "tune"),
 }
 
 
@@ -59,6 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.image_size = 0  # model input size in px; 0 = the dataset's default
     c.augment = "auto"  # auto | none | cifar | tinyimagenet | finegrained | digits
     c.val_fraction = 0.1  # held out of train when the source has no validation split
+    # tune: val (the source's, else held out of train) for model selection and the tuner;
+    # paper: the official train split, no val, per-epoch test metrics (cskd_tf/data/pipeline.py).
+    c.protocol = "tune"
     c.max_classes = 0  # keep only the first N classes (0 = all): budgeted protocols
     c.max_train_per_class = 0  # cap training examples per class (0 = all)
     c.pair_mode = "memory"  # memory: exact sampler over cached shards; stream: interleave shards

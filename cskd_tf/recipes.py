@@ -6,6 +6,12 @@ batch 128 on CIFAR-100 / TinyImageNet (PreAct ResNet-18, 32 px) and 32 on
 the fine-grained sets (ImageNet-style ResNet-18, 224 px); T = 4, λ = 1 on the
 coarse datasets and λ = 3 on the fine-grained ones. ImageNet (Table 5):
 90 epochs, batch 256, lr ÷10 at epochs 30 and 60.
+
+Every recipe runs under ``config.protocol = "paper"``: the whole official training split,
+the final model reported on the test split (TinyImageNet's and ImageNet's official val
+split), and per-epoch test metrics in history.csv so that the reference code's
+best-test-epoch number can be reproduced (``cskd-report --selection=best_test_epoch``).
+Pass ``protocol="tune"`` (or --config.protocol=tune) to hold a val split out instead.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ PAPER_DATASETS = {
 def paper_config(dataset_key, **overrides):
     """default_config() with the paper's recipe for ``dataset_key`` and overrides."""
     config = default_config()
+    config.protocol = "paper"
     config.update(PAPER_DATASETS[dataset_key])
     config.update(overrides)
     return config

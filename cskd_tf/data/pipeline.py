@@ -6,12 +6,24 @@ Typical use::
     train, steps = train_dataset(config, info, splits["train"])
     val = eval_dataset(config, info, splits["val"])
     serve_fn = eval_preprocess(info, info.augment)        # same function as eval uses
+
+``config.protocol`` decides which splits a run sees (:func:`apply_protocol`):
+
+* ``tune``: train, val (the source's own, else ``val_fraction`` held out of train by
+  :func:`cskd_tf.data.sources.select`) and test where the source has one; val selects
+  models and feeds the tuner and temperature scaling.
+* ``paper`` (Yun et al., CVPR 2020, and the reference alinlab/cs-kd ``datasets.py``): the
+  source's official train split whole (nothing held out) and its labelled evaluation split
+  as test — a source without a test split (TinyImageNet, ImageNet) lends its official val
+  split as test; a source with both (digits) leaves its val unused, so train stays the
+  official train split. There is no val split, hence no model selection and no
+  temperature scaling.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import tensorflow as tf
@@ -59,24 +71,53 @@ def _check(config):
         augment_lib.check_name(config.augment)
     if not 0 <= config.val_fraction < 1:
         raise ConfigError(f"config.val_fraction must be in [0, 1) (got {config.val_fraction!r})")
+    if config.protocol not in ("paper", "tune"):
+        raise ConfigError(f"config.protocol={config.protocol!r} is not 'paper' or 'tune'; "
+                          f"set --config.protocol to one of them")
+
+
+def apply_protocol(splits: dict, protocol: str, held_out_val: bool, where: str = "") -> dict:
+    """The splits a run under ``protocol`` sees (the module docstring states the rule).
+
+    ``held_out_val`` says the cache's val was held out of train (a cache built under
+    ``tune`` for a source without its own val): a ``paper`` run cannot use that cache,
+    since its train split is not the whole official one.
+    """
+    if protocol == "tune":
+        return dict(splits)
+    if held_out_val:
+        raise ConfigError(f"the shard cache {where} holds a val split held out of train "
+                          "(built with config.protocol='tune'), so its train split is not the "
+                          "whole training set; rebuild it with --config.protocol=paper or train "
+                          "with --config.protocol=tune")
+    out = {k: v for k, v in splits.items() if k != "val"}
+    if "test" not in splits and "val" in splits:
+        out["test"] = replace(splits["val"], name="test")
+    return out
 
 
 def prepare(config):
     """Resolves ``config.dataset``, builds or reuses its shard cache, and validates it.
 
     Returns (DatasetInfo, {split name: PreparedSplit}); splits are "train" and, where the
-    data has them, "val" (else held out of train) and "test".
+    data has them, "val" (else held out of train) and "test" — under config.protocol="paper"
+    train and test only (see the module docstring).
     """
     _check(config)
     if config.dataset == "shards":
         # A cache built earlier (python -m cskd_tf.data.build_cache), read where it is.
         meta, splits, source = open_cache(config.data_dir)
+        held_out = (meta.get("spec") or {}).get("val_fraction") is not None
     else:
         source = get_source(config.dataset, config.data_dir)
+        # The paper protocol trains on the whole training split: nothing is held out.
+        val_fraction = 0.0 if config.protocol == "paper" else config.val_fraction
         meta, splits = prepare_cache(
             source, cache_dir=config.cache_dir, max_classes=config.max_classes,
-            max_train_per_class=config.max_train_per_class, val_fraction=config.val_fraction,
+            max_train_per_class=config.max_train_per_class, val_fraction=val_fraction,
             seed=config.seed)
+        held_out = False
+    splits = apply_protocol(splits, config.protocol, held_out, where=config.data_dir)
     size = int(config.image_size) or int(source.default_image_size)
     name = source.default_augment if config.augment == "auto" else config.augment
     mean = tuple(float(m) for m in (source.mean or meta["train_mean"]))

@@ -114,6 +114,12 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
             start_epoch=start_epoch)
         assert data_steps == steps_per_epoch, (data_steps, steps_per_epoch)
         val_ds = data_lib.eval_dataset(config, info, splits["val"]) if "val" in splits else None
+        # The paper protocol logs test metrics every epoch (the reference code reports the
+        # best of them); under tune the test split stays untouched until the end.
+        per_epoch_test = (
+            [cb.SplitMetricsLogger(data_lib.eval_dataset(config, info, splits["test"]),
+                                   prefix="test", jit_compile=jit_compile)]
+            if config.protocol == "paper" and "test" in splits else [])
         callbacks = [
             cb.NonFiniteLossGuard(),
             cb.LearningRateLogger(),
@@ -121,9 +127,10 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
                             temperature=float(config.temperature),
                             lambda_warmup_epochs=config.lambda_warmup_epochs,
                             jit_compile=jit_compile),
+            *per_epoch_test,
             # Logs before the checkpoint: a kill between the two then repeats a history row
             # on resume instead of losing one.
-            keras.callbacks.CSVLogger(out.file("history.csv"), append=True),
+            cb.HistoryCSVLogger(out.file("history.csv"), append=True),
             keras.callbacks.TensorBoard(out.file("tensorboard"), write_graph=False,
                                         profile_batch=0),
             cb.EpochCheckpoint(manager, epoch_var, every=config.checkpoint_every_epochs),
@@ -134,19 +141,40 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
                   verbose=int(config.verbose) and (1 if os.isatty(1) else 2))
 
     metrics = evaluate_splits(model, config, info, splits, jit_compile)
+    if config.verbose and "val" not in splits:
+        from cskd_tf.evaluation.calibration import NO_VAL_NOTE
+        print(f"Note: {NO_VAL_NOTE}")
     out.write("metrics.json", metrics)
     distribute.release(placement, out, workdir)
     return metrics
 
 
 def evaluate_splits(model, config, info, splits, jit_compile=False):
-    from cskd_tf.evaluation.predict import evaluate
+    """metrics.json: {split: the paper's metrics} for each split of ``config.eval_splits``.
 
-    results = {}
-    for name in config.eval_splits:
-        if name in splits:
-            results[name] = evaluate(model, data_lib.eval_dataset(config, info, splits[name]),
-                                     jit_compile=jit_compile)
+    Where the run has a val split, temperature scaling (cskd_tf.evaluation.calibration) is
+    fitted on val only and adds ``ece_ts``, ``nll_ts`` and ``temperature_ts`` to every
+    reported split; val is predicted for that even when it is not reported itself.
+    """
+    from cskd_tf.evaluation.calibration import FIT_SPLIT, temperature_scaling_metrics
+    from cskd_tf.evaluation.metrics import evaluate_predictions
+    from cskd_tf.evaluation.predict import predict
+
+    reported = [name for name in config.eval_splits if name in splits]
+    needed = list(reported)
+    if FIT_SPLIT in splits and FIT_SPLIT not in reported:
+        needed.append(FIT_SPLIT)
+    results, arrays = {}, {}
+    for name in needed:
+        logits, features, labels = predict(
+            model, data_lib.eval_dataset(config, info, splits[name]), jit_compile)
+        arrays[name] = (logits, labels)
+        if name in reported:
+            results[name] = evaluate_predictions(logits, labels, features=features)
+            results[name]["num_examples"] = int(labels.shape[0])
+    for name, scaled in temperature_scaling_metrics(arrays).items():
+        if name in results:
+            results[name].update(scaled)
     return results
 
 
