@@ -4,9 +4,14 @@
     cskd-eval --saved_model=saved_models/NAME/N [--config=configs/NAME.py [--config.F=V ...]]
               [--split=...]
 
+With --workdir the metrics are recomputed as cskd-train writes them to metrics.json,
+temperature scaling included: T is fitted on the run's val split only and ece_ts, nll_ts
+and temperature_ts are added to every split (none without a val split, as under
+config.protocol=paper).
+
 With --saved_model the images go through the export's serving signatures (its in-graph
 preprocessing included); the data config is the training config stored in the export,
-or --config when given (it must describe the same classes).
+or --config when given (it must describe the same classes). No temperature scaling there.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ def _evaluate_workdir():
 
     config, _, model = load_trained(FLAGS.workdir)
     info, splits = data_lib.prepare(config)
+    if "val" not in splits:
+        from cskd_tf.evaluation.calibration import NO_VAL_NOTE
+        print(f"note: {NO_VAL_NOTE}", file=sys.stderr)
     if FLAGS.split:
         if FLAGS.split not in splits:
             raise ConfigError(f"--split={FLAGS.split} is not a split of {config.dataset}; "

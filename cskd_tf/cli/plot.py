@@ -5,6 +5,8 @@
 KIND is one of
 
     reliability    reliability diagram per run, ECE in the title  [--num_bins=15]
+                   [--temperature_scaling: each run before and after temperature scaling,
+                   T fitted on its val split, side by side]
     tsne           t-SNE of penultimate features (Figure 3)       [--classes=10 --max_per_class=100]
     misclassified  mean top-k softmax scores of misclassified samples (Figure 2)  [--topk=5]
     curves         training curves from history.csv / TensorBoard [--metrics=... --source=auto]
@@ -31,6 +33,8 @@ flags.DEFINE_string("output", "", "Image file to write (.png, .pdf or .svg).")
 flags.DEFINE_string("split", "val", "Split to predict on (not used by curves).")
 flags.DEFINE_list("labels", [], "Panel names, one per --workdir; default: the method names.")
 flags.DEFINE_integer("num_bins", 15, "reliability: confidence bins.")
+flags.DEFINE_bool("temperature_scaling", False, "reliability: draw each run before and after "
+                  "temperature scaling (T fitted on the run's val split only), side by side.")
 flags.DEFINE_integer("classes", 10, "tsne: number of classes shown.")
 flags.DEFINE_integer("max_per_class", 100, "tsne: samples per class at most (0 = all).")
 flags.DEFINE_float("perplexity", 30.0, "tsne: perplexity (capped for small sets).")
@@ -89,8 +93,9 @@ def _data_facts(path):
         return json.load(f)
 
 
-def _predict(path, split):
-    """(data facts, logits, features, labels) of a trained run on one split."""
+def _predict(path, split, fit_split=None):
+    """(data facts, logits, features, labels) of a trained run on one split, and the
+    temperature fitted on ``fit_split`` when it is given (else None)."""
     from cskd_tf import data as data_lib
     from cskd_tf.errors import ConfigError
     from cskd_tf.evaluation.predict import predict
@@ -102,7 +107,21 @@ def _predict(path, split):
         raise ConfigError(f"--split={split} is not a split of {config.dataset}; choose one of: "
                           f"{', '.join(sorted(splits))}")
     logits, features, labels = predict(model, data_lib.eval_dataset(config, info, splits[split]))
-    return facts, logits, features, labels
+    temperature = None
+    if fit_split:
+        from cskd_tf.evaluation.calibration import fit_temperature
+
+        if fit_split not in splits:
+            raise ConfigError(f"--temperature_scaling: {path} has no {fit_split} split to fit "
+                              f"the temperature on (config.protocol={config.protocol!r}); T "
+                              "is never fitted on test, so drop --temperature_scaling")
+        if fit_split == split:
+            fit_logits, fit_labels = logits, labels
+        else:
+            fit_logits, _, fit_labels = predict(
+                model, data_lib.eval_dataset(config, info, splits[fit_split]))
+        temperature = fit_temperature(fit_logits, fit_labels)
+    return facts, logits, features, labels, temperature
 
 
 def main(argv):
@@ -142,16 +161,25 @@ def main(argv):
 
     from cskd_tf.evaluation.metrics import softmax
 
-    panels = []
+    if FLAGS.temperature_scaling and kind != "reliability":
+        raise ConfigError("--temperature_scaling is an option of cskd-plot reliability only")
+    panels, temperatures = [], []
     for name, path in zip(names, workdirs):
-        facts, logits, features, labels = _predict(path, FLAGS.split)
+        facts, logits, features, labels, temperature = _predict(
+            path, FLAGS.split, "val" if FLAGS.temperature_scaling else None)
         panels.append((name, facts, logits, features, labels))
+        temperatures.append(temperature)
 
     if kind == "reliability":
-        eces = plots.plot_reliability([(n, softmax(z), y) for n, _, z, _, y in panels],
-                                      FLAGS.output, num_bins=FLAGS.num_bins)
-        for (name, *_), ece in zip(panels, eces):
-            print(f"{name}: ECE {ece:.2f}% ({FLAGS.split})")
+        if FLAGS.temperature_scaling:
+            drawn = [p for (n, _, z, _, y), t in zip(panels, temperatures)
+                     for p in plots.temperature_scaling_panels(n, z, y, t)]
+        else:
+            drawn = [(n, softmax(z), y) for n, _, z, _, y in panels]
+        eces = plots.plot_reliability(drawn, FLAGS.output, num_bins=FLAGS.num_bins,
+                                      max_cols=2 if FLAGS.temperature_scaling else 4)
+        for (title, *_), ece in zip(drawn, eces):
+            print(f"{title}: ECE {ece:.2f}% ({FLAGS.split})")
     elif kind == "misclassified":
         plots.plot_misclassified([(n, softmax(z), y) for n, _, z, _, y in panels],
                                  FLAGS.output, k=FLAGS.topk)

@@ -1,11 +1,18 @@
 """cskd-report: result tables of finished runs in the CS-KD paper's layout.
 
     cskd-report RUN_DIR... [--format=markdown|csv|latex] [--split=test|val] [--output=FILE]
+                [--selection=final|best_test_epoch]
 
 RUN_DIR may be a run directory (it holds config.json) or any folder above
 runs; runs are grouped by dataset x model x method and their seeds averaged
 (mean ± std). Unfinished runs make their group show as incomplete. The split
 defaults to test when every finished run has it, else val.
+
+--selection=final (default) reports each run's final model (metrics.json);
+--selection=best_test_epoch reports each run at its best test epoch from
+history.csv, the number the reference code (alinlab/cs-kd) prints — chosen on
+test itself, and every table is labelled so. Only runs trained with
+config.protocol=paper (the paper recipes' default) log per-epoch test metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ from absl import flags  # noqa: E402
 flags.DEFINE_enum("format", "markdown", ["markdown", "csv", "latex"], "Output format.")
 flags.DEFINE_string("split", "", "test, val or train; default: test if every finished run has "
                     "it, else val.")
+flags.DEFINE_enum("selection", "final", ["final", "best_test_epoch"],
+                  "final: the model at the end of training; best_test_epoch: each run's epoch "
+                  "with the best test accuracy (selected on test, as the reference code; "
+                  "needs config.protocol=paper runs).")
 flags.DEFINE_string("output", "", "Write the report to this file instead of stdout.")
 FLAGS = flags.FLAGS
 
@@ -31,7 +42,7 @@ def main(argv):
     if not paths:
         raise ConfigError("no run directories given; usage: cskd-report RUN_DIR... "
                           "[--format=markdown|csv|latex] [--split=test|val] [--output=FILE]")
-    text = build_report(paths, fmt=FLAGS.format, split=FLAGS.split)
+    text = build_report(paths, fmt=FLAGS.format, split=FLAGS.split, selection=FLAGS.selection)
     if FLAGS.output:
         parent = os.path.dirname(os.path.abspath(FLAGS.output))
         os.makedirs(parent, exist_ok=True)

@@ -105,3 +105,35 @@ def load_history(workdir: str, source: str = "auto") -> dict:
     if source == "csv" or (source == "auto" and os.path.exists(csv_path)):
         return read_history_csv(csv_path)
     return read_tensorboard(os.path.join(workdir, "tensorboard"))
+
+
+def best_epoch_metrics(history: dict, prefix: str = "test", where: str = "history") -> dict:
+    """metrics.json-style numbers of the epoch with the highest ``{prefix}_accuracy``.
+
+    This is the number the reference code (alinlab/cs-kd train.py) prints: the best test
+    accuracy over all epochs, i.e. a model chosen on the test split itself — optimistic,
+    and reported as such. A tie keeps the earliest epoch (the reference updates its best
+    only on a strictly higher accuracy). Errors and ECE are converted back to percent;
+    ``epoch`` is the chosen epoch, 1-based. Raises WorkdirError without that column (it is
+    logged only under ``config.protocol = "paper"``).
+    """
+    accuracy = history.get(f"{prefix}_accuracy")
+    if accuracy is None or not np.isfinite(accuracy).any():
+        raise WorkdirError(f"{where} has no per-epoch {prefix}_accuracy; it is logged only by "
+                           "runs trained with config.protocol='paper'; report this run with "
+                           "--selection=final")
+    best = int(np.nanargmax(accuracy))
+
+    def at(name, scale=1.0, offset=None):
+        column = history.get(f"{prefix}_{name}")
+        if column is None or not np.isfinite(column[best]):
+            return None
+        value = float(column[best])
+        return scale * (value if offset is None else offset - value)
+
+    return {"top1_error": at("accuracy", 100.0, 1.0),
+            "top5_error": at("top5_accuracy", 100.0, 1.0),
+            "ece": at("ece", 100.0),
+            "nll": at("nll"),
+            "recall_at_1": at("recall_at_1", 100.0),
+            "epoch": int(history["epoch"][best]) + 1}

@@ -6,7 +6,8 @@ trained model), draws one panel per run and saves the figure to ``path``
 :class:`matplotlib.figure.Figure` with the Agg canvas, never through pyplot,
 so no display or global backend state is involved.
 
-* :func:`plot_reliability`: reliability diagrams with ECE (Guo et al., 2017);
+* :func:`plot_reliability`: reliability diagrams with ECE (Guo et al., 2017),
+  optionally before and after temperature scaling (:func:`temperature_scaling_panels`);
 * :func:`plot_misclassified`: mean top-k softmax scores of misclassified
   samples (Yun et al., CVPR 2020, Figure 2);
 * :func:`plot_tsne`: t-SNE of penultimate features (Figure 3);
@@ -24,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cskd_tf.evaluation.metrics import expected_calibration_error, reliability_bins
+from cskd_tf.evaluation.metrics import expected_calibration_error, reliability_bins, softmax
 
 # history key -> panel title of the training curves.
 CURVE_TITLES = {
@@ -74,15 +75,30 @@ def _check_panels(panels, what: str):
 # --------------------------------------------------------------------------
 
 
-def plot_reliability(panels, path: str, num_bins: int = 15) -> list:
+def temperature_scaling_panels(name: str, logits, labels, temperature: float) -> list:
+    """Two reliability panels of one run: ``softmax(z)`` and ``softmax(z / T)``.
+
+    ``T`` comes from :func:`cskd_tf.evaluation.calibration.fit_temperature` on the run's
+    val split; the titles say which panel is which and where T was fitted.
+    """
+    from cskd_tf.evaluation.calibration import scaled_probabilities
+
+    return [(f"{name}: before TS", softmax(logits), labels),
+            (f"{name}: after TS (T = {temperature:.2f}, fit on val)",
+             scaled_probabilities(logits, temperature), labels)]
+
+
+def plot_reliability(panels, path: str, num_bins: int = 15, max_cols: int = 4) -> list:
     """One reliability diagram per ``(title, probs, labels)``; returns the ECEs (%).
 
     Blue bars: accuracy of each confidence bin; red hatched bars: the gap
     between that accuracy and the bin's mean confidence; dashed: the diagonal
-    of perfect calibration. Empty bins are not drawn.
+    of perfect calibration. Empty bins are not drawn. ``max_cols=2`` with the
+    panels of :func:`temperature_scaling_panels` puts each run's before/after
+    pair on one row.
     """
     panels = _check_panels(panels, "reliability")
-    fig, axes = _figure(len(panels))
+    fig, axes = _figure(len(panels), max_cols=max_cols)
     eces = []
     for ax, (title, probs, labels) in zip(axes, panels):
         bins = reliability_bins(probs, labels, num_bins)

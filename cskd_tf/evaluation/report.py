@@ -8,13 +8,21 @@ tables come out (Yun et al., CVPR 2020):
 * Table 1 style, one per model: top-1 error per method (rows) and dataset
   (columns), with the relative change from cross-entropy in parentheses,
   e.g. ``21.99 ± 0.13 (−8.8%)``;
-* Table 6 style, one per dataset and model: top-1 / top-5 error, ECE and
-  Recall@1 per method.
+* Table 6 style, one per dataset and model: top-1 / top-5 error, ECE, ECE
+  after temperature scaling (fitted on val, :mod:`.calibration`; "–" for runs
+  without a val split) and Recall@1 per method.
+
+Which model of a run is reported (``selection``): ``final``, the model at the
+end of training, as metrics.json holds it (the default); or
+``best_test_epoch``, the epoch with the best test accuracy in history.csv —
+the number the reference code (alinlab/cs-kd train.py) prints, selected on
+test itself, so every table says so. Only runs trained with
+``config.protocol = "paper"`` log per-epoch test metrics.
 
 The best value of each column is marked (bold). A group with a run that has
 not finished is shown as ``incomplete (k/n runs finished)`` rather than left
-out, so a half-finished sweep never looks complete. Only JSON is read here:
-no TensorFlow import, so reports are instant.
+out, so a half-finished sweep never looks complete. Only JSON (and CSV) is
+read here: no TensorFlow import, so reports are instant.
 """
 
 from __future__ import annotations
@@ -27,11 +35,11 @@ from dataclasses import dataclass, field
 
 from cskd_tf.errors import ConfigError
 from cskd_tf.evaluation import table_format
-from cskd_tf.evaluation.runs import Run, find_run_dirs, load_run
+from cskd_tf.evaluation.runs import Run, find_run_dirs, load_run, select_best_test_epoch
 
-__all__ = ["Group", "Run", "Stat", "build_report", "choose_split", "csv_report",
-           "find_run_dirs", "group_runs", "load_run", "mean_std", "relative_change", "table1",
-           "table6"]
+__all__ = ["Group", "Run", "SELECTIONS", "Stat", "build_report", "choose_split", "csv_report",
+           "find_run_dirs", "group_runs", "load_run", "mean_std", "relative_change",
+           "select_best_test_epoch", "table1", "table6"]
 
 BASELINE = "ce"
 
@@ -69,14 +77,23 @@ DATASET_NAMES = {
 }
 _DATASET_RANK = {name: i for i, name in enumerate(DATASET_NAMES)}
 
-# (key in metrics.json, column title, lower is better?)
+# (key in metrics.json, column title, lower is better? None: no "best")
 METRICS = (
     ("top1_error", "Top-1 error", True),
     ("top5_error", "Top-5 error", True),
     ("ece", "ECE", True),
+    ("ece_ts", "ECE after TS", True),
     ("recall_at_1", "R@1", False),
 )
-CSV_METRICS = METRICS + (("nll", "NLL", True),)
+CSV_METRICS = METRICS + (("nll", "NLL", True), ("nll_ts", "NLL after TS", True),
+                         ("temperature_ts", "TS temperature", None))
+
+# selection -> how the captions name it.
+SELECTIONS = {
+    "final": "final model",
+    "best_test_epoch": ("best test epoch of each run, i.e. selected on test as the reference "
+                        "code does (optimistic)"),
+}
 
 # Config fields that may differ between seeds of one group without making
 # them different experiments: where data lives, how fast it runs, logging.
@@ -222,6 +239,8 @@ def _fmt_change(change: float) -> str:
 
 def _best(stats: dict, lower_is_better: bool):
     """Keys of the best mean among complete groups (several on a tie)."""
+    if lower_is_better is None:
+        return set()
     values = {k: s.mean for k, s in stats.items() if s is not None}
     if len(values) < 2:  # a lone entry is not "best" of anything
         return set()
@@ -243,7 +262,15 @@ def _status_cell(group: Group | None, stat: Stat | None) -> str:
     return "–" if stat is None else _fmt_stat(stat)
 
 
-def table1(groups: dict, split: str) -> list:
+def _selection_phrase(split: str, selection: str) -> str:
+    return f"{split} split" + ("" if selection == "final" else f", {SELECTIONS[selection]}")
+
+
+def _title(name: str, selection: str) -> str:
+    return name if selection == "final" else f"{name} [test-selected: best test epoch]"
+
+
+def table1(groups: dict, split: str, selection: str = "final") -> list:
     """Top-1 error per method x dataset, one table per model."""
     tables = []
     for model in sorted({k[1] for k in groups}):
@@ -263,15 +290,16 @@ def table1(groups: dict, split: str) -> list:
                         text += f" {_fmt_change(change)}"
                 row.append(table_format.Cell(text, bold=m in best))
         seeds = _seed_phrase([g for k, g in groups.items() if k[1] == model])
-        caption = (f"Top-1 error (%) of {model} on the {split} split, {seeds}; in parentheses "
-                   "the relative change from cross-entropy; best per dataset in bold.")
-        tables.append(table_format.Table(f"Table 1 ({model})", caption,
+        caption = (f"Top-1 error (%) of {model} on the {_selection_phrase(split, selection)}, "
+                   f"{seeds}; in parentheses the relative change from cross-entropy; best per "
+                   "dataset in bold.")
+        tables.append(table_format.Table(_title(f"Table 1 ({model})", selection), caption,
                                    ["Method"] + [dataset_name(d) for d in datasets], rows))
     return tables
 
 
-def table6(groups: dict, split: str) -> list:
-    """Top-1, top-5, ECE and R@1 per method, one table per dataset x model."""
+def table6(groups: dict, split: str, selection: str = "final") -> list:
+    """Top-1, top-5, ECE, ECE after TS and R@1 per method, one table per dataset x model."""
     tables = []
     for dataset, model in sorted({(k[0], k[1]) for k in groups},
                                   key=lambda k: (_dataset_order(k[0]), k[1])):
@@ -284,11 +312,13 @@ def table6(groups: dict, split: str) -> list:
             for row, m in zip(rows, methods):
                 row.append(table_format.Cell(_status_cell(cells[m], stats[m]), bold=m in best))
         header = ["Method"] + [f"{title} {'↓' if lower else '↑'}" for _, title, lower in METRICS]
-        caption = (f"{dataset_name(dataset)}, {model}, {split} split, "
-                   f"{_seed_phrase(cells.values())}: errors, ECE and Recall@1 in %; "
+        caption = (f"{dataset_name(dataset)}, {model}, {_selection_phrase(split, selection)}, "
+                   f"{_seed_phrase(cells.values())}: errors, ECE and Recall@1 in %; ECE after "
+                   "TS: temperature scaling fitted on val only (– without a val split); "
                    "best per column in bold.")
-        tables.append(table_format.Table(f"Table 6 ({dataset_name(dataset)}, {model})", caption,
-                                   header, rows))
+        tables.append(table_format.Table(
+            _title(f"Table 6 ({dataset_name(dataset)}, {model})", selection), caption, header,
+            rows))
     return tables
 
 
@@ -304,7 +334,7 @@ def _seed_phrase(groups) -> str:
             "(no ± where there is one run)")
 
 
-def csv_report(groups: dict, split: str) -> str:
+def csv_report(groups: dict, split: str, selection: str = "final") -> str:
     """One row per group with every number (means over the finished runs).
 
     Unlike the text tables, the numbers of an incomplete group are kept here
@@ -312,7 +342,8 @@ def csv_report(groups: dict, split: str) -> str:
     """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    header = ["dataset", "model", "method", "split", "status", "runs_finished", "runs_total"]
+    header = ["dataset", "model", "method", "split", "selection", "status", "runs_finished",
+              "runs_total"]
     for metric, _, _ in CSV_METRICS:
         header += [f"{metric}_mean", f"{metric}_std", f"{metric}_best"]
     header.append("top1_error_change_from_ce_pct")
@@ -325,7 +356,7 @@ def csv_report(groups: dict, split: str) -> str:
             for k in _best(stats, lower):
                 best.setdefault(k, set()).add(metric)
     for key, group in groups.items():
-        row = [group.dataset, group.model, group.method, split,
+        row = [group.dataset, group.model, group.method, split, selection,
                "complete" if group.complete else "incomplete",
                len(group.finished), len(group.runs)]
         for metric, _, _ in CSV_METRICS:
@@ -344,19 +375,34 @@ def csv_report(groups: dict, split: str) -> str:
     return out.getvalue()
 
 
-def build_report(paths, fmt: str = "markdown", split: str = "") -> str:
+def build_report(paths, fmt: str = "markdown", split: str = "",
+                 selection: str = "final") -> str:
     """The whole report for run directories (or folders of them) as text."""
     if fmt not in table_format.FORMATS + ("csv",):
         raise ConfigError(f"--format={fmt} is not one of markdown, csv, latex")
     if split and split not in ("test", "val", "train"):
         raise ConfigError(f"--split={split} is not one of test, val, train")
+    if selection not in SELECTIONS:
+        raise ConfigError(f"--selection={selection} is not one of {', '.join(SELECTIONS)}")
+    if selection == "best_test_epoch" and split not in ("", "test"):
+        raise ConfigError(f"--selection=best_test_epoch reports the test split; drop "
+                          f"--split={split} or use --selection=final")
     runs = [load_run(p) for p in find_run_dirs(paths)]
+    if selection == "best_test_epoch":
+        runs = [select_best_test_epoch(r) for r in runs]
     split = choose_split(runs, split)
     groups = group_runs(runs)
     if fmt == "csv":
-        return csv_report(groups, split)
-    tables = table1(groups, split) + table6(groups, split)
+        return csv_report(groups, split, selection)
+    tables = table1(groups, split, selection) + table6(groups, split, selection)
     notes = [n for g in groups.values() for n in g.notes()]
+    if selection == "best_test_epoch":
+        epochs = sorted(r.metrics["test"]["epoch"] for r in runs if r.finished)
+        notes.insert(0, "TEST-SELECTED: each run is reported at the epoch with its best test "
+                     "accuracy (history.csv), as the reference code alinlab/cs-kd prints it; "
+                     "this picks the model on the test split and overstates accuracy. "
+                     "--selection=final (the default) reports the final model"
+                     + (f"; chosen epochs {epochs[0]}–{epochs[-1]}" if epochs else "") + ".")
     unfinished = [r.path for r in runs if not r.finished]
     if unfinished:
         notes.append(f"{len(unfinished)} of {len(runs)} runs unfinished (no metrics.json): "

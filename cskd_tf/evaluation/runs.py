@@ -1,15 +1,18 @@
 """Finding ``cskd-train`` run directories and reading their JSON files.
 
-Only JSON is read (no TensorFlow), so listing and reporting runs is instant.
+Only JSON (and history.csv, for the best-test-epoch selection) is read, no TensorFlow, so
+listing and reporting runs is instant.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 
-from cskd_tf.errors import WorkdirError
+from cskd_tf.errors import ConfigError, WorkdirError
+from cskd_tf.evaluation.history import best_epoch_metrics, read_history_csv
 
 
 def find_run_dirs(paths) -> list:
@@ -95,3 +98,16 @@ def load_run(path: str) -> Run:
     return Run(path=path, dataset=dataset_label(config), model=str(config["model"]),
                method=str(config["method"]), seed=int(config.get("seed", 0)), config=config,
                metrics=metrics)
+
+
+def select_best_test_epoch(run: Run) -> Run:
+    """``run`` with its test metrics taken from its best test epoch (history.csv)."""
+    if not run.finished:
+        return run
+    path = os.path.join(run.path, "history.csv")
+    try:
+        history = read_history_csv(path)
+        metrics = best_epoch_metrics(history, "test", where=path)
+    except WorkdirError as error:
+        raise ConfigError(f"--selection=best_test_epoch: {error}") from None
+    return dataclasses.replace(run, metrics={"test": metrics})
