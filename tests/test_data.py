@@ -229,6 +229,65 @@ def test_cache_dir_defaults_to_env(tmp_path, monkeypatch):
     assert shards.cache_root(str(tmp_path / "x")) == str(tmp_path / "x")
 
 
+# --------------------------------------------------------------------------- protocol
+
+
+def test_paper_protocol_trains_on_the_whole_train_split(tmp_path):
+    # Digits has its own val and test: paper leaves val unused, train is the official train.
+    info, splits = prepare(make_config(tmp_path, protocol="paper"))
+    assert info.splits == {"train": 1078, "test": 360} and "val" not in splits
+    # A source without val: tune holds 1/3 of train out, paper holds nothing out.
+    root = fake_imagefolder(str(tmp_path / "folder"), per_class=6)
+    common = dict(dataset="imagefolder", data_dir=root, val_fraction=0.34, image_size=16)
+    assert prepare(make_config(tmp_path, **common))[0].splits == {"train": 8, "val": 4,
+                                                                  "test": 12}
+    info, splits = prepare(make_config(tmp_path, protocol="paper", **common))
+    assert info.splits == {"train": 12, "test": 12} and info.train_counts.tolist() == [6, 6]
+
+
+def test_paper_protocol_uses_tinyimagenet_val_as_test(tmp_path):
+    root = fake_tinyimagenet(str(tmp_path / "tiny"))
+    info, splits = prepare(make_config(tmp_path, dataset="tinyimagenet", data_dir=root,
+                                       protocol="paper"))
+    assert info.splits == {"train": 12, "test": 6} and splits["test"].name == "test"
+    x, y = next(iter(eval_dataset(make_config(tmp_path), info, splits["test"])))
+    assert list(y) == [0, 0, 1, 1, 2, 2]  # the official val images, labelled as before
+
+
+def test_paper_protocol_refuses_a_cache_with_held_out_val(tmp_path):
+    root = fake_imagefolder(str(tmp_path / "folder"), per_class=6)
+    tuned, _ = prepare(make_config(tmp_path, dataset="imagefolder", data_dir=root,
+                                   val_fraction=0.34, image_size=16))
+    config = make_config(tmp_path, dataset="shards", data_dir=tuned.cache_path,
+                         protocol="paper")
+    assert "--config.protocol=paper" in one_line_error(ConfigError, config)
+    config.protocol = "tune"
+    assert prepare(config)[0].splits == {"train": 8, "val": 4, "test": 12}
+
+
+def test_protocol_defaults_of_configs():
+    import importlib.util
+
+    from cskd_tf import config as config_lib
+    from cskd_tf.recipes import paper_cell_config, paper_config
+
+    assert default_config().protocol == "tune"  # the digits default and the tuner
+    assert paper_config("cifar100").protocol == "paper"
+    assert paper_config("cifar100", protocol="tune").protocol == "tune"
+    assert paper_cell_config("table1:tinyimagenet:preact_resnet18:cskd").protocol == "paper"
+    # The budgeted TinyImageNet config measures on its dev val split (cut from train).
+    path = os.path.join(os.path.dirname(__file__), "..", "configs",
+                        "tinyimagenet_lowshot_cpu.py")
+    spec = importlib.util.spec_from_file_location("lowshot", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.get_config().protocol == "tune"
+    bad = default_config()
+    bad.protocol = "best"
+    with pytest.raises(ConfigError, match="config.protocol='best' is not one of 'paper', 'tune'"):
+        config_lib.validate(bad)
+
+
 # --------------------------------------------------------------------------- errors
 
 

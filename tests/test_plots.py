@@ -40,6 +40,22 @@ def test_reliability(tmp_path):
     assert len(eces) == 2 and all(0 <= e <= 100 for e in eces)
 
 
+def test_reliability_before_and_after_temperature_scaling(tmp_path):
+    from cskd_tf.evaluation.calibration import fit_temperature
+
+    rng = np.random.default_rng(0)
+    logits = 2.0 * rng.normal(size=(600, 6))
+    labels = (plots.softmax(logits).cumsum(axis=1) > rng.random((600, 1))).argmax(axis=1)
+    over = 4.0 * logits  # over-confident: T ~ 4 undoes it
+    panels = plots.temperature_scaling_panels("CE", over, labels, fit_temperature(over, labels))
+    assert panels[0][0] == "CE: before TS" and panels[1][0].startswith("CE: after TS (T = ")
+    assert "fit on val" in panels[1][0]
+    path = str(tmp_path / "rel_ts.png")
+    before, after = plots.plot_reliability(panels, path, max_cols=2)
+    assert_png(path)
+    assert after < 0.5 * before
+
+
 def test_misclassified(tmp_path):
     probs, _, labels = synthetic()
     means, count = plots.mean_topk_misclassified(probs, labels, k=5)

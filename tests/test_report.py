@@ -130,3 +130,84 @@ def test_cli_nonexistent_dir_is_one_line_error(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "does not exist" in lines[0]
 
+
+
+def write_history(path, rows):
+    """history.csv as HistoryCSVLogger writes it: epoch plus sorted log keys."""
+    keys = sorted({k for row in rows for k in row})
+    with open(os.path.join(path, "history.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch"] + keys)
+        writer.writeheader()
+        for epoch, row in enumerate(rows):
+            writer.writerow({"epoch": epoch, **row})
+
+
+def test_best_test_epoch_selection(tmp_path):
+    root = str(tmp_path)
+    # Final model (metrics.json): 30% error. Best test epoch: epoch 2 (1-based) at 75%
+    # accuracy; epoch 3 ties it and loses (the reference keeps the first best).
+    run = make_run(root, "ce", method="ce", top1=30.0, splits=("test",), protocol="paper")
+    accuracies = (0.5, 0.75, 0.75, 0.7)
+    write_history(run, [{"loss": 1.0, "test_accuracy": a, "test_top5_accuracy": 0.9 + e / 100,
+                         "test_ece": 0.05 * (e + 1), "test_nll": 1.0 + e, "test_loss": 1.0 + e}
+                        for e, a in enumerate(accuracies)])
+    cskd = make_run(root, "cskd", method="cskd", top1=28.0, splits=("test",), protocol="paper")
+    write_history(cskd, [{"test_accuracy": 0.8, "test_top5_accuracy": 0.95, "test_ece": 0.01,
+                          "test_nll": 0.5}])
+    final = report.build_report([root])
+    assert "30.00" in final and "test-selected" not in final.lower()
+
+    text = report.build_report([root], selection="best_test_epoch")
+    assert "| Cross-entropy | 25.00 |" in text  # 100 * (1 - 0.75), not the final 30.00
+    assert "| CS-KD | **20.00 (−20.0%)** |" in text
+    assert text.count("[test-selected: best test epoch]") == 2  # both tables' titles
+    assert "TEST-SELECTED" in text and "chosen epochs 1–2" in text
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO(
+        report.build_report([root], "csv", selection="best_test_epoch")))}
+    assert rows["ce"]["selection"] == "best_test_epoch"
+    # Every number comes from epoch 2 (index 1): top-5, ECE (percent) and NLL.
+    assert float(rows["ce"]["top5_error_mean"]) == pytest.approx(9.0)
+    assert float(rows["ce"]["ece_mean"]) == pytest.approx(10.0)
+    assert float(rows["ce"]["nll_mean"]) == pytest.approx(2.0)
+    assert rows["ce"]["recall_at_1_mean"] == ""  # not logged per epoch
+
+    with pytest.raises(ConfigError, match="reports the test split"):
+        report.build_report([root], split="val", selection="best_test_epoch")
+    # A tune run logs no per-epoch test metrics: a one-line error naming it.
+    make_run(root, "tuned", method="ce", top1=29.0, seed=1)
+    write_history(os.path.join(root, "tuned"), [{"val_accuracy": 0.9}])
+    with pytest.raises(ConfigError, match="tuned/history.csv has no per-epoch test_accuracy"):
+        report.build_report([root], selection="best_test_epoch")
+
+
+def test_cli_selection_flag(tmp_path):
+    root = str(tmp_path)
+    run = make_run(root, "ce", top1=30.0, splits=("test",))
+    write_history(run, [{"test_accuracy": 0.6}, {"test_accuracy": 0.8}])
+    proc = subprocess.run([sys.executable, "-m", "cskd_tf.cli.report", root,
+                           "--selection=best_test_epoch"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "20.00" in proc.stdout and "[test-selected: best test epoch]" in proc.stdout
+
+
+def test_ece_after_temperature_scaling_column(tmp_path):
+    root = str(tmp_path)
+    for method, ece_ts in (("ce", 4.0), ("cskd", 2.5)):
+        path = make_run(root, method, method=method, top1=20.0)
+        metrics = json.load(open(os.path.join(path, "metrics.json")))
+        for split in metrics.values():
+            split.update(ece_ts=ece_ts, nll_ts=0.9, temperature_ts=1.5)
+        json.dump(metrics, open(os.path.join(path, "metrics.json"), "w"))
+    make_run(root, "paper_run", method="mixup", top1=21.0)  # no val: no TS fields
+    text = report.build_report([root])
+    assert "| Method | Top-1 error ↓ | Top-5 error ↓ | ECE ↓ | ECE after TS ↓ | R@1 ↑ |" in text
+    table6 = text[text.index("**Table 6"):]
+    ece_ts = {line.split("|")[1].strip(): line.split("|")[5].strip()
+              for line in table6.splitlines() if line.startswith("| ") and "Method" not in line}
+    # Best (lowest) in bold; a run without a val split has no TS numbers.
+    assert ece_ts == {"Cross-entropy": "4.00", "CS-KD": "**2.50**", "Mixup": "–"}
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO(report.build_report([root],
+                                                                                   "csv")))}
+    assert rows["cskd"]["ece_ts_best"] == "1" and rows["ce"]["temperature_ts_mean"] == "1.5000"
+    assert rows["ce"]["temperature_ts_best"] == "0"  # no "best" temperature

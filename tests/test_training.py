@@ -51,6 +51,15 @@ def test_cli_trains_evaluates_and_protects_a_finished_run(tmp_path):
     for column in ("loss", "ce", "cls", "accuracy", "top5_accuracy", "lr", "lambda_cls",
                    "temperature", "val_accuracy", "val_ece", "val_nll", "val_recall_at_1"):
         assert column in rows[0], column
+    # protocol=tune (the default): the test split is not looked at during training.
+    assert not any(column.startswith("test_") for column in rows[0])
+    # Temperature scaling: one T, fitted on val, applied to both splits; cskd-eval agrees.
+    temperature = metrics["val"]["temperature_ts"]
+    assert temperature > 0 and metrics["test"]["temperature_ts"] == temperature
+    for split in metrics.values():
+        assert 0 <= split["ece_ts"] <= 100 and split["nll_ts"] > 0
+        # T minimises the val NLL, so it cannot make the val NLL worse than T = 1.
+    assert metrics["val"]["nll_ts"] <= metrics["val"]["nll"] + 1e-9
     # lr ÷10 at epoch 2 (0-based) as configured.
     assert float(rows[1]["lr"]) == pytest.approx(0.1)
     assert float(rows[2]["lr"]) == pytest.approx(0.01)
@@ -58,7 +67,7 @@ def test_cli_trains_evaluates_and_protects_a_finished_run(tmp_path):
 
     evaluated = json.loads(cli("cskd-eval", f"--workdir={workdir}").stdout)
     for split in ("val", "test"):
-        for key in PAPER_METRICS:
+        for key in PAPER_METRICS | {"ece_ts", "nll_ts", "temperature_ts"}:
             assert evaluated[split][key] == pytest.approx(metrics[split][key], abs=1e-3)
 
     before = os.path.getmtime(os.path.join(workdir, "metrics.json"))
@@ -135,6 +144,36 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path, tiny_config):
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+"):
         train(tiny_config, str(tmp_path / "run"))
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_paper_protocol_run_logs_test_metrics_per_epoch(tmp_path, tiny_config):
+    from cskd_tf.evaluation.report import build_report
+    from cskd_tf.training.trainer import train
+
+    tiny_config.protocol = "paper"
+    tiny_config.max_train_per_class = 0  # the whole training split
+    tiny_config.steps_per_epoch = 8
+    workdir = tmp_path / "run"
+    metrics = train(tiny_config, str(workdir))
+    # No val split: train is digits' whole train split, the final model is scored on test,
+    # and there is nothing to fit a temperature on.
+    facts = json.load(open(workdir / "data.json"))
+    assert facts["splits"] == {"train": 1078, "test": 360}
+    assert set(metrics) == {"test"} and "temperature_ts" not in metrics["test"]
+    rows = list(csv.DictReader(open(workdir / "history.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    test_columns = {"test_accuracy", "test_loss", "test_nll", "test_top5_accuracy", "test_ece"}
+    assert test_columns <= set(rows[0])
+    assert not any(column.startswith("val_") for column in rows[0])
+    # The last row is the final model, which metrics.json scores on the same test split.
+    last = rows[-1]
+    assert float(last["test_accuracy"]) == pytest.approx(
+        1 - metrics["test"]["top1_error"] / 100, abs=1e-6)
+    assert float(last["test_nll"]) == pytest.approx(metrics["test"]["nll"], rel=1e-4)
+    # --selection=best_test_epoch reports the best row, labelled as test-selected.
+    best = max(float(r["test_accuracy"]) for r in rows)
+    text = build_report([str(workdir)], selection="best_test_epoch")
+    assert f"| {100 * (1 - best):.2f} |" in text and "[test-selected: best test epoch]" in text
 
 
 def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_config):
