@@ -47,7 +47,8 @@ class TrialData:
         if "val" not in splits:
             raise ConfigError(
                 f"dataset {config.dataset!r} has no validation split for the tuner's objective; "
-                "set --config.val_fraction > 0 to hold one out of train (the test split is "
+                "set --config.protocol=tune (protocol=paper has no val split) and "
+                "--config.val_fraction > 0 to hold one out of train (the test split is "
                 "never used for tuning)")
         steps = config.steps_per_epoch or info.splits["train"] // config.batch_size
         if steps < 1:
