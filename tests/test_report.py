@@ -201,7 +201,8 @@ def test_ece_after_temperature_scaling_column(tmp_path):
         json.dump(metrics, open(os.path.join(path, "metrics.json"), "w"))
     make_run(root, "paper_run", method="mixup", top1=21.0)  # no val: no TS fields
     text = report.build_report([root])
-    assert "| Method | Top-1 error ↓ | Top-5 error ↓ | ECE ↓ | ECE after TS ↓ | R@1 ↑ |" in text
+    header = "| Method | Top-1 error ↓ | Top-5 error ↓ | ECE ↓ | ECE after TS ↓ | R@1 ↑ |"
+    assert header in text
     table6 = text[text.index("**Table 6"):]
     ece_ts = {line.split("|")[1].strip(): line.split("|")[5].strip()
               for line in table6.splitlines() if line.startswith("| ") and "Method" not in line}

@@ -12,7 +12,7 @@ Split rules applied to every source (:func:`select`), in this order:
 2. a source with no validation split gets one held out of train: ``val_fraction`` of each
    class, chosen by a generator seeded with (``seed``, class), so it is stratified and
    deterministic; model selection uses it and never looks at test (under
-   ``config.protocol="paper"`` nothing is held out: see :func:`cskd_tf.data.pipeline.apply_protocol`);
+   ``config.protocol="paper"`` nothing is held out: see ``pipeline.apply_protocol``);
 3. ``max_train_per_class=N`` keeps the first N training examples of each class in the
    source's own (sorted) order;
 4. checks: no empty split, every class has a training example, labels in range.

@@ -42,8 +42,9 @@ T_MIN = 0.01
 T_MAX = 100.0
 FIT_SPLIT = "val"
 TS_FIELDS = ("ece_ts", "nll_ts", "temperature_ts")
-NO_VAL_NOTE = ("no val split (config.protocol='paper'): metrics.json has no temperature-scaling "
-               "fields (ece_ts, nll_ts, temperature_ts); T is fitted on val only, never on test")
+NO_VAL_NOTE = ("the run has no val split (config.protocol='paper', or val_fraction=0), so the "
+               "metrics have no temperature-scaling fields (ece_ts, nll_ts, temperature_ts): "
+               "T is fitted on val only, never on test")
 
 
 def _gradient_and_curvature(z: np.ndarray, y: np.ndarray, b: float):
