@@ -18,6 +18,7 @@ from cskd_tf.errors import ConfigError
 # Values of config fields that choose from a fixed set.
 CHOICES = {
     "optimizer": ("sgd",),
+    "init": ("he_normal", "torch"),
     "lr_schedule": ("step", "cosine", "constant"),
     "mixed_precision": ("", "mixed_float16", "mixed_bfloat16"),
     "jit_compile": ("auto", "on", "off"),
@@ -35,6 +36,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.method = "cskd"  # a name in cskd_tf.losses.METHODS
     c.model = "preact_resnet18"  # a name in cskd_tf.models registry
     c.model_width = 0  # base width of the backbone; 0 = the architecture's own
+    c.init = "he_normal"  # initial weights: he_normal | torch (PyTorch defaults, as the paper's code)
     c.lambda_cls = 1.0  # λ, weight of the class-wise KL term (3.0 for fine-grained)
     c.lambda_warmup_epochs = 0  # λ rises linearly from 0 over this many epochs
     c.temperature = 4.0  # T of the softened predictions

@@ -6,7 +6,8 @@ returns a functional ``keras.Model`` mapping a normalized image batch to
 named ``stage1``..``stage4``, ``features`` and ``classifier`` are part of the
 contract other modules rely on. See :mod:`cskd_tf.models.registry`.
 
-Registered names: preact_resnet10, preact_resnet18, densenet121_cifar
+Registered names: preact_resnet10, preact_resnet18, cskd_preact_resnet10,
+cskd_preact_resnet18 (the CS-KD code's layout), densenet121_cifar
 (CIFAR-style, 32x32 default) and resnet10, resnet18, resnet50, resnet101,
 densenet121, resnext101_32x4d (ImageNet-style, 224x224 default).
 """
@@ -23,7 +24,8 @@ from cskd_tf.models.registry import (
 )
 
 # Importing the backbone modules registers their architectures.
-from cskd_tf.models import densenet, preact_resnet, resnet, resnext  # noqa: E402,F401
+from cskd_tf.models import (  # noqa: E402,F401
+    cskd_preact_resnet, densenet, preact_resnet, resnet, resnext)
 from cskd_tf.models.cskd_model import CSKDModel, Normalize  # noqa: E402
 
 __all__ = [

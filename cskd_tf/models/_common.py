@@ -18,13 +18,13 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
-def conv(x, filters, kernel_size, name, strides=1, groups=1):
-    """Bias-free, He-normal initialised ``Conv2D`` with "same" padding."""
+def conv(x, filters, kernel_size, name, strides=1, groups=1, padding="same"):
+    """Bias-free, He-normal initialised ``Conv2D`` ("same" padding unless told)."""
     return layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
-        padding="same",
+        padding=padding,
         groups=groups,
         use_bias=False,
         kernel_initializer="he_normal",

@@ -7,9 +7,11 @@ CVPR 2017), in the BC variant (bottleneck + compression).
   concatenated), transitions ``BN-ReLU-conv1x1(floor(C/2))-avgpool2``
   between blocks, final BN-ReLU. Growth rate k = 32; ``width`` sets k.
   7,048,548 trainable parameters at 100 classes (hand formula in
-  tests/test_models.py). The CS-KD repository trains torchvision's
-  ImageNet DenseNet-121 on CIFAR (7x7 stem, max-pool): 7,056,356 at 100
-  classes; the 7,808 difference is the larger stem.
+  tests/test_models.py), the count of the CS-KD code's ``CIFAR_DenseNet121``
+  (``models/densenet3.py``), whose layout this is (it concatenates
+  ``[new, old]`` channels where this concatenates ``[old, new]``, an equivalent
+  permutation). Its torchvision-style ``densenet121`` (7x7 stem, max-pool;
+  7,056,356 at 100 classes) is the 224 px ``densenet121`` below.
 * ``densenet121``: ``keras.applications.DenseNet121`` (ImageNet layout,
   bias-free convolutions, same layer structure as torchvision): 7,978,856
   trainable parameters at 1000 classes. ``width`` is not supported and the
@@ -67,7 +69,7 @@ def densenet121_cifar(inputs, width):
     return global_pool(x)
 
 
-@register("densenet121", style="imagenet", min_size=32)
+@register("densenet121", style="imagenet", min_size=32, torch_conv_init="kaiming_normal_fan_in")
 def densenet121(inputs, width):
     """DenseNet-121 via keras.applications (ImageNet layout); 7,978,856 params at 1000 classes."""
     return wrap_application(

@@ -31,6 +31,7 @@ import keras
 
 from cskd_tf.errors import ModelError
 from cskd_tf.models import heads
+from cskd_tf.models.init import apply_init, check_init
 
 _DEFAULT_INPUT_SHAPES = {"cifar": (32, 32, 3), "imagenet": (224, 224, 3)}
 # Keyword arguments build() consumes itself; the rest go to the body.
@@ -46,6 +47,7 @@ class ModelSpec:
     style: str
     min_size: int
     standard_width: int | None  # None: the architecture has no width knob
+    torch_conv_init: str = "pytorch_default"  # how the reference code draws conv kernels
 
     @property
     def default_input_shape(self):
@@ -60,7 +62,8 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name, *, style="cifar", min_size=8, standard_width=None):
+def register(name, *, style="cifar", min_size=8, standard_width=None,
+             torch_conv_init="pytorch_default"):
     """Decorator registering a backbone body under ``name``.
 
     Args:
@@ -69,6 +72,9 @@ def register(name, *, style="cifar", min_size=8, standard_width=None):
         min_size: smallest input height/width the body supports.
         standard_width: the architecture's own width (what ``width=0``
             means), or None if ``width`` is not supported.
+        torch_conv_init: how the CS-KD reference code initialises this
+            architecture's convolutions, used by ``build(..., init="torch")``
+            (see :mod:`cskd_tf.models.init`).
     """
     if style not in _DEFAULT_INPUT_SHAPES:
         raise ModelError(
@@ -85,7 +91,8 @@ def register(name, *, style="cifar", min_size=8, standard_width=None):
                 f"model name {name!r} is already registered by {_qualname(old.body)}; "
                 "register the new backbone under another name"
             )
-        _REGISTRY[name] = ModelSpec(name, body, style, int(min_size), standard_width)
+        _REGISTRY[name] = ModelSpec(name, body, style, int(min_size), standard_width,
+                                    torch_conv_init)
         return body
 
     return decorator
@@ -117,7 +124,8 @@ def default_input_shape(name):
     return get_spec(name).default_input_shape
 
 
-def build(name, num_classes, input_shape=None, width=0, head="linear", **kwargs):
+def build(name, num_classes, input_shape=None, width=0, head="linear", init="he_normal",
+          **kwargs):
     """Build registered backbone ``name`` with a classifier head.
 
     Args:
@@ -130,6 +138,9 @@ def build(name, num_classes, input_shape=None, width=0, head="linear", **kwargs)
             registered with a ``standard_width`` accept a nonzero value.
         head: ``"linear"`` (Dense with bias) or ``"cosine"``
             (:class:`~cskd_tf.models.heads.CosineClassifier`).
+        init: initial weights, ``"he_normal"`` (as built) or ``"torch"``
+            (PyTorch's layer defaults, as the CS-KD reference code trains
+            from); see :mod:`cskd_tf.models.init`.
         **kwargs: ``scale`` (initial cosine-head scale, default 1.0),
             ``name`` (model name, default ``name``), and any keyword the
             architecture's body declares.
@@ -147,13 +158,15 @@ def build(name, num_classes, input_shape=None, width=0, head="linear", **kwargs)
     width = _check_width(spec, width)
     if head not in heads.HEADS:
         raise ModelError(f"unknown head {head!r}; use one of: {', '.join(heads.HEADS)}")
+    check_init(init)
     scale = _check_scale(kwargs.pop("scale", 1.0))
     model_name = kwargs.pop("name", name)
     _check_body_kwargs(spec, kwargs)
 
     inputs = keras.Input(shape=shape, name="image")
     pooled = spec.body(inputs, width, **kwargs)
-    return heads.attach_head(inputs, pooled, num_classes, head=head, scale=scale, name=model_name)
+    model = heads.attach_head(inputs, pooled, num_classes, head=head, scale=scale, name=model_name)
+    return apply_init(model, init, conv_rule=spec.torch_conv_init)
 
 
 def parameter_count(model, trainable_only=True):

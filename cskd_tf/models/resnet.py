@@ -80,13 +80,15 @@ def basic_resnet_body(inputs, width, blocks):
     return global_pool(x)
 
 
-@register("resnet10", style="imagenet", min_size=8, standard_width=64)
+@register("resnet10", style="imagenet", min_size=8, standard_width=64,
+          torch_conv_init="kaiming_normal_fan_out")
 def resnet10(inputs, width):
     """ResNet-10 (ImageNet-style BasicBlock, 1-1-1-1); 5,418,792 params at 1000 classes."""
     return basic_resnet_body(inputs, width, (1, 1, 1, 1))
 
 
-@register("resnet18", style="imagenet", min_size=8, standard_width=64)
+@register("resnet18", style="imagenet", min_size=8, standard_width=64,
+          torch_conv_init="kaiming_normal_fan_out")
 def resnet18(inputs, width):
     """ResNet-18 (ImageNet-style BasicBlock, 2-2-2-2); 11,689,512 params at 1000 classes."""
     return basic_resnet_body(inputs, width, (2, 2, 2, 2))
@@ -149,7 +151,7 @@ def wrap_application(app_fn, inputs, stage_layers):
     return global_pool(clone.output)
 
 
-@register("resnet50", style="imagenet", min_size=8)
+@register("resnet50", style="imagenet", min_size=8, torch_conv_init="kaiming_normal_fan_out")
 def resnet50(inputs, width):
     """ResNet-50 v1 via keras.applications (Bottleneck 3-4-6-3); 25,583,592 params at 1000 classes."""
     return wrap_application(
@@ -159,7 +161,7 @@ def resnet50(inputs, width):
     )
 
 
-@register("resnet101", style="imagenet", min_size=8)
+@register("resnet101", style="imagenet", min_size=8, torch_conv_init="kaiming_normal_fan_out")
 def resnet101(inputs, width):
     """ResNet-101 v1 via keras.applications (Bottleneck 3-4-23-3); 44,601,832 params at 1000 classes."""
     return wrap_application(

@@ -43,7 +43,8 @@ def _bottleneck(x, planes, strides, name):
     return relu(y, f"{name}_out")
 
 
-@register("resnext101_32x4d", style="imagenet", min_size=8)
+@register("resnext101_32x4d", style="imagenet", min_size=8,
+          torch_conv_init="kaiming_normal_fan_out")
 def resnext101_32x4d(inputs, width):
     """ResNeXt-101 32x4d (ImageNet-style, 3-4-23-3); 44,177,704 params at 1000 classes."""
     x = imagenet_stem(inputs, 64)

@@ -34,7 +34,7 @@ def build_model(config, num_classes, image_shape, mean, std, method=None):
     """The CSKDModel for a config, built (weights created) but not compiled."""
     method = method or losses.get_method(config.method, config)
     backbone = models.build(config.model, num_classes=num_classes, input_shape=tuple(image_shape),
-                            width=int(config.model_width), head=method.head)
+                            width=int(config.model_width), head=method.head, init=config.init)
     model = CSKDModel(backbone, method=method, mean=mean, std=std,
                        lambda_cls=float(config.lambda_cls),
                        weight_decay=float(config.weight_decay))

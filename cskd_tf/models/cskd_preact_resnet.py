@@ -1,0 +1,87 @@
+"""The CS-KD reference code's PreAct ResNets, layer for layer (``cskd_preact_resnet*``).
+
+Source: ``models/resnet.py`` of the paper's code (github.com/alinlab/cs-kd),
+classes ``CIFAR_ResNet`` and ``PreActBlock``: the networks behind every 32 px
+number of Yun et al. (CVPR 2020). They differ from the textbook pre-activation
+ResNet of :mod:`cskd_tf.models.preact_resnet` (He et al., ECCV 2016) in three
+places, and the differences matter for CS-KD (``benchmarks/README.md``,
+section 1, measures them):
+
+(a) stem: ``conv3x3 → BN → ReLU`` (the textbook stem is a bare conv);
+(b) no final ``BN → ReLU`` before pooling: the pooled features are the raw
+    residual sum of the last block (so they can be negative);
+(c) every block computes ``p = ReLU(BN1(x))`` and adds the *pre-activated*
+    ``p`` (or its 1x1 projection) to its residual branch, not the raw ``x``::
+
+        p   = ReLU(BN1(x))
+        out = conv3x3(ReLU(BN2(conv3x3_s(p)))) + (p if identity else conv1x1_s(p))
+
+    so the residual stream is re-normalised in every block.
+
+Convolutions pad symmetrically like PyTorch's ``padding=1``: a stride-2 3x3
+conv sees rows/columns ``-1, 1, 3, ...``, where Keras' ``padding="same"``
+would pad only after the last row and see ``0, 2, 4, ...``. The classifier is
+``Linear(8w, num_classes)`` with bias. The reference pools with
+``avg_pool2d(out, 4)``, the global average at 32 px (its only input size).
+
+Trainable parameters at w = 64 (the reference's only width), 100 classes:
+``cskd_preact_resnet18`` 11,217,444 and ``cskd_preact_resnet10`` 4,946,724,
+the counts ``sum(p.numel() for p in CIFAR_ResNet18(num_classes=100).parameters())``
+gives. ``width`` narrows every stage proportionally (w, 2w, 4w, 8w) for CPU
+budgets. Build with ``init="torch"`` for the reference's initial weights.
+"""
+
+from __future__ import annotations
+
+from keras import layers
+
+from cskd_tf.models._common import batch_norm, channels, conv, global_pool, relu, stage_output
+from cskd_tf.models.registry import register
+
+_STAGE_STRIDES = (1, 2, 2, 2)
+
+
+def _conv_symmetric(x, filters, kernel_size, name, strides=1):
+    """A conv padded like PyTorch's ``padding=kernel_size // 2`` at any stride."""
+    if strides == 1 or kernel_size == 1:
+        # Stride 1: "same" pads symmetrically for odd kernels. 1x1: no padding at all.
+        return conv(x, filters, kernel_size, name, strides=strides)
+    pad = kernel_size // 2
+    x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+    return conv(x, filters, kernel_size, name, strides=strides, padding="valid")
+
+
+def _reference_block(x, filters, strides, name):
+    pre = relu(batch_norm(x, f"{name}_bn1"), f"{name}_relu1")
+    if strides != 1 or channels(x) != filters:
+        shortcut = conv(pre, filters, 1, f"{name}_shortcut_conv", strides=strides)
+    else:
+        shortcut = pre  # (c): the identity carries the pre-activated input
+    y = _conv_symmetric(pre, filters, 3, f"{name}_conv1", strides=strides)
+    y = relu(batch_norm(y, f"{name}_bn2"), f"{name}_relu2")
+    y = _conv_symmetric(y, filters, 3, f"{name}_conv2")
+    return layers.Add(name=f"{name}_add")([y, shortcut])
+
+
+def reference_preact_body(inputs, width, blocks):
+    """Body shared by the reference PreAct ResNets; returns the pooled features."""
+    x = conv(inputs, width, 3, "stem_conv")
+    x = relu(batch_norm(x, "stem_bn"), "stem_relu")  # (a)
+    for stage, (num_blocks, stride) in enumerate(zip(blocks, _STAGE_STRIDES), start=1):
+        filters = width * 2 ** (stage - 1)
+        for block in range(num_blocks):
+            x = _reference_block(x, filters, stride if block == 0 else 1, f"s{stage}b{block + 1}")
+        x = stage_output(x, stage)  # (b): no BN-ReLU after the last stage
+    return global_pool(x)
+
+
+@register("cskd_preact_resnet18", style="cifar", min_size=8, standard_width=64)
+def cskd_preact_resnet18(inputs, width):
+    """The CS-KD code's CIFAR_ResNet18 (blocks 2-2-2-2); 11,217,444 params at 100 classes."""
+    return reference_preact_body(inputs, width, (2, 2, 2, 2))
+
+
+@register("cskd_preact_resnet10", style="cifar", min_size=8, standard_width=64)
+def cskd_preact_resnet10(inputs, width):
+    """The CS-KD code's CIFAR_ResNet10 (blocks 1-1-1-1); 4,946,724 params at 100 classes."""
+    return reference_preact_body(inputs, width, (1, 1, 1, 1))
