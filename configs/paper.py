@@ -2,8 +2,8 @@
 
 A cell is TABLE:DATASET:MODEL:METHOD and is passed after the file name:
 
-    cskd-train --config=configs/paper.py:table1:cifar100:preact_resnet18:cskd \
-        --workdir=runs/paper/table1/cifar100/preact_resnet18/cskd
+    cskd-train --config=configs/paper.py:table1:cifar100:cskd_preact_resnet18:cskd \
+        --workdir=runs/paper/table1/cifar100/cskd_preact_resnet18/cskd
 
 TABLE    table1 (CE, AdaCos, Virtual-softmax, Maximum-entropy, Label-smoothing, CS-KD;
                  ResNet-18 and DenseNet-121), table2 (CE, DDGSD, BYOT, CS-KD, CS-KD-E;
@@ -12,8 +12,8 @@ TABLE    table1 (CE, AdaCos, Virtual-softmax, Maximum-entropy, Label-smoothing, 
                  trained with CS-KD), table5 (CE, CS-KD on ImageNet; ResNet-50/101,
                  ResNeXt-101 32x4d, 90 epochs, batch 256)
 DATASET  cifar100, tinyimagenet, cub200, dogs, mit67 (Tables 1-4); imagenet (Table 5)
-MODEL    a registry name: the CIFAR-style nets (preact_resnet18, densenet121_cifar,
-         preact_resnet10) on the 32 px datasets, the ImageNet-style ones (resnet18,
+MODEL    a registry name: the CIFAR-style nets (cskd_preact_resnet18, densenet121_cifar,
+         cskd_preact_resnet10) on the 32 px datasets, the ImageNet-style ones (resnet18,
          densenet121, resnet10) on the fine-grained ones
 METHOD   a name in cskd_tf.losses.METHODS
 
@@ -36,6 +36,6 @@ from cskd_tf.recipes import paper_cell_config, paper_cells  # noqa: F401 (paper_
 def get_config(cell=None):
     if not cell:
         raise ConfigError("configs/paper.py needs a cell: --config=configs/paper.py:"
-                          "TABLE:DATASET:MODEL:METHOD, e.g. table1:cifar100:preact_resnet18:cskd "
+                          "TABLE:DATASET:MODEL:METHOD, e.g. table1:cifar100:cskd_preact_resnet18:cskd "
                           "(see the file's docstring for the list)")
     return paper_cell_config(cell)

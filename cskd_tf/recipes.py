@@ -7,6 +7,11 @@ the fine-grained sets (ImageNet-style ResNet-18, 224 px); T = 4, λ = 1 on the
 coarse datasets and λ = 3 on the fine-grained ones. ImageNet (Table 5):
 90 epochs, batch 256, lr ÷10 at epochs 30 and 60.
 
+The networks are the reference code's (github.com/alinlab/cs-kd): at 32 px its
+``CIFAR_ResNet`` (``cskd_preact_resnet18`` / ``cskd_preact_resnet10``, layer for
+layer) and ``CIFAR_DenseNet121`` (``densenet121_cifar``), started from the
+weights PyTorch would draw (``init="torch"``, see :mod:`cskd_tf.models.init`).
+
 Every recipe runs under ``config.protocol = "paper"``: the whole official training split,
 the final model reported on the test split (TinyImageNet's and ImageNet's official val
 split), and per-epoch test metrics in history.csv so that the reference code's
@@ -20,9 +25,9 @@ from cskd_tf.config import default_config
 
 # dataset key -> the fields that differ from default_config().
 PAPER_DATASETS = {
-    "cifar100": dict(dataset="tfds:cifar100", model="preact_resnet18", augment="cifar",
+    "cifar100": dict(dataset="tfds:cifar100", model="cskd_preact_resnet18", augment="cifar",
                      image_size=32, batch_size=128, lambda_cls=1.0),
-    "tinyimagenet": dict(dataset="tinyimagenet", model="preact_resnet18", augment="tinyimagenet",
+    "tinyimagenet": dict(dataset="tinyimagenet", model="cskd_preact_resnet18", augment="tinyimagenet",
                          image_size=32, batch_size=128, lambda_cls=1.0),
     "cub200": dict(dataset="tfds:caltech_birds2011", model="resnet18", augment="finegrained",
                    image_size=224, batch_size=32, lambda_cls=3.0),
@@ -40,6 +45,7 @@ def paper_config(dataset_key, **overrides):
     """default_config() with the paper's recipe for ``dataset_key`` and overrides."""
     config = default_config()
     config.protocol = "paper"
+    config.init = "torch"
     config.update(PAPER_DATASETS[dataset_key])
     config.update(overrides)
     return config
@@ -53,9 +59,9 @@ def paper_config(dataset_key, **overrides):
 
 # Architecture rows of Tables 1-4 -> registry name for (32 px CIFAR-style, 224 px) datasets.
 ARCHITECTURES = {
-    "resnet18": ("preact_resnet18", "resnet18"),
+    "resnet18": ("cskd_preact_resnet18", "resnet18"),
     "densenet121": ("densenet121_cifar", "densenet121"),
-    "resnet10": ("preact_resnet10", "resnet10"),
+    "resnet10": ("cskd_preact_resnet10", "resnet10"),
 }
 SMALL_DATASETS = ("cifar100", "tinyimagenet", "cub200", "dogs", "mit67")
 _CIFAR_STYLE = ("cifar100", "tinyimagenet")

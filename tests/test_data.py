@@ -274,7 +274,7 @@ def test_protocol_defaults_of_configs():
     assert default_config().protocol == "tune"  # the digits default and the tuner
     assert paper_config("cifar100").protocol == "paper"
     assert paper_config("cifar100", protocol="tune").protocol == "tune"
-    assert paper_cell_config("table1:tinyimagenet:preact_resnet18:cskd").protocol == "paper"
+    assert paper_cell_config("table1:tinyimagenet:cskd_preact_resnet18:cskd").protocol == "paper"
     # The budgeted TinyImageNet config measures on its dev val split (cut from train).
     path = os.path.join(os.path.dirname(__file__), "..", "configs",
                         "tinyimagenet_lowshot_cpu.py")

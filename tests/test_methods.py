@@ -543,7 +543,7 @@ def test_every_paper_cell_builds_a_valid_config():
     imagenet = recipes.paper_cell_config("table5:imagenet:resnext101_32x4d:cskd")
     assert (imagenet.num_epochs, imagenet.batch_size) == (90, 256)
     with pytest.raises(ConfigError, match="did you mean"):
-        recipes.paper_cell_config("table1:cifar100:preact_resnet18:cksd")
+        recipes.paper_cell_config("table1:cifar100:cskd_preact_resnet18:cksd")
 
 
 def test_paper_config_file_takes_the_cell_after_a_colon():
