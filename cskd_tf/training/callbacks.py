@@ -57,7 +57,8 @@ class CSKDCallback(keras.callbacks.Callback):
             return
         from cskd_tf.evaluation.predict import evaluate
 
-        result = evaluate(self.model, self.validation_data, self.jit_compile, self.num_bins)
+        result = evaluate(self.model, self.validation_data, self.jit_compile, self.num_bins,
+                          verbose=0)  # Keras' own progress bar owns the terminal here
         self.last_metrics = result
         logs["val_loss"] = result["nll"]
         logs["val_nll"] = result["nll"]
