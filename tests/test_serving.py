@@ -146,6 +146,16 @@ def test_export_refuses_overwrite_unfinished_runs_and_bad_names(served, tmp_path
         export_workdir(served["workdir"], "../evil", export_base=str(tmp_path / "sm"))
 
 
+def test_export_prints_one_line_per_step(served, tmp_path, capsys):
+    from cskd_tf.serving.export import export_workdir
+
+    export_workdir(served["workdir"], MODEL, export_base=str(tmp_path), verify=False)
+    lines = capsys.readouterr().err.splitlines()
+    steps = [line.split("] ")[0] for line in lines if line.startswith(f"cskd-export {MODEL}/1 [")]
+    assert steps == [f"cskd-export {MODEL}/1 [{i}/3" for i in (1, 2, 3)], lines
+    assert "published" in lines[-1] and lines[-1].endswith("s)"), lines
+
+
 def test_models_config_update_keeps_other_models_and_policies(tmp_path):
     base = str(tmp_path)
     models_config.update(base, "a", "/models/a", 2)
