@@ -536,6 +536,8 @@ def test_cli_predict_local_and_eval_export(served, val_images, tmp_path):
     keras_metrics = json.load(open(os.path.join(served["workdir"], "metrics.json")))
     assert json.loads(proc.stdout)["test"]["top1_error"] == pytest.approx(
         keras_metrics["test"]["top1_error"])
+    # Progress on stderr, so stdout stays the metrics JSON alone.
+    assert "evaluating the export on test: 360 images in" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_cli_bad_input_is_one_line_error(served, tmp_path):
