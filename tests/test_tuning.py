@@ -240,7 +240,8 @@ def test_chief_address_in_use_is_a_config_error(monkeypatch):
         busy.listen()
         monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
         monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(busy.getsockname()[1]))
-        with pytest.raises(ConfigError, match="cannot listen on 127.0.0.1:.*KERASTUNER_ORACLE_PORT"):
+        with pytest.raises(ConfigError,
+                           match="cannot listen on 127.0.0.1:.*KERASTUNER_ORACLE_PORT"):
             distributed.check_chief_address()
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(free_port()))
     distributed.check_chief_address()  # a free port passes

@@ -76,6 +76,9 @@ def check_chief_address():
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, _, _, _, address = infos[0]
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # Fails on a port another process listens on, not on connections of a chief
+            # that just exited (TIME_WAIT), which a resumed chief must be able to reuse.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
     except OSError as error:
         reason = error.strerror or str(error)
