@@ -23,9 +23,13 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.21,<2.22",
-        "keras>=3.15,<4",
+        # cskd_tf/compat.py reaches into these two libraries' private modules; it is
+        # tested (tests/test_compat.py) against these minor versions only.
+        "keras>=3.15.1,<3.16",
         "tensorflow-datasets>=4.9,<5",
-        "keras-tuner>=1.4.7,<2",
+        "keras-tuner>=1.4.8,<1.5",
+        # models.config is read and written with TF Serving's own protos.
+        "tensorflow-serving-api>=2.21,<2.22",
         "absl-py>=2.0,<3",
         "ml-collections>=1.0,<2",
         "scikit-learn>=1.3,<2",
@@ -37,9 +41,10 @@ setup(
         "importlib_resources>=6",
     ],
     extras_require={
-        "test": ["pytest>=8", "tensorflow-serving-api>=2.21,<2.22"],
-        # The gRPC client of cskd-predict; export and the REST client need nothing extra.
-        "serving": ["tensorflow-serving-api>=2.21,<2.22"],
+        "test": ["pytest>=8"],
+        # Empty: tensorflow-serving-api is a core dependency now; kept so that
+        # `pip install cskd_tf[serving]` still works.
+        "serving": [],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

@@ -121,13 +121,9 @@ def test_export_layout_assets_and_models_config(served):
     assert manifest["preprocessing"]["image_shape"] == [8, 8, 1]
     assert manifest["metrics"] == json.load(open(os.path.join(served["workdir"], "metrics.json")))
 
-    # The config file is what tensorflow_model_server parses: check it with the real proto
-    # where tensorflow-serving-api is installed, else with the subset cskd-export writes.
+    # The config file is what tensorflow_model_server parses: check it with the real proto.
     from google.protobuf import text_format
-    try:
-        from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
-    except ImportError:
-        ModelServerConfig = models_config.server_config_class()  # noqa: N806
+    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
     parsed = text_format.Parse(open(result.models_config).read(), ModelServerConfig())
     (entry,) = parsed.model_config_list.config
     assert (entry.name, entry.base_path, entry.model_platform) == \
@@ -150,6 +146,16 @@ def test_export_refuses_overwrite_unfinished_runs_and_bad_names(served, tmp_path
         export_workdir(served["workdir"], "../evil", export_base=str(tmp_path / "sm"))
 
 
+def test_export_prints_one_line_per_step(served, tmp_path, capsys):
+    from cskd_tf.serving.export import export_workdir
+
+    export_workdir(served["workdir"], MODEL, export_base=str(tmp_path), verify=False)
+    lines = capsys.readouterr().err.splitlines()
+    steps = [line.split("] ")[0] for line in lines if line.startswith(f"cskd-export {MODEL}/1 [")]
+    assert steps == [f"cskd-export {MODEL}/1 [{i}/3" for i in (1, 2, 3)], lines
+    assert "published" in lines[-1] and lines[-1].endswith("s)"), lines
+
+
 def test_models_config_update_keeps_other_models_and_policies(tmp_path):
     base = str(tmp_path)
     models_config.update(base, "a", "/models/a", 2)
@@ -163,12 +169,82 @@ def test_models_config_update_keeps_other_models_and_policies(tmp_path):
                 for e in config.model_config_list.config]
     assert policies == ["specific", "all", "latest"]
     assert os.listdir(base) == [models_config.CONFIG_NAME]  # no lock or temp file left
-    # Fields outside what cskd-export manages are refused, not silently dropped.
-    path = os.path.join(base, models_config.CONFIG_NAME)
-    with open(path, "a") as f:
-        f.write("model_config_list { config { name: 'x' logging_config {} } }\n")
-    with pytest.raises(ServingError, match="fix it by hand"):
-        models_config.update(base, "a", "/models/a", 3)
+
+
+# Written by hand the way TF Serving's docs show: fields cskd-export does not manage.
+HAND_WRITTEN = """
+# comments are allowed
+model_config_list {
+  config {
+    name: "resnet"
+    base_path: "/models/resnet"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 3 versions: 7 } }
+    version_labels { key: "stable" value: 3 }
+    version_labels { key: "canary" value: 7 }
+    logging_config {
+      sampling_config { sampling_rate: 0.25 }
+      log_collector_config { type: "file" filename_prefix: "/logs/resnet" }
+    }
+  }
+  config {
+    name: "old_style"
+    base_path: "/models/old"
+    model_type: TENSORFLOW
+    model_version_policy { latest { num_versions: 2 } }
+  }
+  config {
+    name: "digits"
+    base_path: "/elsewhere/digits"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 1 } }
+    version_labels { key: "stable" value: 1 }
+  }
+}
+"""
+
+
+def test_models_config_round_trips_a_hand_written_file(tmp_path):
+    from google.protobuf import text_format
+    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+
+    path = tmp_path / models_config.CONFIG_NAME
+    path.write_text(HAND_WRITTEN)
+    original = text_format.Parse(HAND_WRITTEN, ModelServerConfig())
+    models_config.update(str(tmp_path), "digits", "/models/digits", 2)
+    models_config.update(str(tmp_path), "new", "/models/new", 1)
+    after = models_config.read(str(path))
+
+    entries = {e.name: e for e in after.model_config_list.config}
+    assert list(entries) == ["resnet", "old_style", "digits", "new"]
+    # Other models: every field exactly as written (labels, logging, deprecated model_type).
+    for before in original.model_config_list.config[:2]:
+        assert entries[before.name] == before, before.name
+    assert entries["old_style"].model_type == 1 and not entries["old_style"].model_platform
+    # Ours: the new version and base path; its own version label is kept too.
+    digits = entries["digits"]
+    assert digits.base_path == "/models/digits"
+    assert list(digits.model_version_policy.specific.versions) == [1, 2]
+    assert dict(digits.version_labels) == {"stable": 1}
+    assert list(entries["new"].model_version_policy.specific.versions) == [1]
+    # What was written is what TF Serving's own parser reads.
+    assert text_format.Parse(path.read_text(), ModelServerConfig()) == after
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("model_config_list { config { name: 'x' base_pth: '/m' } }", "no field named \"base_pth\""),
+    ("model_config_list { config { name: 'x' }", "1:"),
+    ("custom_model_config { }", "custom_model_config"),
+])
+def test_models_config_malformed_file_is_a_one_line_error(tmp_path, text, problem):
+    path = tmp_path / models_config.CONFIG_NAME
+    path.write_text(text)
+    with pytest.raises(ServingError) as caught:
+        models_config.update(str(tmp_path), "a", "/models/a", 1)
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and problem in message, message
+    assert "fix it by hand" in message
+    assert path.read_text() == text  # refused, not rewritten
 
 
 # ------------------------------------------------------------------ serving contract
@@ -460,6 +536,8 @@ def test_cli_predict_local_and_eval_export(served, val_images, tmp_path):
     keras_metrics = json.load(open(os.path.join(served["workdir"], "metrics.json")))
     assert json.loads(proc.stdout)["test"]["top1_error"] == pytest.approx(
         keras_metrics["test"]["top1_error"])
+    # Progress on stderr, so stdout stays the metrics JSON alone.
+    assert "evaluating the export on test: 360 images in" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_cli_bad_input_is_one_line_error(served, tmp_path):

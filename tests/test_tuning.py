@@ -148,6 +148,9 @@ def test_random_search_resumes_after_interruption(tmp_path, cache_dir):
     assert len({r["lambda_cls"] for r in rows}) == 3
     assert len({r["temperature"] for r in rows}) >= 2
     assert "Trials (3 completed" in second
+    # Each finished trial says how far the search is and its pace (this run's trials only).
+    assert "trial 2 COMPLETED" in second and "[3/3 trials, " in second, second
+    assert "trials/s" in second or "s/trial" in second, second
     check_best_loads_in_cskd_train(workdir, cache_dir, rows)
 
 
@@ -226,6 +229,22 @@ def test_distributed_chief_and_two_workers(tmp_path, cache_dir):
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
     assert summary["trials"] == {"COMPLETED": 1, "FAILED": 1} and summary["best_trial"] == "1"
+
+
+def test_chief_address_in_use_is_a_config_error(monkeypatch):
+    from cskd_tf.errors import ConfigError
+    from cskd_tf.tuning import distributed
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+        monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(busy.getsockname()[1]))
+        with pytest.raises(ConfigError,
+                           match="cannot listen on 127.0.0.1:.*KERASTUNER_ORACLE_PORT"):
+            distributed.check_chief_address()
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(free_port()))
+    distributed.check_chief_address()  # a free port passes
 
 
 BAD_INPUTS = {

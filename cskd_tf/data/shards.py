@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -36,13 +35,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from cskd_tf import progress
 from cskd_tf.data.sources import Source, SplitData, select
 from cskd_tf.errors import DataError
 
 FORMAT_VERSION = 1
 CHUNK = 512  # images decoded per tf.data batch when checking
 READ_BUFFER = 256 * 1024
-log = logging.getLogger(__name__)
 
 FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
@@ -162,7 +161,8 @@ def prepare_cache(source: Source, *, cache_dir="", max_classes=0, max_train_per_
         _remove_stale(root, key)
         tmp = os.path.join(root, f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            log.info("building the shard cache %s", final)
+            total = sum(len(data) for data in listing.splits.values())
+            progress.say(f"building the shard cache {final} ({total} images, once)")
             meta = _build(tmp, key, spec, source, listing)
             try:
                 os.rename(tmp, final)
@@ -252,8 +252,9 @@ def _build(tmp, key, spec, source, listing) -> dict:
                                 "mean": list(source.mean) if source.mean else None,
                                 "std": list(source.std) if source.std else None}}
     for name, data in listing.splits.items():
-        info, stats = _write_split(os.path.join(tmp, name), data, len(listing.class_names),
-                                   source.channels)
+        with progress.Progress(f"shard cache, {name} split", total=len(data)) as bar:
+            info, stats = _write_split(os.path.join(tmp, name), data, len(listing.class_names),
+                                       source.channels, bar)
         meta["splits"][name] = info
         if name == "train":
             meta.update(stats)
@@ -283,7 +284,7 @@ def _example(payload: bytes, label: int, shape, fmt: str) -> bytes:
     })).SerializeToString()
 
 
-def _write_split(folder, data: SplitData, num_classes: int, channels: int):
+def _write_split(folder, data: SplitData, num_classes: int, channels: int, bar=None):
     """Writes one split's class files; returns (meta entry, {"mean", "std", "native_shape"})."""
     os.makedirs(folder)
     _allow_open_files(num_classes + 256)  # one open writer per class
@@ -327,6 +328,8 @@ def _write_split(folder, data: SplitData, num_classes: int, channels: int):
                 counts[label] += 1
                 shapes.add(tuple(shape))
                 formats.add(fmt)
+            if bar is not None:
+                bar.update(len(chunk))
     finally:
         for w in writers.values():
             w.close()

@@ -32,12 +32,8 @@ import tensorflow as tf
 
 from cskd_tf.losses import Method, cross_entropy
 
-try:  # Keras' own test for "step outputs are reduced across workers"
-    from keras.src.backend.tensorflow.trainer import (
-        _collective_all_reduce_multi_worker as _reduces_across_workers)
-except ImportError:  # a Keras without it reduces step outputs some other way
-    def _reduces_across_workers(strategy):
-        return False
+# Keras' own test for "step outputs are reduced across workers" (private: see compat).
+from cskd_tf.compat import reduces_step_outputs_across_workers as _reduces_across_workers
 
 
 @keras.saving.register_keras_serializable(package="cskd_tf")

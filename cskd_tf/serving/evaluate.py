@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cskd_tf import progress
 from cskd_tf.errors import ConfigError
 from cskd_tf.serving import signatures as sig
 
@@ -56,11 +57,14 @@ def predict_split(exported, split, batch_size):
     serve = exported.signature(sig.SERVING_DEFAULT)
     embed = exported.signature(sig.EMBED)
     logits, features, labels = [], [], []
-    for images, y in uint8_batches(split, batch_size):
-        x = tf.constant(images)
-        logits.append(serve(images=x)[sig.LOGITS].numpy())
-        features.append(embed(images=x)[sig.EMBEDDINGS].numpy())
-        labels.append(y)
+    with progress.Progress(f"evaluating the export on {split.name}",
+                           total=split.num_examples) as bar:
+        for images, y in uint8_batches(split, batch_size):
+            x = tf.constant(images)
+            logits.append(serve(images=x)[sig.LOGITS].numpy())
+            features.append(embed(images=x)[sig.EMBEDDINGS].numpy())
+            labels.append(y)
+            bar.update(len(y))
     if not logits:
         raise ConfigError(f"split {split.name} is empty")
     return np.concatenate(logits), np.concatenate(features), np.concatenate(labels)

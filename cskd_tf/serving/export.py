@@ -28,6 +28,7 @@ import uuid
 
 import numpy as np
 
+from cskd_tf import progress
 from cskd_tf.errors import WorkdirError
 from cskd_tf.serving import ServingError
 from cskd_tf.serving import loading, models_config
@@ -194,7 +195,8 @@ def _verify(directory, functions, contract, image_shape):
 
 
 def export_workdir(workdir, model_name, export_base="saved_models", version=None, top_k=5,
-                   version_policy=None, serving_base_path="", verify=True) -> ExportResult:
+                   version_policy=None, serving_base_path="", verify=True,
+                   verbose=1) -> ExportResult:
     """Exports the finished run in ``workdir`` as ``export_base/model_name/<version>``.
 
     Args:
@@ -205,6 +207,7 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
       serving_base_path: where the server sees ``export_base`` (e.g. ``/models`` inside
         the tensorflow/serving container); default: the absolute local path.
       verify: reload the export and compare it with the Keras model before publishing.
+      verbose: 0 prints no progress (one line per step on stderr otherwise).
     """
     import keras
 
@@ -233,6 +236,9 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
         raise ServingError(f"{final} already exists; exports are never overwritten — omit "
                            f"--version to use the next free one ({next_version(model_dir)})")
 
+    steps = progress.Steps(f"cskd-export {model_name}/{version}", total=3 + bool(verify),
+                           verbose=verbose)
+    steps.next(f"loading the run {run.path}")
     config, facts, model = load_trained(run.path)
     augment = resolve_augment(config, facts)
     functions = sig.ServingFunctions(model, preprocess_for(facts, augment), facts["class_names"],
@@ -248,11 +254,13 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
         # training-only state (e.g. λ, a KD teacher) stays out of the served model.
         for name, fn, spec in functions.endpoints():
             archive.add_endpoint(name, fn, input_signature=spec)
+        steps.next("tracing the signatures and writing the SavedModel")
         archive.write_out(staging, verbose=False)
         contract = _write_assets(staging, config=config, facts=facts, augment=augment,
                                  model_name=model_name, version=version, top_k=top_k,
                                  feature_dim=feature_dim, workdir=run.path)
         if verify:
+            steps.next("self-check: reloading it and comparing with the Keras model")
             _verify(staging, functions, contract, tuple(int(d) for d in facts["image_shape"]))
         if os.path.exists(final):  # another export took this version meanwhile
             raise ServingError(f"{final} appeared while exporting; rerun cskd-export")
@@ -263,6 +271,7 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
 
     base_path = (os.path.join(serving_base_path, model_name) if serving_base_path
                  else model_dir)
+    steps.next(f"published {final}; updating models.config")
     config_path = models_config.update(export_base, model_name, base_path, version,
                                        version_policy)
     return ExportResult(path=final, model_name=model_name, version=version,

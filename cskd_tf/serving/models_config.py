@@ -11,11 +11,14 @@ The file ``saved_models/models.config`` lists every exported model::
       }
     }
 
-The messages are a field-for-field subset of ``tensorflow_serving/config/
-model_server_config.proto`` (same names and numbers), built here from a descriptor so that
-exporting does not need the ``tensorflow-serving-api`` package. Entries cskd-export did not
-write are kept as they are; a file using fields outside the subset (e.g. ``logging_config``)
-is refused rather than silently rewritten without them.
+The file is parsed and written with TF Serving's own messages
+(``tensorflow_serving.config.model_server_config_pb2``, from the
+``tensorflow-serving-api`` package), so every field the server accepts
+(``logging_config``, ``model_type``, ``version_labels``, ...) is read and written back
+as it was; cskd-export only changes the entry of the model it exports. A file that
+does not parse is refused with the parse error (line:column), never rewritten.
+Comments are not kept (text format has no place for them) apart from the header
+cskd-export writes.
 
 Version policies (``--version_policy``):
 
@@ -29,10 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import os
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
 
 from cskd_tf.serving import ServingError
 
@@ -42,57 +45,15 @@ HEADER = ("# TensorFlow Serving model config, maintained by cskd-export.\n"
           "# Serve with: tensorflow_model_server --model_config_file=THIS_FILE "
           "--port=8500 --rest_api_port=8501\n")
 
-_F = descriptor_pb2.FieldDescriptorProto
 
-
-def _field(message, name, number, kind, label=_F.LABEL_OPTIONAL, type_name=None):
-    field = message.field.add(name=name, number=number, type=kind, label=label)
-    if type_name:
-        field.type_name = type_name
-
-
-@functools.lru_cache(maxsize=1)
 def server_config_class():
-    """The ModelServerConfig message class (subset, wire- and text-compatible)."""
-    package = "cskd_tf.serving.tfs_subset"
-    proto = descriptor_pb2.FileDescriptorProto(name="cskd_tf_tfs_subset.proto", package=package,
-                                               syntax="proto3")
-    policy = proto.message_type.add(name="ServableVersionPolicy")
-    latest = policy.nested_type.add(name="Latest")
-    _field(latest, "num_versions", 1, _F.TYPE_UINT32)
-    policy.nested_type.add(name="All")
-    specific = policy.nested_type.add(name="Specific")
-    _field(specific, "versions", 1, _F.TYPE_INT64, _F.LABEL_REPEATED)
-    policy.oneof_decl.add(name="policy_choice")
-    for name, number in (("latest", 100), ("all", 101), ("specific", 102)):
-        _field(policy, name, number, _F.TYPE_MESSAGE,
-               type_name=f".{package}.ServableVersionPolicy.{name.capitalize()}")
-        policy.field[-1].oneof_index = 0
+    """TF Serving's ModelServerConfig message class."""
+    return model_server_config_pb2.ModelServerConfig
 
-    model = proto.message_type.add(name="ModelConfig")
-    _field(model, "name", 1, _F.TYPE_STRING)
-    _field(model, "base_path", 2, _F.TYPE_STRING)
-    _field(model, "model_platform", 4, _F.TYPE_STRING)
-    _field(model, "model_version_policy", 7, _F.TYPE_MESSAGE,
-           type_name=f".{package}.ServableVersionPolicy")
-    entry = model.nested_type.add(name="VersionLabelsEntry")
-    entry.options.map_entry = True
-    _field(entry, "key", 1, _F.TYPE_STRING)
-    _field(entry, "value", 2, _F.TYPE_INT64)
-    _field(model, "version_labels", 8, _F.TYPE_MESSAGE, _F.LABEL_REPEATED,
-           type_name=f".{package}.ModelConfig.VersionLabelsEntry")
 
-    config_list = proto.message_type.add(name="ModelConfigList")
-    _field(config_list, "config", 1, _F.TYPE_MESSAGE, _F.LABEL_REPEATED,
-           type_name=f".{package}.ModelConfig")
-    server = proto.message_type.add(name="ModelServerConfig")
-    _field(server, "model_config_list", 1, _F.TYPE_MESSAGE,
-           type_name=f".{package}.ModelConfigList")
-
-    pool = descriptor_pool.DescriptorPool()  # private: never clashes with the real protos
-    pool.Add(proto)
-    descriptor = pool.FindMessageTypeByName(f"{package}.ModelServerConfig")
-    return message_factory.GetMessageClass(descriptor)
+def _refuse(path, problem):
+    return ServingError(f"{path} is not a model config cskd-export can update ({problem}); "
+                        "fix it by hand or move it aside and export again")
 
 
 def read(path):
@@ -105,8 +66,11 @@ def read(path):
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
-        raise ServingError(f"{path} is not a model config cskd-export can update ({error}); "
-                           "fix it by hand or move it aside and export again") from None
+        # str(error) is "line:column : message"; one line for the CLI's `error: ...`.
+        raise _refuse(path, " ".join(str(error).split())) from None
+    if config.WhichOneof("config") == "custom_model_config":
+        # Adding a model_config_list would silently replace it (they are one oneof).
+        raise _refuse(path, "it uses custom_model_config, not model_config_list")
     return config
 
 
@@ -133,7 +97,11 @@ def add_version(config, name, base_path, version, policy=None):
     if entry is None:
         entry = config.model_config_list.config.add(name=name)
     entry.base_path = base_path
-    entry.model_platform = "tensorflow"
+    if not (entry.model_type == model_server_config_pb2.TENSORFLOW and not entry.model_platform):
+        # The server refuses an entry with both the deprecated model_type and
+        # model_platform; one that already says TENSORFLOW the old way is left so.
+        entry.ClearField("model_type")
+        entry.model_platform = "tensorflow"
     vp = entry.model_version_policy
     current = vp.WhichOneof("policy_choice")
     policy = policy or current or "specific"

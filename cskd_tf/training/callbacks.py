@@ -57,7 +57,8 @@ class CSKDCallback(keras.callbacks.Callback):
             return
         from cskd_tf.evaluation.predict import evaluate
 
-        result = evaluate(self.model, self.validation_data, self.jit_compile, self.num_bins)
+        result = evaluate(self.model, self.validation_data, self.jit_compile, self.num_bins,
+                          verbose=0)  # Keras' own progress bar owns the terminal here
         self.last_metrics = result
         log_split_metrics(logs, "val", result)
 
@@ -125,11 +126,19 @@ class LearningRateLogger(keras.callbacks.Callback):
     after the last step of an epoch is already the next epoch's rate.
     """
 
+    def on_train_begin(self, logs=None):
+        # The schedule itself, rebuilt from the optimizer's public config (the optimizer
+        # keeps it in a private attribute).
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+        rate = optimizer.get_config().get("learning_rate")
+        self._schedule = (keras.optimizers.schedules.deserialize(rate)
+                          if isinstance(rate, dict) else None)
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
         optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
-        schedule = getattr(optimizer, "_learning_rate", None)
+        schedule = getattr(self, "_schedule", None)
         if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
             last_step = max(int(optimizer.iterations.numpy()) - 1, 0)
             logs["lr"] = float(np.asarray(schedule(last_step)))

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+from cskd_tf import compat
 from cskd_tf import data as data_lib
 from cskd_tf.errors import ConfigError, WorkdirError
 from cskd_tf.training.workdir import Workdir
@@ -372,7 +373,7 @@ def sync_batch_norm(model: keras.Model, enabled: bool = True) -> int:
     Returns the number of layers changed.
     """
     count = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in compat.all_sublayers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = bool(enabled)
             count += 1

@@ -5,14 +5,16 @@ One process with ``KERASTUNER_TUNER_ID=chief`` holds the oracle and answers on
 its own ``KERASTUNER_TUNER_ID``, asks it for trials over gRPC and runs them.
 All of them are started with the same cskd-tune command line (docs/tuning.md).
 
-Only :func:`serve_chief` imports Keras Tuner, so :func:`role` can check the
+The chief runs Keras Tuner's own ``tuner.search()``, which serves the oracle
+until every worker has been told the search is over (it re-checks every 20 s
+once the last trial is handed out, so a chief may exit up to 20 s after its
+last worker). Nothing here imports Keras Tuner, so :func:`role` can check the
 environment before the slow imports.
 """
 
 from __future__ import annotations
 
 import os
-import time
 
 from cskd_tf.errors import ConfigError
 
@@ -59,32 +61,27 @@ def wait_for_chief(timeout_s: float):
         channel.close()
 
 
-def serve_chief(tuner, poll_s: float = 0.5):
-    """Runs the oracle server until every worker has been told the search is over.
+def check_chief_address():
+    """ConfigError unless the chief can listen on its address.
 
-    Keras Tuner's ``search()`` on the chief does the same but re-checks only every 20 s
-    once the search is over; this loop checks every ``poll_s``.
+    Keras Tuner's chief (``tuner.search()`` with ``KERASTUNER_TUNER_ID=chief``) starts
+    its gRPC server without checking that the port was bound: a port in use or an
+    address of another machine would leave the chief waiting for workers that reach
+    another process or nothing. Binding a plain socket first names the problem.
     """
-    from concurrent import futures
+    import socket
 
-    import grpc
-    from keras_tuner.src import protos
-    from keras_tuner.src.distribute import oracle_chief
-
-    tuner.save()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-    servicer = oracle_chief.OracleServicer(tuner.oracle)
-    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    host, port = os.environ["KERASTUNER_ORACLE_IP"], int(os.environ["KERASTUNER_ORACLE_PORT"])
     try:
-        bound = server.add_insecure_port(oracle_address())
-    except RuntimeError:
-        bound = 0
-    if not bound:
-        raise ConfigError(f"the chief cannot listen on {oracle_address()} (port in use or not "
-                          "an address of this machine); change KERASTUNER_ORACLE_PORT/IP")
-    server.start()
-    try:
-        while not (servicer.stop_triggered and oracle_chief.exit_chief(tuner.oracle)):
-            time.sleep(poll_s)
-    finally:
-        server.stop(grace=None)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # Fails on a port another process listens on, not on connections of a chief
+            # that just exited (TIME_WAIT), which a resumed chief must be able to reuse.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConfigError(f"the chief cannot listen on {oracle_address()} ({reason}); change "
+                          "KERASTUNER_ORACLE_PORT, or KERASTUNER_ORACLE_IP to an address of "
+                          "this machine") from None

@@ -82,6 +82,9 @@ class CSKDHyperModel(keras_tuner.HyperModel):
         super().__init__(name="cskd", tunable=True)
         self.space = space
         self.data = data
+        # True while the Tuner discovers the space: Keras Tuner calls build(hp) for that
+        # at start-up, and the space is fully declared by the config (see build).
+        self.declaring_only = False
 
     def declare_hyperparameters(self, hp):
         self.space.declare(hp)
@@ -91,6 +94,11 @@ class CSKDHyperModel(keras_tuner.HyperModel):
         return self.space.trial_config(self.space.declare(hp))
 
     def build(self, hp):
+        if self.declaring_only:
+            # No model: the chief has no data, and a worker would spend seconds on a
+            # model nobody trains. Declaring the values is all the discovery needs.
+            self.declare_hyperparameters(hp)
+            return None
         if self.data is None:
             raise RuntimeError("CSKDHyperModel.build needs TrialData (the chief builds no model)")
         config = self.trial_config(hp)

@@ -49,7 +49,7 @@ def last_line(message) -> str:
     if not lines:
         return ""
     last = lines[-1]
-    # "keras_tuner.src.errors.FailedTrialError: the loss ..." -> "the loss ..."
+    # "<module path>.FailedTrialError: the loss ..." -> "the loss ..."
     head, sep, tail = last.partition(": ")
     return tail if sep and "Error" in head and " " not in head else last
 

@@ -167,6 +167,8 @@ def tune(config, workdir, options: SearchOptions, retrain_hint=""):
     workdir = os.path.abspath(workdir)
     print_setup(space, options, direction, role, workdir, config)
     setup = setup_record(config, options, direction)
+    if role == "chief":
+        distributed.check_chief_address()
     if role == "worker":
         # A worker runs whatever the chief's oracle hands out with its own config: refuse
         # to train trials of a search that was set up differently.
@@ -195,7 +197,7 @@ def tune(config, workdir, options: SearchOptions, retrain_hint=""):
         oracle.announce_starts = True
         _say(f"Chief oracle listening on {distributed.oracle_address()}; start the workers "
              "with the same command and their own KERASTUNER_TUNER_ID")
-        distributed.serve_chief(tuner)
+        tuner.search(verbose=0)  # serves the oracle until every worker is done
     elif role == "worker":
         import grpc
 

@@ -11,8 +11,8 @@ import traceback
 import keras
 import keras_tuner
 import tensorflow as tf
-from keras_tuner.src import config as kt_config
 
+from cskd_tf import compat, progress
 from cskd_tf.errors import ConfigError, NonFiniteLossError
 from cskd_tf.tuning import results as results_lib
 
@@ -39,19 +39,44 @@ class _CSKDOracle:
     failure_limit = 3
     stop_reason = None
     announce_starts = False  # the chief: say which worker got which trial
+    project_dir = None  # set by CSKDTuner: where the trials' folders are
+    # For the pace in each line: when this process handed out its first trial, and how
+    # many trials had finished before (a resumed search's took no time here).
+    cskd_started_at = None
+    cskd_finished_before = 0
 
     def reload(self):
         super().reload()
-        # Keras Tuner requeues the trials its saved state lists as running. A process
-        # killed between writing a new trial's file and the oracle's state leaves a
-        # RUNNING trial that no list names; without this it would never run.
-        queued = set(self._retry_queue)
-        for trial_id, trial in self.trials.items():
-            if trial.status == "RUNNING" and trial_id not in queued:
-                self._retry_queue.append(trial_id)
+        # Keras Tuner writes a new trial's file before its own state. A process killed
+        # between the two leaves a RUNNING trial that the state (start_order) does not
+        # know; Keras Tuner would count it but never run it. The saved state is from
+        # before that trial was drawn, so forgetting the trial makes the next
+        # create_trial draw it again: the same id and the same values.
+        started = set(self.start_order)
+        for trial_id in [t for t in self.trials if t not in started]:
+            del self.trials[trial_id]
+
+    def trial_dir(self, trial_id):
+        return os.path.join(self.project_dir, f"trial_{trial_id}")
+
+    def progress_text(self):
+        """``3/10 trials, 81.3 s/trial, ETA 9m29s``: the pace since this process's first trial."""
+        finished = _finished(self.trials)
+        here = finished - self.cskd_finished_before
+        total = self.max_trials or None
+        count = f"{finished}/{total}" if total else f"{finished}"
+        if self.cskd_started_at is None:
+            return f"{count} trials"
+        total_here = here + max(total - finished, 0) if total else None
+        return (f"{count} trials, "
+                + progress.rate_and_eta(here, total_here,
+                                        time.monotonic() - self.cskd_started_at, "trials"))
 
     @keras_tuner.synchronized
     def create_trial(self, tuner_id):
+        if self.cskd_started_at is None:
+            self.cskd_started_at = time.monotonic()
+            self.cskd_finished_before = _finished(self.trials)
         trial = super().create_trial(tuner_id)
         if self.announce_starts and trial.status == "RUNNING":
             values = ", ".join(f"{k}={_short(v)}" for k, v in trial.hyperparameters.values.items()
@@ -68,11 +93,12 @@ class _CSKDOracle:
             best = ranked[0] if ranked else trial
             print(f"[cskd-tune] trial {trial.trial_id} COMPLETED: {self.objective.name}="
                   f"{_short(trial.score)} (best so far: trial {best.trial_id}, "
-                  f"{_short(best.score)})", flush=True)
+                  f"{_short(best.score)}) [{self.progress_text()}]", flush=True)
         elif trial.status == "FAILED":
-            record = results_lib.read_record(self._get_trial_dir(trial.trial_id))
+            record = results_lib.read_record(self.trial_dir(trial.trial_id))
             error = record.get("error") or results_lib.last_line(trial.message)
-            print(f"[cskd-tune] trial {trial.trial_id} FAILED: {error}", flush=True)
+            print(f"[cskd-tune] trial {trial.trial_id} FAILED: {error} "
+                  f"[{self.progress_text()}]", flush=True)
         if not self.failure_limit or self.stop_reason is not None:
             return
         run = 0
@@ -85,6 +111,10 @@ class _CSKDOracle:
                                 f"--max_consecutive_failed_trials={self.failure_limit})")
             print(f"[cskd-tune] stopping: {self.stop_reason}", flush=True)
             self.max_trials = len(self.trials)
+
+
+def _finished(trials) -> int:
+    return sum(t.status in ("COMPLETED", "FAILED", "INVALID") for t in trials.values())
 
 
 def _short(value):
@@ -134,7 +164,7 @@ def make_oracle(name, objective, direction, max_trials, seed, failure_limit, max
         raise ConfigError(f"unknown --tuner {name!r}; use random, bayesian or hyperband")
     oracle.failure_limit = int(failure_limit)
     # Keras Tuner's multi-line display is replaced by _CSKDOracle's one line per trial
-    # (search(verbose=0) would do this too, but the chief never calls search()).
+    # (as search(verbose=0) does; set here too for an oracle used without search()).
     oracle.verbose = 0
     return oracle
 
@@ -165,24 +195,23 @@ class CSKDTuner(keras_tuner.Tuner):
 
     def __init__(self, oracle, hypermodel, directory, project_name="keras_tuner",
                  overwrite=False, tensorboard_dir=None):
-        # Keras Tuner prints the traceback of every failed trial (its DEBUG flag, on by
-        # default); run_trial prints it for unexpected errors only, not for divergence.
-        kt_config.DEBUG = False
+        # Keras Tuner prints the traceback of every failed trial; run_trial prints it for
+        # unexpected errors only, not for divergence.
+        compat.quiet_failed_trial_tracebacks()
         if not any(isinstance(f, _TrialRetraceFilter) for f in tf.get_logger().filters):
             tf.get_logger().addFilter(_TrialRetraceFilter())
-        # Set first: Keras Tuner's __init__ calls _populate_initial_space, which uses it.
         self.cskd_hypermodel = hypermodel
         self.tensorboard_dir = tensorboard_dir
         self.ran_trials = []  # trial ids this process ran, for a worker's closing line
-        super().__init__(oracle=oracle, hypermodel=hypermodel, directory=directory,
-                         project_name=project_name, overwrite=overwrite)
-
-    def _populate_initial_space(self):
-        # Keras Tuner builds a model here to discover the space; ours is declared by the
-        # config, and the chief has no data to build one (nor should it spend the time).
-        hp = self.oracle.get_space()
-        self.cskd_hypermodel.declare_hyperparameters(hp)
-        self.oracle.update_space(hp)
+        # Keras Tuner's __init__ builds the hypermodel to discover the space; ours is
+        # declared by the config, so that build declares values and makes no model.
+        hypermodel.declaring_only = True
+        try:
+            super().__init__(oracle=oracle, hypermodel=hypermodel, directory=directory,
+                             project_name=project_name, overwrite=overwrite)
+        finally:
+            hypermodel.declaring_only = False
+        oracle.project_dir = self.project_dir
 
     def run_trial(self, trial, *args, **kwargs):
         hp = trial.hyperparameters
