@@ -167,7 +167,8 @@ def evaluate_splits(model, config, info, splits, jit_compile=False):
     results, arrays = {}, {}
     for name in needed:
         logits, features, labels = predict(
-            model, data_lib.eval_dataset(config, info, splits[name]), jit_compile)
+            model, data_lib.eval_dataset(config, info, splits[name]), jit_compile,
+            verbose=int(config.verbose > 0), label=f"evaluating {name}")
         arrays[name] = (logits, labels)
         if name in reported:
             results[name] = evaluate_predictions(logits, labels, features=features)
