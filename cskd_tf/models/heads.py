@@ -14,11 +14,11 @@ too much precision once a temperature divides them.
 Three heads are available:
 
 * ``"linear"``: ``Dense(num_classes)`` with bias (the CS-KD reference head).
-* ``"linear_nobias"``: ``Dense(num_classes, use_bias=False)``, logits = Wᵀz, for
-  methods defined on a bias-free classifier (Virtual-softmax).
 * ``"cosine"``: :class:`CosineClassifier`, ``scale * cos(theta)`` between the
   normalised features and the normalised class weights, used by AdaCos and
   other normalised-softmax baselines.
+* ``"linear_nobias"``: ``Dense(num_classes, use_bias=False)``, logits = Wᵀz, for
+  methods defined on a bias-free classifier (Virtual-softmax).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from keras import layers, ops
 
 from cskd_tf.errors import ModelError
 
-HEADS = ("linear", "linear_nobias", "cosine")
+HEADS = ("linear", "cosine", "linear_nobias")
 
 
 @keras.saving.register_keras_serializable(package="cskd_tf")
