@@ -74,8 +74,10 @@ class DataDistortionSelfDistillation(Method):
         second = model.forward(images[1], training=True)
         ce = cross_entropy(labels, first["logits"]) + cross_entropy(labels, second["logits"])
         t = self.temperature
-        kl = t * t * (tf.reduce_mean(softened_kl_per_example(first["logits"], second["logits"], t))
-                      + tf.reduce_mean(softened_kl_per_example(second["logits"], first["logits"], t)))
+        # Each direction detaches its teacher (the other view's logits).
+        kl_1 = tf.reduce_mean(softened_kl_per_example(first["logits"], second["logits"], t))
+        kl_2 = tf.reduce_mean(softened_kl_per_example(second["logits"], first["logits"], t))
+        kl = t * t * (kl_1 + kl_2)
         mmd = linear_mmd(first["features"], second["features"])
         total = ce + kl + self.mmd_weight * mmd
         return total, first["logits"], {"ce": ce, "kl": kl, "mmd": mmd}
