@@ -355,6 +355,11 @@ def test_eval_preprocess(tmp_path):
 
 
 def test_real_tinyimagenet_lowshot(tmp_path, real_tinyimagenet):
+    # The whole unpacked subset: 200 classes, 100 train and 25 val images each.
+    listing = sources.get_source("tinyimagenet", real_tinyimagenet).load()
+    assert len(listing.class_names) == 200
+    assert {k: len(v) for k, v in listing.splits.items()} == {"train": 20000, "val": 5000}
+    assert set(np.bincount(listing.splits["val"].labels, minlength=200)) == {25}
     config = make_config(tmp_path, dataset="tinyimagenet", data_dir=real_tinyimagenet,
                          max_classes=3, batch_size=16, num_epochs=1)
     info, splits = prepare(config)
