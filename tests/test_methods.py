@@ -3,11 +3,13 @@
 * each loss against an independent numpy implementation of its formula, on fixed logits
   (a stub model whose logits are its inputs);
 * gradient flow: detached partner / second view / teacher sides, DDGSD's per-direction
-  detachment, BYOT's deepest head trained by plain CE only, the KD teacher frozen;
+  detachment, BYOT's deepest head trained by (1 − α)·CE only, the KD teacher frozen;
 * every method trains on tiny digits with preact_resnet18 (graph mode) and densenet121_cifar
   (eagerly: tracing DenseNet-121 costs more than the few steps), and cskd-train runs a BYOT
   teacher and a KD + CS-KD student as subprocesses;
-* KD bad input, the SavedModel teacher, and the paper-cell configs (configs/paper.py).
+* KD bad input, the SavedModel teacher, and the paper-cell configs (configs/paper.py);
+* structure: BYOT's bottleneck branches reach the deepest stage, Virtual-softmax's classifier
+  has no bias.
 """
 
 import csv
