@@ -49,10 +49,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.kd_alpha = 0.9  # KD: weight of the distillation term
     c.teacher_workdir = ""  # KD teacher: a cskd-train workdir or a SavedModel path
     c.teacher_model = ""  # KD teacher architecture, if it differs from what the workdir says
+    # BYOT T, α, λ: the reference code's defaults (the paper gives none), see losses/methods/byot.py.
     c.byot_temperature = 3.0
-    c.byot_alpha = 0.3
-    c.byot_beta = 1e-6
+    c.byot_alpha = 0.1
+    c.byot_beta = 1e-6  # λ of the summed feature hint
     c.ddgsd_mmd_weight = 0.0005
+    c.ddgsd_temperature = 3.0  # T of DDGSD's KL terms, see losses/methods/ddgsd.py
     c.lambda_sample = 1.0  # CS-KD-E: weight of the sample-wise term
 
     # Data.

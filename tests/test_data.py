@@ -1,6 +1,7 @@
 """Sources, the shard cache, augmentation and the data API (cskd_tf.data).
 
-Every on-disk layout is faked in tmp_path with a few tiny PIL-written images.
+Every on-disk layout is faked in tmp_path with a few tiny PIL-written images; the real
+TinyImageNet low-shot subset is unpacked once per session by conftest's real_tinyimagenet.
 """
 
 import gzip
@@ -18,7 +19,6 @@ from cskd_tf.data.augment import train_transform
 from cskd_tf.data.tfds_source import parse_name
 from cskd_tf.errors import ConfigError, DataError
 
-REAL_TINYIMAGENET = "/tmp/tiny-imagenet-200-lowshot"
 REAL_FASHION = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 
 
@@ -413,10 +413,13 @@ def test_eval_preprocess(tmp_path):
 # --------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not os.path.isdir(REAL_TINYIMAGENET),
-                    reason="unpack shared/data/tiny-imagenet-200-lowshot.tar.gz into /tmp")
-def test_real_tinyimagenet_lowshot(tmp_path):
-    config = make_config(tmp_path, dataset="tinyimagenet", data_dir=REAL_TINYIMAGENET,
+def test_real_tinyimagenet_lowshot(tmp_path, real_tinyimagenet):
+    # The whole unpacked subset: 200 classes, 100 train and 25 val images each.
+    listing = sources.get_source("tinyimagenet", real_tinyimagenet).load()
+    assert len(listing.class_names) == 200
+    assert {k: len(v) for k, v in listing.splits.items()} == {"train": 20000, "val": 5000}
+    assert set(np.bincount(listing.splits["val"].labels, minlength=200)) == {25}
+    config = make_config(tmp_path, dataset="tinyimagenet", data_dir=real_tinyimagenet,
                          max_classes=3, batch_size=16, num_epochs=1)
     info, splits = prepare(config)
     assert info.num_classes == 3 and info.native_shape == (64, 64, 3)

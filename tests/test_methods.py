@@ -3,11 +3,13 @@
 * each loss against an independent numpy implementation of its formula, on fixed logits
   (a stub model whose logits are its inputs);
 * gradient flow: detached partner / second view / teacher sides, DDGSD's per-direction
-  detachment, BYOT's deepest head trained by plain CE only, the KD teacher frozen;
+  detachment, BYOT's deepest head trained by (1 − α)·CE only, the KD teacher frozen;
 * every method trains on tiny digits with preact_resnet18 (graph mode) and densenet121_cifar
   (eagerly: tracing DenseNet-121 costs more than the few steps), and cskd-train runs a BYOT
   teacher and a KD + CS-KD student as subprocesses;
-* KD bad input, the SavedModel teacher, and the paper-cell configs (configs/paper.py).
+* KD bad input, the SavedModel teacher, and the paper-cell configs (configs/paper.py);
+* structure: BYOT's bottleneck branches reach the deepest stage, Virtual-softmax's classifier
+  has no bias.
 """
 
 import csv
@@ -181,25 +183,46 @@ def test_virtual_softmax_matches_numpy():
     assert got > np_ce(z, LABELS)  # the virtual class only adds mass to the denominator
 
 
-def test_ddgsd_matches_numpy_and_each_kl_direction_detaches_its_teacher():
+@pytest.mark.parametrize("T", [1.0, 3.0])
+def test_ddgsd_matches_numpy_and_each_kl_direction_detaches_its_teacher(T):
     z1, z2 = fixed_logits(8, 5, seed=0), fixed_logits(8, 5, seed=1)
     mu = 0.5
-    method = losses.get_method("ddgsd", method_config("ddgsd", ddgsd_mmd_weight=mu))
+    method = losses.get_method("ddgsd", method_config("ddgsd", ddgsd_mmd_weight=mu,
+                                                      ddgsd_temperature=T))
     model = StubModel(5)
     a, b = tf.constant(z1), tf.constant(z2)
     with tf.GradientTape() as tape:
         tape.watch(a)
         total, _, terms = method.loss(model, (a, b), tf.constant(LABELS), {})
     mmd = float(np.sum((z1.mean(0) - z2.mean(0)) ** 2))
-    want = (np_ce(z1, LABELS) + np_ce(z2, LABELS) + np_kl(z1, z2, 1.0) + np_kl(z2, z1, 1.0)
-            + mu * mmd)
+    kl = T * T * (np_kl(z1, z2, T) + np_kl(z2, z1, T))
+    want = np_ce(z1, LABELS) + np_ce(z2, LABELS) + kl + mu * mmd
     assert float(total) == pytest.approx(want, rel=1e-5)
+    assert float(terms["kl"]) == pytest.approx(kl, rel=1e-5)
     assert float(terms["mmd"]) == pytest.approx(mmd, rel=1e-5)
-    # d/dz1: CE (p1 − y) and KL(p̃2 ‖ p1) (p1 − p2), both /B, plus the MMD; nothing from
-    # KL(p̃1 ‖ p2), where z1 is the detached teacher.
+    # d/dz1: CE (p1 − y) and T²·KL(p̃2 ‖ p1) at T, T·(p1ᵀ − p2ᵀ), both /B, plus the
+    # MMD; nothing from KL(p̃1 ‖ p2), where z1 is the detached teacher.
     p1, p2 = softmax(z1), softmax(z2)
-    grad = ((p1 - np.eye(5)[LABELS]) + (p1 - p2)) / 8 + mu * 2 * (z1.mean(0) - z2.mean(0)) / 8
+    p1t, p2t = softmax(z1 / T), softmax(z2 / T)
+    grad = (((p1 - np.eye(5)[LABELS]) + T * (p1t - p2t)) / 8
+            + mu * 2 * (z1.mean(0) - z2.mean(0)) / 8)
     np.testing.assert_allclose(tape.gradient(total, a).numpy(), grad, rtol=1e-4, atol=1e-6)
+
+
+def test_ddgsd_temperature_defaults_to_3_and_must_be_positive():
+    assert default_config().ddgsd_temperature == 3.0
+    with pytest.raises(ConfigError, match="ddgsd_temperature"):
+        losses.get_method("ddgsd", method_config("ddgsd", ddgsd_temperature=0.0))
+
+
+def np_byot(deep, deep_f, aux, labels, T, alpha, beta):
+    """The BYOT objective written out, with the reference's masked, summed hint."""
+    ce = np_ce(deep, labels)
+    aux_ce = sum(np_ce(out["logits"], labels) for out in aux)
+    aux_kd = T * T * sum(np_kl(out["logits"], deep, T) for out in aux)
+    hint = sum(float(np.sum((out["features"] - deep_f) ** 2
+                            * ((out["features"] > 0) | (deep_f > 0)))) for out in aux)
+    return (1 - alpha) * (ce + aux_ce) + alpha * aux_kd + beta * hint, hint
 
 
 def test_byot_loss_matches_numpy():
@@ -208,13 +231,29 @@ def test_byot_loss_matches_numpy():
            for s in (2, 3)]
     T, alpha, beta = 3.0, 0.3, 0.01
     total, terms = byot.byot_loss(deep, deep_f, aux, LABELS, T, alpha, beta)
-    want = np_ce(deep, LABELS)
-    for out in aux:
-        want += ((1 - alpha) * np_ce(out["logits"], LABELS)
-                 + alpha * T * T * np_kl(out["logits"], deep, T)
-                 + beta * float(np.mean(np.sum((out["features"] - deep_f) ** 2, -1))))
+    want, hint = np_byot(deep, deep_f, aux, LABELS, T, alpha, beta)
     assert float(total) == pytest.approx(want, rel=1e-5)
     assert float(terms["ce"]) == pytest.approx(np_ce(deep, LABELS), rel=1e-5)
+    assert float(terms["hint"]) == pytest.approx(hint, rel=1e-5)
+    # Signed features: the mask drops entries where both are <= 0 (here about a quarter).
+    unmasked = sum(float(np.sum((out["features"] - deep_f) ** 2)) for out in aux)
+    assert hint < 0.9 * unmasked
+    # Summed, not averaged, over the batch: the same batch twice has twice the hint.
+    twice = [{k: np.concatenate([v, v]) for k, v in out.items()} for out in aux]
+    _, terms2 = byot.byot_loss(np.concatenate([deep, deep]), np.concatenate([deep_f, deep_f]),
+                               twice, np.concatenate([LABELS, LABELS]), T, alpha, beta)
+    assert float(terms2["hint"]) == pytest.approx(2 * hint, rel=1e-5)
+    assert float(terms2["aux_kd"]) == pytest.approx(float(terms["aux_kd"]), rel=1e-5)
+    # hint_scale (the replica count under a strategy) multiplies the hint only.
+    scaled, terms3 = byot.byot_loss(deep, deep_f, aux, LABELS, T, alpha, beta, hint_scale=4.0)
+    assert float(terms3["hint"]) == pytest.approx(4 * hint, rel=1e-5)
+    assert float(scaled) == pytest.approx(want + 3 * beta * hint, rel=1e-5)
+
+
+def test_byot_defaults_are_the_reference_codes():
+    # luanyunteng/pytorch-be-your-own-teacher train.py: --temperature 3, --alpha 0.1, --beta 1e-6
+    config = default_config()
+    assert (config.byot_temperature, config.byot_alpha, config.byot_beta) == (3.0, 0.1, 1e-6)
 
 
 def test_mixup_pieces_match_numpy_and_the_sampler_folds_lambda():
@@ -320,8 +359,9 @@ def test_no_gradient_reaches_the_detached_side(name, detached):
         assert tape.gradient(total, teacher_kernel) is None
 
 
-def test_byot_deepest_head_gets_the_plain_ce_gradient_and_the_aux_heads_train():
-    model = tiny_model("byot", byot_beta=0.1)
+def test_byot_deepest_head_gets_the_weighted_ce_gradient_and_the_aux_heads_train():
+    alpha = 0.25
+    model = tiny_model("byot", byot_beta=0.1, byot_alpha=alpha)
     assert len(model.byot_heads) == 3  # after stage1..stage3; stage4 feeds the classifier
     head_vars = [v for h in model.byot_heads for v in h.trainable_variables]
     trainable = {id(v) for v in model.trainable_variables}
@@ -331,9 +371,59 @@ def test_byot_deepest_head_gets_the_plain_ce_gradient_and_the_aux_heads_train():
     with tf.GradientTape(persistent=True) as tape:
         total, logits, _ = model.method.loss(model, (images,), labels, {})
         ce_only = losses.cross_entropy(labels, model.forward(images, training=True)["logits"])
+    # The deepest head sees only (1 − α)·CE: its KD target and hint target are detached.
     for got, want in zip(tape.gradient(total, classifier), tape.gradient(ce_only, classifier)):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got.numpy(), (1 - alpha) * want.numpy(), rtol=1e-4, atol=1e-6)
     assert all(float(tf.reduce_sum(tf.abs(g))) > 0 for g in tape.gradient(total, head_vars))
+
+
+def test_byot_branches_are_bottlenecks_reaching_the_deepest_stage():
+    """Reference branchBottleNeck: 1×1 to D/4, s×s stride s, 1×1 to D; s = 8, 4, 2."""
+    model = tiny_model("byot")  # width 4 on 8×8: stages 8×8×4, 4×4×8, 2×2×16, 1×1×32
+    deepest = model.backbone.get_layer("stage4").output.shape[1:]
+    assert tuple(deepest) == (1, 1, 32)
+    for k, head in enumerate(model.byot_heads, start=1):
+        stage = model.backbone.get_layer(f"stage{k}").output.shape[1:]
+        convs = [layer for layer in head.layers if isinstance(layer, keras.layers.Conv2D)]
+        assert [c.filters for c in convs] == [8, 8, 32]
+        s = 2 ** (4 - k)
+        assert [c.kernel_size for c in convs] == [(1, 1), (s, s), (1, 1)]
+        assert [c.strides for c in convs] == [(1, 1), (s, s), (1, 1)]
+        assert tuple(convs[-1].output.shape[1:]) == tuple(deepest)  # resolution and width
+        assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in head.layers) == 3
+        out = head(tf.random.uniform((2, *stage)))
+        assert out["features"].shape == (2, 32) and out["logits"].shape == (2, 10)
+        assert float(tf.reduce_min(out["features"])) >= 0  # ReLU before the pool
+    assert byot.branch_stride((7, 5, 3), (1, 2, 9)) == (7, 3)  # "same" padding: ⌈H/s⌉ = H_N
+
+
+def test_virtual_softmax_model_has_a_bias_free_classifier_and_the_virtual_logit():
+    model = tiny_model("virtual_softmax", num_classes=5)
+    classifier = model.backbone.get_layer("classifier")
+    assert classifier.bias is None and [v.name for v in classifier.weights] == ["kernel"]
+    assert tiny_model("ce").backbone.get_layer("classifier").bias is not None  # default kept
+    images = tf.random.uniform((8, 8, 8, 1), seed=3)
+    total, logits, terms = model.method.loss(model, (images,), tf.constant(LABELS), {})
+    feats = model.forward(images, training=True)["features"].numpy().astype(np.float64)
+    kernel = classifier.kernel.numpy().astype(np.float64)
+    # Training-mode BN uses the batch's statistics, so this second pass gives the same z.
+    np.testing.assert_allclose(logits.numpy(), feats @ kernel, rtol=1e-4, atol=1e-5)
+    virtual = np.linalg.norm(kernel, axis=0)[LABELS] * np.linalg.norm(feats, axis=1)
+    assert np.all(virtual >= (feats @ kernel)[np.arange(8), LABELS] - 1e-5)  # Cauchy-Schwarz
+    want = np_ce(np.concatenate([feats @ kernel, virtual[:, None]], axis=1), LABELS)
+    assert float(total) == pytest.approx(want, rel=1e-4)
+    assert terms["ce"].numpy() == pytest.approx(np_ce(feats @ kernel, LABELS), rel=1e-4)
+
+
+def test_virtual_softmax_refuses_a_classifier_with_bias():
+    from types import SimpleNamespace
+
+    from cskd_tf import models
+
+    backbone = models.build("preact_resnet10", 5, input_shape=(8, 8, 1), width=4)
+    method = losses.get_method("virtual_softmax", method_config("virtual_softmax"))
+    with pytest.raises(ModelError, match="linear_nobias"):
+        method.build(SimpleNamespace(backbone=backbone))
 
 
 # ------------------------------------------------------------------- end-to-end training

@@ -11,12 +11,14 @@ classifier by a layer named ``classifier``. Both run in float32 even under a
 Recall@k distances are computed from these tensors and float16 logits lose
 too much precision once a temperature divides them.
 
-Two heads are available:
+Three heads are available:
 
 * ``"linear"``: ``Dense(num_classes)`` with bias (the CS-KD reference head).
 * ``"cosine"``: :class:`CosineClassifier`, ``scale * cos(theta)`` between the
   normalised features and the normalised class weights, used by AdaCos and
   other normalised-softmax baselines.
+* ``"linear_nobias"``: ``Dense(num_classes, use_bias=False)``, logits = Wᵀz, for
+  methods defined on a bias-free classifier (Virtual-softmax).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from keras import layers, ops
 
 from cskd_tf.errors import ModelError
 
-HEADS = ("linear", "cosine")
+HEADS = ("linear", "cosine", "linear_nobias")
 
 
 @keras.saving.register_keras_serializable(package="cskd_tf")
@@ -89,10 +91,10 @@ class CosineClassifier(layers.Layer):
 
 def make_classifier(num_classes, head="linear", scale=1.0):
     """Return the (unbuilt) classifier layer named ``classifier`` for ``head``."""
-    if head == "linear":
+    if head in ("linear", "linear_nobias"):
         return layers.Dense(
             num_classes,
-            use_bias=True,
+            use_bias=head == "linear",
             kernel_initializer="he_normal",
             dtype="float32",
             name="classifier",
@@ -109,8 +111,8 @@ def attach_head(inputs, pooled, num_classes, head="linear", scale=1.0, name=None
         inputs: the backbone's ``keras.Input``.
         pooled: the globally pooled ``(B, D)`` penultimate tensor.
         num_classes: classifier width.
-        head: ``"linear"`` or ``"cosine"``.
-        scale: initial scale of the cosine head (ignored for ``"linear"``).
+        head: one of :data:`HEADS`.
+        scale: initial scale of the cosine head (ignored for the linear heads).
         name: model name.
     """
     features = layers.Activation("linear", dtype="float32", name="features")(pooled)

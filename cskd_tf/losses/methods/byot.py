@@ -1,37 +1,72 @@
-"""Be Your Own Teacher, BYOT (Zhang et al., ICCV 2019), Table 2.
+"""Be Your Own Teacher, BYOT (Zhang et al., ICCV 2019), a baseline of Table 2.
 
 The backbone's stages ``stage1``..``stageN`` (the naming contract of
-:mod:`cskd_tf.models`) each except the last get an auxiliary classifier:
+:mod:`cskd_tf.models`) each except the last get an auxiliary classifier, the
+BYOT paper's "bottleneck" branch as the reference code builds it
+(luanyunteng/pytorch-be-your-own-teacher, models/resnet.py, ``branchBottleNeck``
+and ``Multi_ResNet``). For stage k with maps of
+(H_k, W_k, C_k), the deepest stage's maps of (H_N, W_N, ·) and the width D of
+the deepest ``features``:
 
-    stage_k output → BN → ReLU → Conv1×1 (D channels) → BN → ReLU
-                   → global average pool = z_k (B, D) → Dense(C) = logits q_k
+    stage_k → Conv1×1(D/4) → BN → ReLU
+            → Conv s×s, stride s (D/4) → BN → ReLU     s = ⌈H_k/H_N⌉ (per axis)
+            → Conv1×1(D) → BN → ReLU
+            → global average pool = F_k (B, D) → Dense(C) = logits q_k
 
-where D is the width of the backbone's penultimate ``features`` (z_N) so the
-feature hint compares like with like. The deepest classifier is the model's
-own ``classifier`` (q_N). With T = config.byot_temperature (3), α =
-config.byot_alpha (0.3) and β = config.byot_beta (1e-6):
+so each branch reaches the deepest stage's resolution and width (s is the
+reference's 2^(N−k) on the usual power-of-two layouts: 8, 4, 2 for the four
+stages of a CIFAR ResNet). The deepest classifier is the model's own
+``classifier`` (q_N) on its ``features`` F_N.
 
-    L = CE(q_N, y)
-        + Σ_{k<N} [ (1 − α) · CE(q_k, y)
-                    + α · T² · KL( softmax(q̃_N / T) ‖ softmax(q_k / T) )
-                    + β · ‖z_k − z̃_N‖² ]
+Loss: the BYOT paper's three loss sources (cross-entropy from the labels, KL
+toward the deepest classifier, L2 from the hints) summed over all N classifiers,
+(1 − α)·CE + α·KL + λ·‖F_k − F_N‖² per classifier (the KD and hint terms vanish
+for the deepest one), with the reference's reductions (train.py,
+``kd_loss_function``, ``feature_loss_function``, ``total_loss``). Only the
+paper's abstract and introduction could be read here; its equation numbers and
+exact wording were not checked, the reference code was.
 
-q̃_N, z̃_N: the deepest head's logits and features, detached, so the deepest
-head is trained by plain CE only. KL summed over classes and ‖·‖² over
-feature dimensions, both averaged over the batch.
+    L = (1 − α) · Σ_{k=1..N} CE(q_k, y)
+        + α · T² · Σ_{k<N} mean_b KL( softmax(q̃_N / T) ‖ softmax(q_k / T) )
+        + λ · Σ_{k<N} Σ_b Σ_d m_bd · (F_k,bd − F̃_N,bd)²,
+    m_bd = 1[F_k,bd > 0 or F̃_N,bd > 0]
 
-Simplifications of the paper, documented: BYOT's bottlenecks downsample a
-stage to the final resolution with strided convolutions and its hint compares
-feature *maps*; here each auxiliary head is a 1×1 bottleneck followed by
-global pooling and the hint compares the pooled vectors. The auxiliary heads
-are created in :meth:`build` as layers of the CSKDModel (attribute
-``byot_heads``), so they train, get weight decay and are checkpointed;
-inference and export use only the deepest classifier.
+q̃_N, F̃_N: the deepest head's logits and features, detached (stop-gradient), so
+the deepest head is trained by (1 − α)·CE only. CE and KL are averaged over the
+batch (KL summed over classes); the feature hint is SUMMED over the batch and
+the feature dimensions, as the reference's ``.sum()`` does, not averaged: with
+the reference's λ = 1e-6 an averaged hint would be B times weaker. Both
+features are ReLU outputs (≥ 0) on every backbone here, so the reference's mask m only drops
+entries where both are 0, whose squared difference is 0 anyway; it is kept
+for backbones whose ``features`` may be negative. Under R > 1 replicas the
+train step divides the objective by R (cskd_model.py), so the per-replica hint
+sum is multiplied by R here: the objective keeps the sum over the global batch.
+The reference's KD term is the cross-entropy against the soft target,
+i.e. this KL plus the target's entropy, a constant in the gradient; the logged
+``aux_kd`` is the KL form (T² included).
 
-Cost: one forward and one backward pass per step plus the small heads
-(≈ 1.1× the compute of CE).
+Defaults (config.byot_*): T = 3, α = 0.1, λ = 1e-6 (``byot_beta``). The BYOT
+paper gives α and λ in its loss but, as the reference's README says, no values
+(the paper's experimental section could not be checked here); these are the
+reference code's train.py defaults, with which its README reports CIFAR-100
+ResNet-18 accuracies within 1.3 points of the paper's for every classifier.
+Logged terms: ``ce`` (the deepest CE, unweighted), ``aux_ce`` (Σ of the shallow
+CEs), ``aux_kd`` (T²·Σ KL) and ``hint``.
+
+Differences from the reference: the branch convolutions have no bias (a BN
+follows each, which cancels one); the deepest hint target is our
+``features`` layer, the global average of stageN, as the reference's
+``final_fea``. The auxiliary heads are created in :meth:`build` as layers of
+the CSKDModel (attribute ``byot_heads``), so they train, get weight decay and
+are checkpointed; inference and export use only the deepest classifier.
+
+Cost: one forward and one backward pass per step plus the branches, ≈ 1.07×
+the compute of CE for preact_resnet18 at 32 px and 100 classes (the branches'
+convolutions and classifiers are 26.3 + 9.5 + 4.2 M multiply-adds against the
+backbone's 555.5 M, counted from the built layers' shapes).
 """
 
+import math
 import re
 
 import keras
@@ -50,16 +85,30 @@ def stage_layers(backbone):
     return [found[k] for k in sorted(found)]
 
 
-def auxiliary_head(input_shape, feature_dim, num_classes, index):
-    """The functional BYOT head for stage ``index``: map → {"features", "logits"}."""
+def branch_stride(stage_shape, deepest_shape):
+    """(s_h, s_w) that take a stage's (H, W) to the deepest stage's with "same" padding."""
+    return tuple(max(1, math.ceil(int(size) / int(target)))
+                 for size, target in zip(stage_shape[:2], deepest_shape[:2]))
+
+
+def auxiliary_head(input_shape, deepest_shape, feature_dim, num_classes, index):
+    """The BYOT bottleneck branch for stage ``index``: map → {"features", "logits"}.
+
+    ``input_shape``: the stage's (H, W, C); ``deepest_shape``: the deepest stage's
+    (H, W, ·); ``feature_dim``: D, the width of the deepest ``features``.
+    """
+    # Imported here: cskd_tf.models imports cskd_tf.losses (CSKDModel), so a module-level
+    # import would be circular. The backbones' own helpers keep the branch's convolutions
+    # and batch norms (He-normal, PyTorch BN momentum) identical to the backbone's.
+    from cskd_tf.models._common import bn_relu, conv
+
     name = f"byot_head{index}"
+    middle = max(1, feature_dim // 4)
+    stride = branch_stride(input_shape, deepest_shape)
     inputs = keras.Input(shape=tuple(input_shape), name=f"{name}_input")
-    x = layers.BatchNormalization(name=f"{name}_bn1")(inputs)
-    x = layers.ReLU(name=f"{name}_relu1")(x)
-    x = layers.Conv2D(feature_dim, 1, use_bias=False, kernel_initializer="he_normal",
-                      name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn2")(x)
-    x = layers.ReLU(name=f"{name}_relu2")(x)
+    x = bn_relu(conv(inputs, middle, 1, f"{name}_reduce_conv"), f"{name}_reduce")
+    x = bn_relu(conv(x, middle, stride, f"{name}_down_conv", strides=stride), f"{name}_down")
+    x = bn_relu(conv(x, feature_dim, 1, f"{name}_expand_conv"), f"{name}_expand")
     x = layers.GlobalAveragePooling2D(name=f"{name}_pool")(x)
     features = layers.Activation("linear", dtype="float32", name=f"{name}_features")(x)
     logits = layers.Dense(num_classes, kernel_initializer="he_normal", dtype="float32",
@@ -67,18 +116,29 @@ def auxiliary_head(input_shape, feature_dim, num_classes, index):
     return keras.Model(inputs, {"features": features, "logits": logits}, name=name)
 
 
-def byot_loss(deep_logits, deep_features, aux_outputs, labels, temperature, alpha, beta):
-    """(total, terms) of BYOT from the deepest head's outputs and the auxiliary ones."""
+def feature_hint(features, target):
+    """Σ_b Σ_d 1[f > 0 or t > 0] · (f − t)², target detached (the reference's reduction)."""
+    features = tf.cast(features, tf.float32)
+    target = tf.stop_gradient(tf.cast(target, tf.float32))
+    active = tf.cast(tf.logical_or(features > 0, target > 0), tf.float32)
+    return tf.reduce_sum(tf.square(features - target) * active)
+
+
+def byot_loss(deep_logits, deep_features, aux_outputs, labels, temperature, alpha, beta,
+              hint_scale=1.0):
+    """(total, terms) of BYOT from the deepest head's outputs and the auxiliary ones.
+
+    ``hint_scale`` multiplies the summed hint (the replica count under a strategy).
+    """
     ce = cross_entropy(labels, deep_logits)
-    aux_ce = aux_kd = hint = tf.constant(0.0, tf.float32)
-    target = tf.stop_gradient(tf.cast(deep_features, tf.float32))
+    aux_ce = aux_kl = hint = tf.constant(0.0, tf.float32)
     for out in aux_outputs:
         aux_ce += cross_entropy(labels, out["logits"])
-        aux_kd += tf.reduce_mean(softened_kl_per_example(out["logits"], deep_logits, temperature))
-        hint += tf.reduce_mean(tf.reduce_sum(
-            tf.square(tf.cast(out["features"], tf.float32) - target), axis=-1))
-    aux_kd = aux_kd * (temperature ** 2)
-    total = ce + (1.0 - alpha) * aux_ce + alpha * aux_kd + beta * hint
+        aux_kl += tf.reduce_mean(softened_kl_per_example(out["logits"], deep_logits, temperature))
+        hint += feature_hint(out["features"], deep_features)
+    aux_kd = aux_kl * (temperature ** 2)
+    hint = hint * hint_scale
+    total = (1.0 - alpha) * (ce + aux_ce) + alpha * aux_kd + beta * hint
     return total, {"ce": ce, "aux_ce": aux_ce, "aux_kd": aux_kd, "hint": hint}
 
 
@@ -94,20 +154,30 @@ class BeYourOwnTeacher(Method):
                              f"(stage1, stage2, ...); {backbone.name!r} has {len(stages)}")
         feature_dim = int(backbone.get_layer("features").output.shape[-1])
         num_classes = int(backbone.get_layer("classifier").output.shape[-1])
+        deepest_shape = stages[-1].output.shape[1:]
         shallow = stages[:-1]
+        for layer in stages:
+            if any(d is None for d in layer.output.shape[1:3]):
+                raise ModelError(f"method 'byot' needs a fixed input size (stage {layer.name!r} "
+                                 f"of {backbone.name!r} has unknown height/width); build the "
+                                 f"backbone with an explicit input_shape")
         # One pass yields the shallow stage maps and the deepest head's outputs.
         self.tap = keras.Model(backbone.input,
                                {"stages": [layer.output for layer in shallow],
                                 "logits": backbone.get_layer("classifier").output,
                                 "features": backbone.get_layer("features").output},
                                name=f"{backbone.name}_byot_tap")
-        model.byot_heads = [auxiliary_head(layer.output.shape[1:], feature_dim, num_classes, k)
+        model.byot_heads = [auxiliary_head(layer.output.shape[1:], deepest_shape, feature_dim,
+                                           num_classes, k)
                             for k, layer in enumerate(shallow, start=1)]
 
     def loss(self, model, images, labels, targets):
         out = self.tap(model.normalize(images[0]), training=True)
         aux = [head(stage, training=True) for head, stage in zip(model.byot_heads, out["stages"])]
+        # The step divides the objective by the replica count; keep the hint a global-batch sum.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         total, terms = byot_loss(out["logits"], out["features"], aux, labels,
                                  float(self.config.byot_temperature),
-                                 float(self.config.byot_alpha), float(self.config.byot_beta))
+                                 float(self.config.byot_alpha), float(self.config.byot_beta),
+                                 hint_scale=float(replicas))
         return total, out["logits"], terms

@@ -1,23 +1,31 @@
 """Virtual-softmax (Chen et al., NeurIPS 2018), a baseline of the paper's Table 1.
 
-Training only, one virtual class is appended to the softmax whose logit is
-‖W_y‖ · ‖z‖ for an example with label y and penultimate features z:
+Chen, Deng & Du, "Virtual Class Enhanced Discriminative Embedding Learning":
+during training one virtual class is appended to the softmax. For an example
+with label y and penultimate features z, the virtual class's weight is
+W_virt = ‖W_y‖ · z / ‖z‖, so its logit is W_virtᵀz = ‖W_y‖ · ‖z‖, and the loss
+is the (C+1)-way cross-entropy the paper trains with (the equation number in
+the paper was not re-checked here):
 
-    L = − log  exp(W_yᵀz + b_y) / ( Σ_c exp(W_cᵀz + b_c) + exp(‖W_y‖·‖z‖) )
+    L = − log  exp(W_yᵀz) / ( Σ_{c=1..C} exp(W_cᵀz) + exp(‖W_y‖·‖z‖) )
 
-W (D × C) and b are the linear classifier's kernel and bias. The virtual
-logit bounds W_yᵀz from above (Cauchy-Schwarz), so the model must push the
-true class's logit past it, which enlarges the inter-class margin.
-Evaluation and export use the ordinary C logits. Gradient flows through
-both norms, as in the paper. Differences from the paper: our classifier keeps
-its bias (the CS-KD reference head; the virtual logit has none), and the
-norms are computed as √(Σx² + 1e-12) so a dead (all-zero) feature vector
-has a finite gradient.
+W (D × C) is the kernel of a BIAS-FREE linear classifier, as the method is
+defined: the method asks for the ``"linear_nobias"`` head
+(:mod:`cskd_tf.models.heads`), so the model's logits are exactly W_cᵀz and
+the virtual logit bounds the true one from above (Cauchy-Schwarz:
+W_yᵀz ≤ ‖W_y‖·‖z‖). The model must push W_yᵀz towards that bound, which
+enlarges the inter-class margin. Evaluation and export use the ordinary C
+logits. Gradient flows through both norms (W_virt is a function of W_y and
+z). The norms are computed as √(Σx² + 1e-12), so a dead (all-zero) feature
+vector has a finite gradient; that changes the virtual logit by at most
+~1e-6·‖W_y‖.
 
-The logged ``ce`` is the plain C-way cross-entropy; ``loss`` is the
-(C+1)-way objective. Cost: one forward and one backward pass, as CE.
+No hyper-parameters. The logged ``ce`` is the plain C-way cross-entropy;
+``loss`` is the (C+1)-way objective. Cost: one forward and one backward
+pass, as CE.
 """
 
+import keras
 import tensorflow as tf
 
 from cskd_tf.errors import ModelError
@@ -41,11 +49,14 @@ def virtual_softmax_loss(logits, features, kernel, labels):
 @register("virtual_softmax")
 class VirtualSoftmax(Method):
     terms = ("ce",)
+    head = "linear_nobias"
 
     def build(self, model):
         classifier = model.backbone.get_layer("classifier")
-        if getattr(classifier, "bias", None) is None or not hasattr(classifier, "kernel"):
-            raise ModelError("method 'virtual_softmax' needs the linear head (Dense classifier)")
+        if (not isinstance(classifier, keras.layers.Dense)
+                or getattr(classifier, "bias", None) is not None):
+            raise ModelError("method 'virtual_softmax' needs a bias-free linear classifier; "
+                             "build the backbone with head='linear_nobias'")
         self.classifier = classifier
 
     def loss(self, model, images, labels, targets):
