@@ -136,8 +136,9 @@ def build(name, num_classes, input_shape=None, width=0, head="linear", init="he_
             CIFAR-style nets, see :func:`get_spec`).
         width: base width; 0 keeps the architecture's standard. Only models
             registered with a ``standard_width`` accept a nonzero value.
-        head: ``"linear"`` (Dense with bias) or ``"cosine"``
-            (:class:`~cskd_tf.models.heads.CosineClassifier`).
+        head: ``"linear"`` (Dense with bias), ``"cosine"``
+            (:class:`~cskd_tf.models.heads.CosineClassifier`) or
+            ``"linear_nobias"`` (Dense without bias, for Virtual-softmax).
         init: initial weights, ``"he_normal"`` (as built) or ``"torch"``
             (PyTorch's layer defaults, as the CS-KD reference code trains
             from); see :mod:`cskd_tf.models.init`.
