@@ -25,7 +25,7 @@ Each config is cskd_tf.recipes.paper_config(DATASET) (the paper's recipe for tha
 with the cell's model and method; method hyperparameters are the defaults documented in
 cskd_tf/config.py. Table 4's KD students read their teacher from the teacher cell's
 conventional workdir, e.g. runs/paper/table4/cifar100/densenet121_cifar/cskd (train that cell
-there first, from the repository root, or set --config.teacher_workdir). Any field can still be
+there first, from the repository root, or set --config.kd.teacher_workdir). Any field can still be
 overridden with --config.FIELD=VALUE.
 """
 

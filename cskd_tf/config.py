@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
 
 import ml_collections
 
@@ -17,7 +18,6 @@ from cskd_tf.errors import ConfigError
 
 # Values of config fields that choose from a fixed set.
 CHOICES = {
-    "optimizer": ("sgd",),
     "init": ("he_normal", "torch"),
     "lr_schedule": ("step", "cosine", "constant"),
     "mixed_precision": ("", "mixed_float16", "mixed_bfloat16"),
@@ -26,6 +26,32 @@ CHOICES = {
     "distribution": ("auto", "one_device", "mirrored", "multi_worker", "tpu"),
     "protocol": ("paper", "tune"),
 }
+
+# Flat method fields of earlier releases -> their place in the method groups. For one release
+# a config file, a --config.OLD=VALUE flag or a JSON file may still use the old name: it is
+# moved to the new field with one warning line (see upgrade_deprecated_fields).
+DEPRECATED_FIELDS = {
+    "label_smoothing": "label_smoothing.epsilon",
+    "max_entropy_beta": "max_entropy.beta",
+    "mixup_alpha": "mixup.alpha",
+    "kd_temperature": "kd.temperature",
+    "kd_alpha": "kd.alpha",
+    "teacher_workdir": "kd.teacher_workdir",
+    "teacher_model": "kd.teacher_model",
+    "byot_temperature": "byot.temperature",
+    "byot_alpha": "byot.alpha",
+    "byot_beta": "byot.beta",
+    "ddgsd_mmd_weight": "ddgsd.mmd_weight",
+    "ddgsd_temperature": "ddgsd.temperature",
+    "lambda_sample": "cskd_e.lambda_sample",
+}
+# Fields that were removed -> the only value they could hold (dropped if they still hold it).
+REMOVED_FIELDS = {"optimizer": "sgd"}
+
+
+def group(**fields) -> ml_collections.ConfigDict:
+    """A nested group of config fields (``config.kd.temperature``, ...)."""
+    return ml_collections.ConfigDict(fields)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -41,21 +67,22 @@ def default_config() -> ml_collections.ConfigDict:
     c.lambda_warmup_epochs = 0  # λ rises linearly from 0 over this many epochs
     c.temperature = 4.0  # T of the softened predictions
 
-    # Method-specific knobs (used only by the methods that read them).
-    c.label_smoothing = 0.1
-    c.max_entropy_beta = 0.1
-    c.mixup_alpha = 1.0
-    c.kd_temperature = 4.0
-    c.kd_alpha = 0.9  # KD: weight of the distillation term
-    c.teacher_workdir = ""  # KD teacher: a cskd-train workdir or a SavedModel path
-    c.teacher_model = ""  # KD teacher architecture, if it differs from what the workdir says
+    # Method hyperparameters: one group per method, named after it, read only by that method
+    # (and by the combinations that include it) through Method.from_config. CS-KD's own λ and
+    # T above stay top-level: they are the headline knobs and cskd-tune searches them.
+    c.label_smoothing = group(epsilon=0.1)  # ε, weight of the uniform target
+    c.max_entropy = group(beta=0.1)  # β, weight of the entropy bonus
+    c.mixup = group(alpha=1.0)  # α of Beta(α, α)
+    c.kd = group(
+        temperature=4.0,
+        alpha=0.9,  # weight of the distillation term
+        teacher_workdir="",  # a cskd-train workdir or a SavedModel path
+        teacher_model="",  # teacher architecture, if it differs from what the workdir says
+    )
     # BYOT T, α, λ: the reference code's defaults (the paper gives none), see losses/methods/byot.py.
-    c.byot_temperature = 3.0
-    c.byot_alpha = 0.1
-    c.byot_beta = 1e-6  # λ of the summed feature hint
-    c.ddgsd_mmd_weight = 0.0005
-    c.ddgsd_temperature = 3.0  # T of DDGSD's KL terms, see losses/methods/ddgsd.py
-    c.lambda_sample = 1.0  # CS-KD-E: weight of the sample-wise term
+    c.byot = group(temperature=3.0, alpha=0.1, beta=1e-6)  # beta: λ of the summed feature hint
+    c.ddgsd = group(mmd_weight=0.0005, temperature=3.0)  # see losses/methods/ddgsd.py
+    c.cskd_e = group(lambda_sample=1.0)  # weight of the sample-wise term
 
     # Data.
     c.dataset = "digits"  # digits | tinyimagenet | imagefolder | mit67 | fashion_mnist | tfds:<name>
@@ -72,8 +99,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.pair_mode = "memory"  # memory: exact sampler over cached shards; stream: interleave shards
     c.shuffle_buffer = 0  # stream mode only; 0 = one epoch
 
-    # Optimisation (the paper's recipe).
-    c.optimizer = "sgd"
+    # Optimisation (the paper's recipe; SGD with momentum is the only optimizer).
     c.learning_rate = 0.1
     c.momentum = 0.9
     c.nesterov = False
@@ -109,7 +135,11 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks field names and values; raises ConfigError with a one-line fix."""
+    """Checks field names and values; raises ConfigError with a one-line fix.
+
+    Deprecated flat method fields are moved to their groups first (one warning line each).
+    """
+    upgrade_deprecated_fields(config)
     reference = default_config()
     _check_keys(config, reference, prefix="")
     for field, allowed in CHOICES.items():
@@ -118,16 +148,117 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             raise ConfigError(
                 f"config.{field}={value!r} is not one of {', '.join(map(repr, allowed))}; "
                 f"set --config.{field} to one of them")
-    positive = ("batch_size", "eval_batch_size", "num_epochs", "temperature", "learning_rate")
-    for field in positive:
-        if not config[field] > 0:
-            raise ConfigError(f"config.{field} must be > 0 (got {config[field]!r})")
-    if config.lambda_cls < 0:
-        raise ConfigError(f"config.lambda_cls must be >= 0 (got {config.lambda_cls!r})")
-    if not 0 <= config.val_fraction < 1:
-        raise ConfigError(f"config.val_fraction must be in [0, 1) (got {config.val_fraction!r})")
+    for field in ("batch_size", "eval_batch_size", "num_epochs", "temperature", "learning_rate"):
+        check_range(field, config[field], low=0, low_open=True)
+    check_range("lambda_cls", config.lambda_cls, low=0)
+    check_range("val_fraction", config.val_fraction, low=0, high=1, high_open=True)
     check_search(config.search)
     return config
+
+
+def check_range(field, value, low=None, high=None, low_open=False, high_open=False, default=None):
+    """``float(value)`` if it lies between ``low`` and ``high``, else ConfigError.
+
+    ``low``/``high`` None = unbounded on that side; ``*_open`` excludes the bound itself.
+    ``field`` is the dotted path under ``config`` (``"kd.alpha"``); the message names it, the
+    allowed range and, if given, the default, e.g. ``config.kd.alpha must be in [0, 1] (got
+    1.5); set --config.kd.alpha to a value in [0, 1]``. Used by validate and by every method's
+    constructor, so a method built directly from keywords is checked the same way.
+    """
+    if low is not None and high is not None:
+        allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        allowed = f"{'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        allowed = f"{'<' if high_open else '<='} {high:g}"
+    else:
+        allowed = "a number"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    inside = (number is not None and number == number  # NaN is in no range
+              and (low is None or (number > low if low_open else number >= low))
+              and (high is None or (number < high if high_open else number <= high)))
+    if not inside:
+        hint = f" (the default is {default:g})" if default is not None else ""
+        raise ConfigError(f"config.{field} must be {allowed} (got {value!r}); "
+                          f"set --config.{field} to a value {allowed}{hint}")
+    return number
+
+
+def upgrade_deprecated_fields(config, warn=True):
+    """Moves deprecated flat fields (DEPRECATED_FIELDS) of ``config`` to their groups, in place.
+
+    ``config`` is a ConfigDict or a plain dict (a parsed config.json); returns it. With
+    ``warn`` each moved field prints one line to stderr naming its new place. Setting both
+    the old and the new name is a ConfigError (which one was meant is unknowable). A removed
+    field (REMOVED_FIELDS) still holding its only value is dropped.
+    """
+    defaults = default_config()
+    for old, new in DEPRECATED_FIELDS.items():
+        if old not in config or _is_group(config[old]):
+            continue
+        group_name, field = new.split(".")
+        value = config[old]
+        target = config.get(group_name)
+        if _is_group(target) and field in target and target[field] != defaults[group_name][field]:
+            raise ConfigError(f"config.{old} (deprecated) and config.{new} are both set; "
+                              f"keep only config.{new}")
+        if warn:
+            deprecation_warning(old, new)
+        _unlocked_delete(config, old)
+        if isinstance(config, ml_collections.ConfigDict):
+            if group_name not in config:
+                with config.unlocked():
+                    config[group_name] = defaults[group_name]
+            config[group_name][field] = value
+        else:
+            config.setdefault(group_name, {})[field] = value
+    for old, only_value in REMOVED_FIELDS.items():
+        if old in config:
+            if config[old] != only_value:
+                raise ConfigError(f"config.{old}={config[old]!r} is not supported (the field was "
+                                  f"removed: {only_value!r} is the only choice); delete it")
+            if warn:
+                print(f"warning: config.{old} is deprecated and ignored ({only_value!r} is the "
+                      "only choice); delete it", file=sys.stderr)
+            _unlocked_delete(config, old)
+    return config
+
+
+def upgrade_flag_args(argv, warn=True):
+    """``--config.OLD=VALUE`` (or ``--config.OLD VALUE``) flags renamed to the new fields.
+
+    Applied to the command line before absl parses it (cskd_tf/cli/common.py), because
+    ml_collections' config flags reject a field the config does not have.
+    """
+    upgraded = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        old = name[len("--config."):] if name.startswith("--config.") else None
+        if old in DEPRECATED_FIELDS:
+            if warn:
+                deprecation_warning(old, DEPRECATED_FIELDS[old])
+            arg = f"--config.{DEPRECATED_FIELDS[old]}{sep}{value}"
+        upgraded.append(arg)
+    return upgraded
+
+
+def deprecation_warning(old, new):
+    print(f"warning: config.{old} is deprecated; use config.{new}", file=sys.stderr)
+
+
+def _is_group(value):
+    return isinstance(value, (ml_collections.ConfigDict, dict))
+
+
+def _unlocked_delete(config, key):
+    if isinstance(config, ml_collections.ConfigDict):
+        with config.unlocked():
+            del config[key]
+    else:
+        del config[key]
 
 
 # config.search entries that are (min, max) ranges sampled log-uniformly, and the choice lists.
@@ -185,8 +316,10 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:
+    """The config a ``to_json`` text describes; a run written before the method groups
+    (flat ``kd_temperature``, ...) loads with its values moved to the groups, silently."""
     config = default_config()
-    config.update(_tuples(json.loads(text)))
+    config.update(upgrade_deprecated_fields(_tuples(json.loads(text)), warn=False))
     return config
 
 

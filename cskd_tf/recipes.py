@@ -42,7 +42,8 @@ PAPER_DATASETS = {
 
 
 def paper_config(dataset_key, **overrides):
-    """default_config() with the paper's recipe for ``dataset_key`` and overrides."""
+    """default_config() with the paper's recipe for ``dataset_key`` and overrides
+    (a method group given as a dict, e.g. ``kd=dict(alpha=0.5)``, sets only the fields it names)."""
     config = default_config()
     config.protocol = "paper"
     config.init = "torch"
@@ -143,5 +144,5 @@ def paper_cell_config(cell):
     table, dataset, model, method = cell.split(":")
     overrides = dict(model=model, method=method)
     if method in KD_METHODS:
-        overrides["teacher_workdir"] = paper_workdir(teacher_cell(table, dataset))
+        overrides["kd"] = dict(teacher_workdir=paper_workdir(teacher_cell(table, dataset)))
     return paper_config(dataset, **overrides)

@@ -96,7 +96,7 @@ def run_method(name, images, labels=LABELS, model=None, **fields):
     model = model or StubModel(images[0].shape[-1], fields.get("lambda_cls", 1.0))
     method.build(model)
     images = tuple(tf.constant(x) for x in images)
-    targets = method.targets(model, images, tf.constant(labels))
+    targets = method.detached_outputs(model, images, tf.constant(labels))
     total, logits, terms = method.loss(model, images, tf.constant(labels), targets)
     return method, float(total), logits, {k: float(v) for k, v in terms.items()}, targets
 
@@ -104,7 +104,7 @@ def run_method(name, images, labels=LABELS, model=None, **fields):
 # --------------------------------------------------------------------- losses against numpy
 def test_label_smoothing_matches_numpy():
     z = fixed_logits(8, 5)
-    _, total, _, terms, _ = run_method("label_smoothing", (z,), label_smoothing=0.2)
+    _, total, _, terms, _ = run_method("label_smoothing", (z,), label_smoothing=dict(epsilon=0.2))
     q = np.full((8, 5), 0.2 / 5) + 0.8 * np.eye(5)[LABELS]
     assert total == pytest.approx(float(np.mean(-np.sum(q * log_softmax(z), -1))), rel=1e-5)
     assert terms["ce"] == pytest.approx(np_ce(z, LABELS), rel=1e-5)
@@ -112,7 +112,7 @@ def test_label_smoothing_matches_numpy():
 
 def test_max_entropy_matches_numpy():
     z = fixed_logits(8, 5)
-    _, total, _, terms, _ = run_method("max_entropy", (z,), max_entropy_beta=0.3)
+    _, total, _, terms, _ = run_method("max_entropy", (z,), max_entropy=dict(beta=0.3))
     entropy = float(np.mean(-np.sum(softmax(z) * log_softmax(z), -1)))
     assert terms["entropy"] == pytest.approx(entropy, rel=1e-5)
     assert total == pytest.approx(np_ce(z, LABELS) - 0.3 * entropy, rel=1e-5)
@@ -121,7 +121,7 @@ def test_max_entropy_matches_numpy():
 def test_cskd_e_matches_numpy():
     z, zp, zv = fixed_logits(8, 5, seed=0), fixed_logits(8, 5, seed=1), fixed_logits(8, 5, seed=2)
     _, total, _, terms, _ = run_method("cskd_e", (z, zp, zv), temperature=3.0, lambda_cls=2.0,
-                                       lambda_sample=0.5)
+                                       cskd_e=dict(lambda_sample=0.5))
     want = np_ce(z, LABELS) + 2.0 * 9 * np_kl(z, zp, 3.0) + 0.5 * 9 * np_kl(z, zv, 3.0)
     assert total == pytest.approx(want, rel=1e-5)
     assert terms["sample"] == pytest.approx(9 * np_kl(z, zv, 3.0), rel=1e-5)
@@ -187,8 +187,8 @@ def test_virtual_softmax_matches_numpy():
 def test_ddgsd_matches_numpy_and_each_kl_direction_detaches_its_teacher(T):
     z1, z2 = fixed_logits(8, 5, seed=0), fixed_logits(8, 5, seed=1)
     mu = 0.5
-    method = losses.get_method("ddgsd", method_config("ddgsd", ddgsd_mmd_weight=mu,
-                                                      ddgsd_temperature=T))
+    method = losses.get_method("ddgsd", method_config("ddgsd", ddgsd=dict(mmd_weight=mu,
+                                                                          temperature=T)))
     model = StubModel(5)
     a, b = tf.constant(z1), tf.constant(z2)
     with tf.GradientTape() as tape:
@@ -210,9 +210,9 @@ def test_ddgsd_matches_numpy_and_each_kl_direction_detaches_its_teacher(T):
 
 
 def test_ddgsd_temperature_defaults_to_3_and_must_be_positive():
-    assert default_config().ddgsd_temperature == 3.0
-    with pytest.raises(ConfigError, match="ddgsd_temperature"):
-        losses.get_method("ddgsd", method_config("ddgsd", ddgsd_temperature=0.0))
+    assert default_config().ddgsd.temperature == 3.0
+    with pytest.raises(ConfigError, match=r"config.ddgsd.temperature must be > 0 .*default is 3"):
+        losses.get_method("ddgsd", method_config("ddgsd", ddgsd=dict(temperature=0.0)))
 
 
 def np_byot(deep, deep_f, aux, labels, T, alpha, beta):
@@ -253,7 +253,7 @@ def test_byot_loss_matches_numpy():
 def test_byot_defaults_are_the_reference_codes():
     # luanyunteng/pytorch-be-your-own-teacher train.py: --temperature 3, --alpha 0.1, --beta 1e-6
     config = default_config()
-    assert (config.byot_temperature, config.byot_alpha, config.byot_beta) == (3.0, 0.1, 1e-6)
+    assert config.byot.to_dict() == dict(temperature=3.0, alpha=0.1, beta=1e-6)
 
 
 def test_mixup_pieces_match_numpy_and_the_sampler_folds_lambda():
@@ -274,13 +274,13 @@ def test_mixup_pieces_match_numpy_and_the_sampler_folds_lambda():
     # Beta(1, 1) folded to max(λ, 1 − λ): uniform on [0.5, 1].
     assert min(lams) >= 0.5 and max(lams) <= 1.0
     assert np.mean(lams) == pytest.approx(0.75, abs=0.04)
-    with pytest.raises(ConfigError, match="mixup_alpha"):
+    with pytest.raises(ConfigError, match="config.mixup.alpha must be > 0"):
         _mixing.MixSampler(0.0, seed=0)
 
 
 def test_mixup_and_mixup_cskd_match_numpy():
     z, zp = fixed_logits(8, 5, seed=0), fixed_logits(8, 5, seed=1)
-    _, total, logits, _, targets = run_method("mixup", (z,), mixup_alpha=0.4)
+    _, total, logits, _, targets = run_method("mixup", (z,), mixup=dict(alpha=0.4))
     lam, perm = float(targets["lam"]), targets["perm"].numpy()
     np.testing.assert_allclose(logits.numpy(), np_mix(z, lam, perm), rtol=1e-5, atol=1e-6)
     assert total == pytest.approx(np_mixup_ce(np_mix(z, lam, perm), LABELS, lam, perm), rel=1e-5)
@@ -295,13 +295,13 @@ def test_mixup_and_mixup_cskd_match_numpy():
 
 def stub_teacher(num_classes, seed=5):
     kernel = tf.Variable(fixed_logits(num_classes, num_classes, seed=seed, scale=1.0))
-    return _teacher.Teacher(lambda x: tf.cast(x, tf.float32) @ kernel, num_classes, "stub",
+    return _teacher.Teacher(lambda x: tf.cast(x, tf.float32) @ kernel, num_classes,
                             keep=tf.Module()), kernel
 
 
 def test_kd_and_kd_cskd_match_numpy():
     z, zp = fixed_logits(8, 5, seed=0), fixed_logits(8, 5, seed=1)
-    fields = dict(kd_temperature=3.0, kd_alpha=0.7, temperature=2.0, lambda_cls=0.5)
+    fields = dict(kd=dict(temperature=3.0, alpha=0.7), temperature=2.0, lambda_cls=0.5)
     teacher, kernel = stub_teacher(5)
     t = z @ kernel.numpy()
     for name in ("kd", "kd_cskd"):
@@ -309,7 +309,7 @@ def test_kd_and_kd_cskd_match_numpy():
         method.teacher = teacher
         model = StubModel(5, lambda_cls=0.5)
         images = (tf.constant(z), tf.constant(zp))[:len(method.views)]
-        targets = method.targets(model, images, tf.constant(LABELS))
+        targets = method.detached_outputs(model, images, tf.constant(LABELS))
         total, _, terms = method.loss(model, images, tf.constant(LABELS), targets)
         want = 0.3 * np_ce(z, LABELS) + 0.7 * 9 * np_kl(z, t, 3.0)
         if name == "kd_cskd":
@@ -350,7 +350,7 @@ def test_no_gradient_reaches_the_detached_side(name, detached):
     with tf.GradientTape(persistent=True) as tape:
         for x in images:
             tape.watch(x)
-        targets = method.targets(model, images, tf.constant(LABELS))
+        targets = method.detached_outputs(model, images, tf.constant(LABELS))
         total, _, _ = method.loss(model, images, tf.constant(LABELS), targets)
     assert float(tf.reduce_sum(tf.abs(tape.gradient(total, images[0])))) > 0
     for index in detached:
@@ -361,7 +361,7 @@ def test_no_gradient_reaches_the_detached_side(name, detached):
 
 def test_byot_deepest_head_gets_the_weighted_ce_gradient_and_the_aux_heads_train():
     alpha = 0.25
-    model = tiny_model("byot", byot_beta=0.1, byot_alpha=alpha)
+    model = tiny_model("byot", byot=dict(beta=0.1, alpha=alpha))
     assert len(model.byot_heads) == 3  # after stage1..stage3; stage4 feeds the classifier
     head_vars = [v for h in model.byot_heads for v in h.trainable_variables]
     trainable = {id(v) for v in model.trainable_variables}
@@ -432,7 +432,7 @@ def small_config(model, method, teacher=""):
     config.update(dict(
         dataset="digits", model=model, model_width=8, method=method, max_classes=5,
         augment="none", weight_decay=0.0, learning_rate=0.05, lr_schedule="constant",
-        eval_splits=("val",), eval_batch_size=512, verbose=0, teacher_workdir=teacher,
+        eval_splits=("val",), eval_batch_size=512, verbose=0, kd=dict(teacher_workdir=teacher),
         # One epoch over the same 10 images (batch = whole training set): every step sees
         # the same anchors, so the per-step losses are comparable.
         max_train_per_class=2, batch_size=10, num_epochs=1,
@@ -521,10 +521,9 @@ def test_method_trains_and_writes_metrics(method, model, teacher_dir, tmp_path):
 def test_kd_bad_teacher_input_is_a_one_line_model_error(teacher_dir, tmp_path):
     from cskd_tf.training import trainer
 
-    def fails(match, **fields):
-        config = method_config("kd", **fields)
+    def fails(match, teacher_workdir, teacher_model=""):
         with pytest.raises(ModelError, match=match) as info:
-            _teacher.load_teacher(config, 5, (8, 8, 1))
+            _teacher.load_teacher(teacher_workdir, teacher_model, 5, (8, 8, 1))
         assert "\n" not in str(info.value)
 
     fails("needs a teacher", teacher_workdir="")
@@ -553,8 +552,8 @@ def test_kd_bad_teacher_input_is_a_one_line_model_error(teacher_dir, tmp_path):
 
 
 def test_saved_model_teacher_and_lazy_loading_match_the_workdir_teacher(teacher_dir, tmp_path):
-    config = method_config("kd", teacher_workdir=teacher_dir)
-    workdir_teacher = _teacher.load_teacher(config, 5, (8, 8, 1))
+    config = method_config("kd", kd=dict(teacher_workdir=teacher_dir))
+    workdir_teacher = _teacher.load_teacher(teacher_dir, "", 5, (8, 8, 1))
     net = workdir_teacher.keep
 
     class Export(tf.Module):
@@ -573,19 +572,17 @@ def test_saved_model_teacher_and_lazy_loading_match_the_workdir_teacher(teacher_
     # A TF Serving model base: the newest numbered version is used.
     tf.saved_model.save(module, str(tmp_path / "sm" / "3"),
                         signatures={"serving_default": module.serve})
-    saved = _teacher.load_teacher(method_config("kd", teacher_workdir=str(tmp_path / "sm")), 5,
-                                  (8, 8, 1))
+    saved = _teacher.load_teacher(str(tmp_path / "sm"), "", 5, (8, 8, 1))
     images = tf.round(tf.random.uniform((4, 8, 8, 1), seed=3) * 255) / 255
     want = workdir_teacher(images).numpy()
     np.testing.assert_allclose(saved(images).numpy(), want, rtol=1e-4, atol=1e-5)
     with pytest.raises(ModelError, match="predicts 5 classes"):
-        _teacher.load_teacher(method_config("kd", teacher_workdir=str(tmp_path / "sm")), 7,
-                              (8, 8, 1))
+        _teacher.load_teacher(str(tmp_path / "sm"), "", 7, (8, 8, 1))
 
     # A loop that skips prepare_training loads the teacher on the first traced step.
     method = losses.get_method("kd", config)
     model = tiny_model("ce", num_classes=5)
-    step = tf.function(lambda x: method.targets(model, (x,), None)["teacher_logits"])
+    step = tf.function(lambda x: method.detached_outputs(model, (x,), None)["teacher_logits"])
     np.testing.assert_allclose(step(images).numpy(), want, rtol=1e-4, atol=1e-5)
 
 
@@ -600,10 +597,13 @@ def test_cli_trains_a_byot_teacher_then_a_kd_cskd_student(tmp_path):
     teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
     for args in ([f"--workdir={teacher}", "--config.method=byot"],
                  [f"--workdir={student}", "--config.method=kd_cskd",
+                  # The flat name of earlier releases: still accepted, with a warning.
                   "--config.model=preact_resnet10", f"--config.teacher_workdir={teacher}"]):
         result = subprocess.run([console_script("cskd-train"), *common, *args],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
+    warning = "warning: config.teacher_workdir is deprecated; use config.kd.teacher_workdir"
+    assert result.stderr.count(warning) == 1, result.stderr[-3000:]
     metrics = json.load(open(os.path.join(student, "metrics.json")))
     assert 0 <= metrics["val"]["top1_error"] <= 100
     shutil.move(teacher, str(tmp_path / "moved"))
@@ -627,7 +627,8 @@ def test_every_paper_cell_builds_a_valid_config():
         models.get_spec(model)
         assert config.dataset == recipes.PAPER_DATASETS[dataset]["dataset"]
     cub_kd = recipes.paper_cell_config("table4:cub200:resnet10:kd_cskd")
-    assert cub_kd.teacher_workdir == "runs/paper/table4/cub200/densenet121/cskd"
+    assert cub_kd.kd.teacher_workdir == "runs/paper/table4/cub200/densenet121/cskd"
+    assert cub_kd.kd.alpha == default_config().kd.alpha  # the rest of the group kept
     assert "table4:cub200:densenet121:cskd" in cells
     assert cub_kd.lambda_cls == 3.0 and cub_kd.image_size == 224
     imagenet = recipes.paper_cell_config("table5:imagenet:resnext101_32x4d:cskd")

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 from sklearn.metrics import log_loss, top_k_accuracy_score  # noqa: E402
 from sklearn.metrics.pairwise import cosine_similarity  # noqa: E402
 
-from cskd_tf import metrics as M  # noqa: E402
+from cskd_tf import evaluation as M  # noqa: E402
 from cskd_tf.evaluation import metrics as numpy_metrics  # noqa: E402
 
 

@@ -135,7 +135,7 @@ class CSKDModel(keras.Model):
         images, labels = data[0], data[1]
         if not isinstance(images, (tuple, list)):
             images = (images,)
-        targets = self.method.targets(self, images, labels)
+        targets = self.method.detached_outputs(self, images, labels)
         with tf.GradientTape() as tape:
             loss, logits, terms = self.method.loss(self, images, labels, targets)
             objective = loss

@@ -6,7 +6,7 @@ Not a method itself (nothing is registered here).
 import keras
 import tensorflow as tf
 
-from cskd_tf.errors import ConfigError
+from cskd_tf.config import check_range
 
 
 class MixSampler:
@@ -20,9 +20,7 @@ class MixSampler:
     """
 
     def __init__(self, alpha, seed):
-        self.alpha = float(alpha)
-        if not self.alpha > 0:
-            raise ConfigError(f"config.mixup_alpha must be > 0 (got {alpha!r})")
+        self.alpha = check_range("mixup.alpha", alpha, low=0, low_open=True)
         self.seed = int(seed)
         self.generator = None
 

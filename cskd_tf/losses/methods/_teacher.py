@@ -1,11 +1,11 @@
 """Loading a frozen KD teacher, shared by the ``kd`` and ``kd_cskd`` methods.
 
-``config.teacher_workdir`` names either
+``config.kd.teacher_workdir`` names either
 
 * a finished ``cskd-train`` workdir (``config.json``, ``data.json`` and a
   checkpoint): the teacher is rebuilt exactly as ``trainer.load_trained``
   does (its own architecture, head and input normalization from the
-  workdir; a non-empty ``config.teacher_model`` overrides the architecture) and
+  workdir; a non-empty ``config.kd.teacher_model`` overrides the architecture) and
   restored from the last checkpoint; or
 * a SavedModel directory (``saved_model.pb``), or a TF Serving model base
   holding numbered versions of one (the newest is used), e.g. what
@@ -43,10 +43,9 @@ from cskd_tf.errors import CSKDError, ModelError
 class Teacher:
     """A frozen classifier: ``teacher(images) -> logits`` for the student's input images."""
 
-    def __init__(self, call, num_classes, source, keep=None):
+    def __init__(self, call, num_classes, keep=None):
         self._call = call
         self.num_classes = int(num_classes)
-        self.source = source
         self.keep = keep  # the object owning the variables (a keras model or a SavedModel)
 
     @property
@@ -66,19 +65,22 @@ def student_facts(model):
     return num_classes, image_shape
 
 
-def load_teacher(config, num_classes, image_shape) -> Teacher:
-    path = str(config.teacher_workdir or "")
+def load_teacher(teacher_workdir, teacher_model, num_classes, image_shape,
+                 method="kd") -> Teacher:
+    """The teacher in ``teacher_workdir`` (config.kd.teacher_workdir), its architecture
+    replaced by ``teacher_model`` if non-empty, checked against the student's classes."""
+    path = str(teacher_workdir or "")
     if not path:
-        raise ModelError(f"method {config.method!r} needs a teacher: set --config.teacher_workdir "
+        raise ModelError(f"method {method!r} needs a teacher: set --config.kd.teacher_workdir "
                          "to a finished cskd-train workdir or a SavedModel directory")
     if not os.path.exists(path):
-        raise ModelError(f"teacher path {path!r} does not exist; set --config.teacher_workdir to a "
-                         "finished cskd-train workdir or a SavedModel directory")
+        raise ModelError(f"teacher path {path!r} does not exist; set --config.kd.teacher_workdir "
+                         "to a finished cskd-train workdir or a SavedModel directory")
     path = _latest_version(path)
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         teacher = _from_saved_model(path, image_shape)
     elif os.path.exists(os.path.join(path, "config.json")):
-        teacher = _from_workdir(path, config, num_classes, image_shape)
+        teacher = _from_workdir(path, teacher_model, num_classes, image_shape)
     else:
         raise ModelError(f"teacher path {path!r} is neither a cskd-train workdir (no config.json) "
                          "nor a SavedModel directory (no saved_model.pb)")
@@ -111,7 +113,7 @@ def _resize_to(images, height, width):
     return tf.image.resize(images, (int(height), int(width)))
 
 
-def _from_workdir(path, config, student_classes, image_shape):
+def _from_workdir(path, teacher_model, student_classes, image_shape):
     from cskd_tf.training import trainer
     from cskd_tf.training.workdir import Workdir
 
@@ -121,8 +123,8 @@ def _from_workdir(path, config, student_classes, image_shape):
         facts = workdir.read("data.json")
     except CSKDError as e:
         raise ModelError(f"cannot use {path!r} as the teacher: {e}") from None
-    if config.teacher_model:  # an explicit architecture overrides the workdir's
-        teacher_config.model = config.teacher_model
+    if teacher_model:  # an explicit architecture overrides the workdir's
+        teacher_config.model = teacher_model
     teacher_shape = tuple(int(d) for d in facts["image_shape"])
     if teacher_shape[-1] != int(image_shape[-1]):
         raise ModelError(f"the teacher in {path!r} takes {teacher_shape[-1]}-channel images but "
@@ -155,14 +157,14 @@ def _from_workdir(path, config, student_classes, image_shape):
         finally:
             logger.setLevel(level)
         raise ModelError(f"the checkpoint in {path!r} does not fit a {teacher_config.model!r} "
-                         "teacher; clear --config.teacher_model or check the workdir") from None
+                         "teacher; clear --config.kd.teacher_model or check the workdir") from None
     model.trainable = False
 
     def call(images):
         images = _resize_to(images, *teacher_shape[:2])
         return model.forward(images, training=False)["logits"]
 
-    return Teacher(call, num_classes, source=f"workdir {path}", keep=model)
+    return Teacher(call, num_classes, keep=model)
 
 
 def _from_saved_model(path, image_shape):
@@ -213,4 +215,4 @@ def _from_saved_model(path, image_shape):
     num_classes = out_spec.shape[-1] if out_spec.shape.rank else None
     if num_classes is None:  # unknown statically: ask the model
         num_classes = call(tf.zeros((1, *image_shape), tf.float32)).shape[-1]
-    return Teacher(call, int(num_classes), source=f"SavedModel {path}", keep=loaded)
+    return Teacher(call, int(num_classes), keep=loaded)

@@ -73,7 +73,7 @@ class AdaCos(Method):
         classifier.scale.assign(initial_scale(classifier.units))
         self.classifier = classifier
 
-    def loss(self, model, images, labels, targets):
+    def loss(self, model, images, labels, detached):
         scale = self.classifier.scale
         previous = tf.cast(tf.convert_to_tensor(scale), tf.float32)
         logits = model.forward(images[0], training=True)["logits"]

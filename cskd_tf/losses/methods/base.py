@@ -6,16 +6,27 @@ input pipeline must emit (``views``), what the model's head looks like
 two parts so that the train step can keep passes that need no gradient out
 of the gradient tape:
 
-    targets = method.targets(model, images, labels)          # no tape
-    loss, logits, terms = method.loss(model, images, labels, targets)  # tape
+    detached = method.detached_outputs(model, images, labels)          # no tape
+    loss, logits, terms = method.loss(model, images, labels, detached)  # tape
 
 ``images`` is always a tuple ordered as ``views``. ``model`` is a
 :class:`cskd_tf.models.CSKDModel`; ``model.forward(x, training)`` returns
 ``{"logits", "features"}``. ``logits`` returned by ``loss`` are the anchor
 logits the step's accuracy metrics use.
 
+Hyperparameters: a method's constructor takes them by name, never the
+whole experiment config. :meth:`Method.from_config` picks them from the
+config: the method's own group (``config.kd``, ``config.mixup``, ...,
+named after the method, as big_vision passes ``config.model`` to
+``Model(**config.model)``) plus the few shared top-level fields it reads
+(CS-KD's ``config.temperature``, the seed). :meth:`Method.get_config`
+returns the same keywords (and ``name``), so ``METHODS[name](**rest)``
+rebuilds the method. A combined method takes each part's group as a
+mapping named after the group (``kd_cskd``: ``temperature`` and ``kd``).
+
 Adding a method: one module in this package defining a subclass and
-decorating it with ``@register("name")``; nothing else changes.
+decorating it with ``@register("name")``, plus its group in
+:func:`cskd_tf.config.default_config` if it has hyperparameters.
 """
 
 from __future__ import annotations
@@ -38,11 +49,11 @@ def register(name):
 
 
 def get_method(name, config):
-    """Instantiates the method ``name`` from a config; ModelError if unknown."""
+    """Instantiates the method ``name`` from an experiment config; ModelError if unknown."""
     if name not in METHODS:
         raise ModelError(f"unknown method {name!r}; set --config.method to one of: "
                          f"{', '.join(sorted(METHODS))}")
-    return METHODS[name](config)
+    return METHODS[name].from_config(config)
 
 
 def cross_entropy(labels, logits, label_smoothing=0.0):
@@ -66,11 +77,20 @@ class Method:
     views: tuple[str, ...] = ("anchor",)
     head = "linear"
     terms: tuple[str, ...] = ("ce",)
-    # Forward passes per step relative to CE, for the docs and the speed benchmark.
-    forward_passes = 1
 
-    def __init__(self, config):
-        self.config = config
+    @classmethod
+    def from_config(cls, config):
+        """The method with its hyperparameters taken from the experiment ``config``
+        (a :func:`cskd_tf.config.default_config`-shaped ConfigDict). Not Keras's
+        ``from_config``: the inverse of :meth:`get_config` is ``cls(**hyperparameters)``."""
+        return cls()
+
+    def hyperparameters(self):
+        """The constructor's keywords, as plain values."""
+        return {}
+
+    def get_config(self):
+        return {"name": self.name, **self.hyperparameters()}
 
     def build(self, model):
         """Creates extra state on ``model`` (heads, variables). Called once."""
@@ -80,12 +100,10 @@ class Method:
         once after building the model. Unlike :meth:`build`, evaluation and export of a
         finished run never call it, so they do not need the teacher."""
 
-    def targets(self, model, images, labels):
-        """Computations outside the gradient tape (partner/teacher passes)."""
+    def detached_outputs(self, model, images, labels):
+        """Outputs computed outside the gradient tape (partner, second-view and teacher
+        passes, mixing draws), keyed by name; :meth:`loss` receives them."""
         return {}
 
-    def loss(self, model, images, labels, targets):
+    def loss(self, model, images, labels, detached):
         raise NotImplementedError
-
-    def get_config(self):
-        return {"name": self.name}

@@ -45,7 +45,7 @@ The reference's KD term is the cross-entropy against the soft target,
 i.e. this KL plus the target's entropy, a constant in the gradient; the logged
 ``aux_kd`` is the KL form (T² included).
 
-Defaults (config.byot_*): T = 3, α = 0.1, λ = 1e-6 (``byot_beta``). The BYOT
+Defaults (config.byot.*): T = 3, α = 0.1, λ = 1e-6 (``config.byot.beta``). The BYOT
 paper gives α and λ in its loss but, as the reference's README says, no values
 (the paper's experimental section could not be checked here); these are the
 reference code's train.py defaults, with which its README reports CIFAR-100
@@ -73,6 +73,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from cskd_tf.config import check_range
 from cskd_tf.errors import ModelError
 from cskd_tf.losses.kl import softened_kl_per_example
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
@@ -146,6 +147,20 @@ def byot_loss(deep_logits, deep_features, aux_outputs, labels, temperature, alph
 class BeYourOwnTeacher(Method):
     terms = ("ce", "aux_ce", "aux_kd", "hint")
 
+    def __init__(self, temperature, alpha, beta):
+        """``temperature``: T of the KL toward the deepest head; ``alpha``: its weight α
+        (CE gets 1 − α); ``beta``: λ of the summed feature hint."""
+        self.temperature = check_range("byot.temperature", temperature, low=0, low_open=True)
+        self.alpha = check_range("byot.alpha", alpha, low=0, high=1)
+        self.beta = check_range("byot.beta", beta, low=0)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config.byot)
+
+    def hyperparameters(self):
+        return {"temperature": self.temperature, "alpha": self.alpha, "beta": self.beta}
+
     def build(self, model):
         backbone = model.backbone
         stages = stage_layers(backbone)
@@ -171,13 +186,11 @@ class BeYourOwnTeacher(Method):
                                            num_classes, k)
                             for k, layer in enumerate(shallow, start=1)]
 
-    def loss(self, model, images, labels, targets):
+    def loss(self, model, images, labels, detached):
         out = self.tap(model.normalize(images[0]), training=True)
         aux = [head(stage, training=True) for head, stage in zip(model.byot_heads, out["stages"])]
         # The step divides the objective by the replica count; keep the hint a global-batch sum.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         total, terms = byot_loss(out["logits"], out["features"], aux, labels,
-                                 float(self.config.byot_temperature),
-                                 float(self.config.byot_alpha), float(self.config.byot_beta),
-                                 hint_scale=float(replicas))
+                                 self.temperature, self.alpha, self.beta, hint_scale=float(replicas))
         return total, out["logits"], terms

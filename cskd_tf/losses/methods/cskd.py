@@ -13,6 +13,7 @@ about 1.33× the compute of CE. As in the reference code, the partner pass
 runs in training mode, so it also updates batch-norm statistics.
 """
 
+from cskd_tf.config import check_range
 from cskd_tf.losses.kl import class_wise_kl
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
 
@@ -21,13 +22,22 @@ from cskd_tf.losses.methods.base import Method, cross_entropy, register
 class ClassWiseSelfKD(Method):
     views = ("anchor", "partner")
     terms = ("ce", "cls")
-    forward_passes = 2
 
-    def targets(self, model, images, labels):
+    def __init__(self, temperature):
+        self.temperature = check_range("temperature", temperature, low=0, low_open=True)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(temperature=config.temperature)
+
+    def hyperparameters(self):
+        return {"temperature": self.temperature}
+
+    def detached_outputs(self, model, images, labels):
         return {"partner_logits": model.forward(images[1], training=True)["logits"]}
 
-    def loss(self, model, images, labels, targets):
+    def loss(self, model, images, labels, detached):
         logits = model.forward(images[0], training=True)["logits"]
         ce = cross_entropy(labels, logits)
-        cls = class_wise_kl(logits, targets["partner_logits"], self.config.temperature)
+        cls = class_wise_kl(logits, detached["partner_logits"], self.temperature)
         return ce + model.lambda_cls * cls, logits, {"ce": ce, "cls": cls}

@@ -11,7 +11,7 @@ x' is a random training sample of x's class (view ``partner``), x̂ a second,
 independent augmentation of the same image as x (view ``view2``), f̃ the same
 network in training mode with its output detached. Defaults: T =
 config.temperature = 4, λ = config.lambda_cls (1; 3 on fine-grained data),
-λ_s = config.lambda_sample = 1.
+λ_s = config.cskd_e.lambda_sample = 1.
 
 Choices the paper leaves open, made here: the sample-wise term uses the same
 temperature (and T² factor) as the class-wise one, and, like the partner,
@@ -22,6 +22,7 @@ Cost: three forward passes per step, two of them without gradient (partner
 and second view), about 1.67× the compute of CE.
 """
 
+from cskd_tf.config import check_range
 from cskd_tf.losses.kl import class_wise_kl
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
 
@@ -30,17 +31,26 @@ from cskd_tf.losses.methods.base import Method, cross_entropy, register
 class ClassWiseSelfKDWithSampleTerm(Method):
     views = ("anchor", "partner", "view2")
     terms = ("ce", "cls", "sample")
-    forward_passes = 3
 
-    def targets(self, model, images, labels):
+    def __init__(self, temperature, lambda_sample):
+        self.temperature = check_range("temperature", temperature, low=0, low_open=True)
+        self.lambda_sample = check_range("cskd_e.lambda_sample", lambda_sample, low=0)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(temperature=config.temperature, **config.cskd_e)
+
+    def hyperparameters(self):
+        return {"temperature": self.temperature, "lambda_sample": self.lambda_sample}
+
+    def detached_outputs(self, model, images, labels):
         return {"partner_logits": model.forward(images[1], training=True)["logits"],
                 "view2_logits": model.forward(images[2], training=True)["logits"]}
 
-    def loss(self, model, images, labels, targets):
+    def loss(self, model, images, labels, detached):
         logits = model.forward(images[0], training=True)["logits"]
-        temperature = float(self.config.temperature)
         ce = cross_entropy(labels, logits)
-        cls = class_wise_kl(logits, targets["partner_logits"], temperature)
-        sample = class_wise_kl(logits, targets["view2_logits"], temperature)
-        total = ce + model.lambda_cls * cls + float(self.config.lambda_sample) * sample
+        cls = class_wise_kl(logits, detached["partner_logits"], self.temperature)
+        sample = class_wise_kl(logits, detached["view2_logits"], self.temperature)
+        total = ce + model.lambda_cls * cls + self.lambda_sample * sample
         return total, logits, {"ce": ce, "cls": cls, "sample": sample}

@@ -23,13 +23,13 @@ symmetric sum, T² included) and ``mmd``; ``loss = ce + kl + μ·mmd``.
 
 Defaults and their sources:
 
-* T = config.ddgsd_temperature = 3. The paper itself could not be checked
+* T = config.ddgsd.temperature = 3. The paper itself could not be checked
   here; T = 3 is what the public reimplementation that states it follows the
   paper's settings uses (youngerous/ddgsd-pytorch, scripts/run_ddgsd.sh
   ``TEMPERATURE=3.0``). That reimplementation applies no T² factor; here T²
   keeps the KL's gradient on the scale of the CE's for any T (at T = 1 the
   formula is the untempered one). T = 1 recovers the previous behaviour.
-* μ = config.ddgsd_mmd_weight = 5e-4, the same script's ``MU=0.0005`` (it
+* μ = config.ddgsd.mmd_weight = 5e-4, the same script's ``MU=0.0005`` (it
   replaces the MMD by an MSE; here it is the linear-kernel MMD²), weight of
   the KL terms 1 (its ``LAMBDA=1.0``).
 
@@ -40,7 +40,7 @@ about 2× the compute of CE.
 
 import tensorflow as tf
 
-from cskd_tf.errors import ConfigError
+from cskd_tf.config import check_range
 from cskd_tf.losses.kl import softened_kl_per_example
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
 
@@ -56,20 +56,20 @@ def linear_mmd(features_a, features_b):
 class DataDistortionSelfDistillation(Method):
     views = ("anchor", "view2")
     terms = ("ce", "kl", "mmd")
-    forward_passes = 2
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.mmd_weight = float(config.ddgsd_mmd_weight)
-        if self.mmd_weight < 0:
-            raise ConfigError(f"config.ddgsd_mmd_weight must be >= 0 "
-                              f"(got {config.ddgsd_mmd_weight!r})")
-        self.temperature = float(config.ddgsd_temperature)
-        if not self.temperature > 0:
-            raise ConfigError(f"config.ddgsd_temperature must be > 0 "
-                              f"(got {config.ddgsd_temperature!r}); the default is 3")
+    def __init__(self, mmd_weight, temperature):
+        self.mmd_weight = check_range("ddgsd.mmd_weight", mmd_weight, low=0)
+        self.temperature = check_range("ddgsd.temperature", temperature, low=0, low_open=True,
+                                       default=3)
 
-    def loss(self, model, images, labels, targets):
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config.ddgsd)
+
+    def hyperparameters(self):
+        return {"mmd_weight": self.mmd_weight, "temperature": self.temperature}
+
+    def loss(self, model, images, labels, detached):
         first = model.forward(images[0], training=True)
         second = model.forward(images[1], training=True)
         ce = cross_entropy(labels, first["logits"]) + cross_entropy(labels, second["logits"])

@@ -2,10 +2,10 @@
 
     L = (1 − α) · CE(f(x), y) + α · T² · KL( softmax(g(x)/T) ‖ softmax(f(x)/T) )
 
-g: the teacher, loaded from config.teacher_workdir (a finished cskd-train
+g: the teacher, loaded from config.kd.teacher_workdir (a finished cskd-train
 workdir or a SavedModel directory, see :mod:`._teacher`), frozen, called with
 ``training=False`` on the same augmented batch as the student, outside the
-gradient tape. T = config.kd_temperature (4), α = config.kd_alpha (0.9). The
+gradient tape. T = config.kd.temperature (4), α = config.kd.alpha (0.9). The
 KL is summed over classes and averaged over the batch.
 
 Relation to ``keras.distillation`` (Keras 3.15): ``Distiller`` is a
@@ -32,7 +32,7 @@ Cost: one student forward/backward pass plus one teacher forward pass.
 
 import tensorflow as tf
 
-from cskd_tf.errors import ConfigError
+from cskd_tf.config import check_range
 from cskd_tf.losses.kl import class_wise_kl
 from cskd_tf.losses.methods._teacher import load_teacher, student_facts
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
@@ -48,21 +48,28 @@ def kd_loss(logits, teacher_logits, labels, temperature, alpha):
 @register("kd")
 class KnowledgeDistillation(Method):
     terms = ("ce", "kd")
-    forward_passes = 2
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.temperature = float(config.kd_temperature)
-        self.alpha = float(config.kd_alpha)
-        if not self.temperature > 0:
-            raise ConfigError(f"config.kd_temperature must be > 0 (got {config.kd_temperature!r})")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"config.kd_alpha must be in [0, 1] (got {config.kd_alpha!r})")
+    def __init__(self, temperature, alpha, teacher_workdir, teacher_model):
+        """``teacher_workdir``: a cskd-train workdir or SavedModel path; ``teacher_model``:
+        the teacher's architecture if it differs from what the workdir says ("" = its own)."""
+        self.temperature = check_range("kd.temperature", temperature, low=0, low_open=True)
+        self.alpha = check_range("kd.alpha", alpha, low=0, high=1)
+        self.teacher_workdir = str(teacher_workdir or "")
+        self.teacher_model = str(teacher_model or "")
         self.teacher = None
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config.kd)
+
+    def hyperparameters(self):
+        return {"temperature": self.temperature, "alpha": self.alpha,
+                "teacher_workdir": self.teacher_workdir, "teacher_model": self.teacher_model}
 
     def prepare_training(self, model):
         num_classes, image_shape = student_facts(model)
-        self.teacher = load_teacher(self.config, num_classes, image_shape)
+        self.teacher = load_teacher(self.teacher_workdir, self.teacher_model, num_classes,
+                                    image_shape, method=self.name)
 
     def teacher_logits(self, model, images):
         if self.teacher is None:
@@ -72,11 +79,11 @@ class KnowledgeDistillation(Method):
                 tf.autograph.experimental.do_not_convert(self.prepare_training)(model)
         return self.teacher(images)
 
-    def targets(self, model, images, labels):
+    def detached_outputs(self, model, images, labels):
         return {"teacher_logits": self.teacher_logits(model, images[0])}
 
-    def loss(self, model, images, labels, targets):
+    def loss(self, model, images, labels, detached):
         logits = model.forward(images[0], training=True)["logits"]
-        total, ce, kd = kd_loss(logits, targets["teacher_logits"], labels, self.temperature,
+        total, ce, kd = kd_loss(logits, detached["teacher_logits"], labels, self.temperature,
                                 self.alpha)
         return total, logits, {"ce": ce, "kd": kd}

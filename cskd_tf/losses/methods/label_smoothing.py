@@ -2,7 +2,7 @@
 
     L = − Σ_c q_c · log softmax(f(x))_c,   q = (1 − ε) · onehot(y) + ε / C
 
-ε = config.label_smoothing (0.1 in the paper's comparison), C the number of
+ε = config.label_smoothing.epsilon (0.1 in the paper's comparison), C the number of
 classes (the uniform part includes the true class, as in
 ``keras.losses.CategoricalCrossentropy(label_smoothing=ε)`` and PyTorch).
 The logged ``ce`` is the plain cross-entropy −log p_y, so it stays comparable
@@ -11,7 +11,7 @@ with the other methods; ``loss`` is the smoothed objective.
 Cost: one forward and one backward pass per step, as CE.
 """
 
-from cskd_tf.errors import ConfigError
+from cskd_tf.config import check_range
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
 
 
@@ -19,14 +19,18 @@ from cskd_tf.losses.methods.base import Method, cross_entropy, register
 class LabelSmoothing(Method):
     terms = ("ce",)
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.epsilon = float(config.label_smoothing)
-        if not 0.0 <= self.epsilon < 1.0:
-            raise ConfigError(f"config.label_smoothing must be in [0, 1) for method "
-                              f"'label_smoothing' (got {config.label_smoothing!r})")
+    def __init__(self, epsilon):
+        self.epsilon = check_range("label_smoothing.epsilon", epsilon, low=0, high=1,
+                                   high_open=True)
 
-    def loss(self, model, images, labels, targets):
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config.label_smoothing)
+
+    def hyperparameters(self):
+        return {"epsilon": self.epsilon}
+
+    def loss(self, model, images, labels, detached):
         logits = model.forward(images[0], training=True)["logits"]
         smoothed = cross_entropy(labels, logits, label_smoothing=self.epsilon)
         return smoothed, logits, {"ce": cross_entropy(labels, logits)}

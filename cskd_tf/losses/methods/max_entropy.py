@@ -2,7 +2,7 @@
 
     L = CE(f(x), y) − β · H(p),   H(p) = − Σ_c p_c log p_c,   p = softmax(f(x))
 
-averaged over the batch, natural log; β = config.max_entropy_beta (0.1).
+averaged over the batch, natural log; β = config.max_entropy.beta (0.1).
 Logged terms: ``ce`` and ``entropy`` (the batch mean of H, in nats).
 
 Cost: one forward and one backward pass per step, as CE.
@@ -10,7 +10,7 @@ Cost: one forward and one backward pass per step, as CE.
 
 import tensorflow as tf
 
-from cskd_tf.errors import ConfigError
+from cskd_tf.config import check_range
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
 
 
@@ -24,14 +24,17 @@ def mean_entropy(logits):
 class MaximumEntropy(Method):
     terms = ("ce", "entropy")
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.beta = float(config.max_entropy_beta)
-        if self.beta < 0:
-            raise ConfigError(f"config.max_entropy_beta must be >= 0 "
-                              f"(got {config.max_entropy_beta!r})")
+    def __init__(self, beta):
+        self.beta = check_range("max_entropy.beta", beta, low=0)
 
-    def loss(self, model, images, labels, targets):
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config.max_entropy)
+
+    def hyperparameters(self):
+        return {"beta": self.beta}
+
+    def loss(self, model, images, labels, detached):
         logits = model.forward(images[0], training=True)["logits"]
         ce = cross_entropy(labels, logits)
         entropy = mean_entropy(logits)

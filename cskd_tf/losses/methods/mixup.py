@@ -6,7 +6,7 @@ permutation π of the batch:
     x̃ = λ · x + (1 − λ) · x[π]
     L = λ · CE(f(x̃), y) + (1 − λ) · CE(f(x̃), y[π])
 
-α = config.mixup_alpha (1.0). One λ per batch, as in the reference
+α = config.mixup.alpha (1.0). One λ per batch, as in the reference
 implementation. λ is folded to max(λ, 1 − λ), which leaves the distribution
 of mixed pairs unchanged (see :class:`~cskd_tf.losses.methods._mixing.MixSampler`)
 and makes y the dominant label of every mixed image.
@@ -29,18 +29,25 @@ from cskd_tf.losses.methods.base import Method, register
 class Mixup(Method):
     terms = ("ce", "mix_lambda")
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.sampler = MixSampler(config.mixup_alpha, config.seed)
+    def __init__(self, alpha, seed):
+        """``seed``: of the λ and permutation draws (the experiment's config.seed)."""
+        self.sampler = MixSampler(alpha, seed)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config.mixup, seed=config.seed)
+
+    def hyperparameters(self):
+        return {"alpha": self.sampler.alpha, "seed": self.sampler.seed}
 
     def build(self, model):
         self.sampler.build()
 
-    def targets(self, model, images, labels):
+    def detached_outputs(self, model, images, labels):
         lam, perm = self.sampler.sample(tf.shape(images[0])[0])
         return {"lam": lam, "perm": perm, "mixed": mix(images[0], lam, perm)}
 
-    def loss(self, model, images, labels, targets):
-        logits = model.forward(targets["mixed"], training=True)["logits"]
-        ce = mixup_cross_entropy(logits, labels, targets["lam"], targets["perm"])
-        return ce, logits, {"ce": ce, "mix_lambda": targets["lam"]}
+    def loss(self, model, images, labels, detached):
+        logits = model.forward(detached["mixed"], training=True)["logits"]
+        ce = mixup_cross_entropy(logits, labels, detached["lam"], detached["perm"])
+        return ce, logits, {"ce": ce, "mix_lambda": detached["lam"]}

@@ -15,7 +15,7 @@ predictions of two different inputs with that same mixed label:
     L = λ · CE(f(x̃), y) + (1 − λ) · CE(f(x̃), y[π])
         + λ_cls · T² · KL( softmax(f̃(x̃')/T) ‖ softmax(f(x̃)/T) )
 
-f̃ detached (training mode, as in CS-KD). α = config.mixup_alpha, T =
+f̃ detached (training mode, as in CS-KD). α = config.mixup.alpha, T =
 config.temperature, λ_cls = config.lambda_cls (model.lambda_cls, so the
 warm-up callback applies). Training accuracy is on the mixed anchors'
 logits against the dominant label y, as for ``mixup``.
@@ -25,27 +25,45 @@ code does not include it). Cost: two forward passes (one without gradient),
 about 1.33× the compute of CE, as CS-KD.
 """
 
+from cskd_tf.config import check_range
 from cskd_tf.losses.kl import class_wise_kl
 from cskd_tf.losses.methods._mixing import mix
-from cskd_tf.losses.methods.base import register
+from cskd_tf.losses.methods.base import Method, register
 from cskd_tf.losses.methods.mixup import Mixup
 
 
 @register("mixup_cskd")
-class MixupClassWiseSelfKD(Mixup):
+class MixupClassWiseSelfKD(Method):
     """Mixup's step plus the class-wise term on the equally mixed partners."""
 
     views = ("anchor", "partner")
     terms = ("ce", "cls", "mix_lambda")
-    forward_passes = 2
 
-    def targets(self, model, images, labels):
-        targets = super().targets(model, images, labels)
-        mixed_partner = mix(images[1], targets["lam"], targets["perm"])
-        targets["partner_logits"] = model.forward(mixed_partner, training=True)["logits"]
-        return targets
+    def __init__(self, temperature, mixup, seed):
+        """``temperature``: CS-KD's T; ``mixup``: the ``mixup`` method's hyperparameters
+        (config.mixup); ``seed``: of the mixing draws."""
+        self.temperature = check_range("temperature", temperature, low=0, low_open=True)
+        self.mixup = Mixup(**mixup, seed=seed)
 
-    def loss(self, model, images, labels, targets):
-        ce, logits, terms = super().loss(model, images, labels, targets)
-        cls = class_wise_kl(logits, targets["partner_logits"], float(self.config.temperature))
+    @classmethod
+    def from_config(cls, config):
+        return cls(temperature=config.temperature, mixup=config.mixup.to_dict(), seed=config.seed)
+
+    def hyperparameters(self):
+        mixup = self.mixup.hyperparameters()
+        seed = mixup.pop("seed")
+        return {"temperature": self.temperature, "mixup": mixup, "seed": seed}
+
+    def build(self, model):
+        self.mixup.build(model)
+
+    def detached_outputs(self, model, images, labels):
+        detached = self.mixup.detached_outputs(model, images, labels)
+        mixed_partner = mix(images[1], detached["lam"], detached["perm"])
+        detached["partner_logits"] = model.forward(mixed_partner, training=True)["logits"]
+        return detached
+
+    def loss(self, model, images, labels, detached):
+        ce, logits, terms = self.mixup.loss(model, images, labels, detached)
+        cls = class_wise_kl(logits, detached["partner_logits"], self.temperature)
         return ce + model.lambda_cls * cls, logits, {**terms, "cls": cls}

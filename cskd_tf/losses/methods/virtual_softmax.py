@@ -59,7 +59,7 @@ class VirtualSoftmax(Method):
                              "build the backbone with head='linear_nobias'")
         self.classifier = classifier
 
-    def loss(self, model, images, labels, targets):
+    def loss(self, model, images, labels, detached):
         out = model.forward(images[0], training=True)
         logits = out["logits"]
         total = virtual_softmax_loss(logits, out["features"], self.classifier.kernel, labels)
