@@ -224,3 +224,27 @@ def test_an_overrides_file_may_use_flat_names_and_groups(tmp_path, capsys):
     assert (config.kd.alpha, config.kd.temperature, config.mixup.alpha, config.lambda_cls) == (
         0.3, 4.0, 0.4, 2.0)
     assert "config.kd_alpha is deprecated; use config.kd.alpha" in capsys.readouterr().err
+
+
+def test_a_report_does_not_flag_old_and_new_runs_of_one_experiment_as_different(tmp_path):
+    from cskd_tf.evaluation import report
+
+    def write_run(name, config):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(config))
+        metrics = {"top1_error": 20.0, "top5_error": 5.0, "ece": 3.0, "recall_at_1": 80.0,
+                   "nll": 1.0, "num_examples": 100}
+        (path / "metrics.json").write_text(json.dumps({"test": metrics}))
+
+    new = json.loads(config_lib.to_json(default_config()))
+    new.update(method="kd", seed=0)
+    old = {k: v for k, v in new.items() if k != "kd"}
+    old.update(seed=1, optimizer="sgd", kd_temperature=4.0, kd_alpha=0.9, teacher_workdir="",
+               teacher_model="")
+    write_run("new", new)
+    write_run("old", old)
+    assert "differ" not in report.build_report([str(tmp_path)])
+    old.update(seed=2, kd_alpha=0.5)  # a real difference is still reported, under its group
+    write_run("old_other_alpha", old)
+    assert "differ in config field(s) kd " in report.build_report([str(tmp_path)])

@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 
+from cskd_tf.config import upgrade_deprecated_fields
 from cskd_tf.errors import ConfigError, WorkdirError
 from cskd_tf.evaluation.history import best_epoch_metrics, read_history_csv
 
@@ -86,6 +87,8 @@ def load_run(path: str) -> Run:
     config = _read_json(os.path.join(path, "config.json"))
     if not isinstance(config, dict):
         raise WorkdirError(f"{path}/config.json does not hold a config object")
+    # A run written before the method groups compares equal to one written after.
+    config = upgrade_deprecated_fields(config, warn=False)
     missing = [k for k in ("dataset", "model", "method") if k not in config]
     if missing:
         raise WorkdirError(f"{path}/config.json lacks {', '.join(missing)}; "

@@ -192,5 +192,6 @@ class BeYourOwnTeacher(Method):
         # The step divides the objective by the replica count; keep the hint a global-batch sum.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         total, terms = byot_loss(out["logits"], out["features"], aux, labels,
-                                 self.temperature, self.alpha, self.beta, hint_scale=float(replicas))
+                                 self.temperature, self.alpha, self.beta,
+                                 hint_scale=float(replicas))
         return total, out["logits"], terms
