@@ -15,7 +15,7 @@ from cskd_tf.config import default_config
 from cskd_tf.data import (AUGMENTS, eval_dataset, eval_preprocess, prepare, shards, sources,
                           train_dataset)
 from cskd_tf.data.augment import train_transform
-from cskd_tf.data.tfds_source import parse_name
+from cskd_tf.data.sources.tfds import parse_name
 from cskd_tf.errors import ConfigError, DataError
 
 REAL_TINYIMAGENET = "/tmp/tiny-imagenet-200-lowshot"
@@ -376,7 +376,7 @@ def test_tfds_prepared_builder(tmp_path):
     class CskdTinyTfds(tfds.core.GeneratorBasedBuilder):
         # TFDS looks for optional metadata files next to the builder's module, which must
         # be in a package; the test module is not.
-        __module__ = "cskd_tf.data.tfds_source"
+        __module__ = "cskd_tf.data.sources.tfds"
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from cskd_tf.data import augment as augment_lib
 from cskd_tf.data import pairs
-from cskd_tf.data.shards import PreparedSplit, open_cache, prepare_cache
+from cskd_tf.data.shards import PreparedSplit, prepare_cache
 from cskd_tf.data.sources import get_source
 from cskd_tf.errors import ConfigError
 
@@ -68,15 +68,11 @@ def prepare(config):
     data has them, "val" (else held out of train) and "test".
     """
     _check(config)
-    if config.dataset == "shards":
-        # A cache built earlier (python -m cskd_tf.data.build_cache), read where it is.
-        meta, splits, source = open_cache(config.data_dir)
-    else:
-        source = get_source(config.dataset, config.data_dir)
-        meta, splits = prepare_cache(
-            source, cache_dir=config.cache_dir, max_classes=config.max_classes,
-            max_train_per_class=config.max_train_per_class, val_fraction=config.val_fraction,
-            seed=config.seed)
+    source = get_source(config.dataset, config.data_dir)
+    meta, splits = prepare_cache(
+        source, cache_dir=config.cache_dir, max_classes=config.max_classes,
+        max_train_per_class=config.max_train_per_class, val_fraction=config.val_fraction,
+        seed=config.seed)
     size = int(config.image_size) or int(source.default_image_size)
     name = source.default_augment if config.augment == "auto" else config.augment
     mean = tuple(float(m) for m in (source.mean or meta["train_mean"]))
