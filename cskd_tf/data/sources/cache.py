@@ -24,6 +24,7 @@ class ShardCacheSource(Source):
     layout = "the shard cache cskd-build-cache printed (<cache_dir>/<key> with meta.json)"
 
     def __init__(self, data_dir: str = ""):
+        self._defaults = None
         # Not made absolute like a local folder: it may be a URL (gs://, ram://).
         super().__init__()
         self.data_dir = data_dir
@@ -33,9 +34,19 @@ class ShardCacheSource(Source):
 
     def adopt(self, defaults):
         """Takes the recorded defaults (a :class:`cskd_tf.data.shards.CacheDefaults`)."""
-        self.default_image_size = defaults.default_image_size
-        self.default_augment = defaults.default_augment
-        self.mean, self.std = defaults.mean, defaults.std
+        self._defaults = defaults
+
+    def _recorded(self, name):
+        if self._defaults is None:
+            raise DataError(f"the defaults of the shard cache {self.data_dir} are known once "
+                            "it is opened; call cskd_tf.data.prepare(config) first")
+        return getattr(self._defaults, name)
+
+    # What other sources declare as class attributes, this one reads from the cache.
+    default_image_size = property(lambda self: self._recorded("default_image_size"))
+    default_augment = property(lambda self: self._recorded("default_augment"))
+    mean = property(lambda self: self._recorded("mean"))
+    std = property(lambda self: self._recorded("std"))
 
     def fingerprint(self) -> str:
         return self.data_dir
