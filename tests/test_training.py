@@ -212,6 +212,26 @@ def test_workdir_lock_names_the_holder_and_is_released(tmp_path):
     assert workdir_lib._alive_elsewhere({"pid": 1, "host": host + "-elsewhere"})
 
 
+def test_speed_command_reports_every_figure(tmp_path):
+    """cskd-speed (cli/speed.py over evaluation/speed.py), at a toy size; bad flags are one line."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(root)}
+    command = [sys.executable, "-m", "cskd_tf.cli.speed", "--model=preact_resnet10",
+               "--width=4", "--batch_size=8", "--image_size=8", "--num_classes=5", "--steps=2",
+               "--warmup=1", "--pipeline_batches=2"]
+    result = subprocess.run([*command, f"--output={tmp_path / 'speed.json'}"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.load(open(tmp_path / "speed.json"))
+    assert [(r["method"], r["xla"]) for r in report["train_steps"]] == [("ce", False),
+                                                                          ("cskd", False)]
+    assert report["eval_images_per_s"] > 0 and report["pipeline"]["pairs_per_s"] > 0
+    assert "CS-KD / CE step time (xla=off,float32)" in result.stdout
+    bad = subprocess.run([*command, "--xla=maybe"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert "--xla takes a list of off and on" in one_line_error(bad)
+
+
 def test_eval_of_a_missing_run_is_one_line(tmp_path):
     assert "no training run" in one_line_error(cli("cskd-eval", f"--workdir={tmp_path}"))
 
