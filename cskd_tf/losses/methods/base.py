@@ -68,6 +68,9 @@ class Method:
     terms: tuple[str, ...] = ("ce",)
     # Forward passes per step relative to CE, for the docs and the speed benchmark.
     forward_passes = 1
+    # True: the trainer loads a frozen teacher (config.teacher_workdir) and passes it to
+    # prepare_training; the method itself never reads workdirs or files.
+    needs_teacher = False
 
     def __init__(self, config):
         self.config = config
@@ -75,9 +78,10 @@ class Method:
     def build(self, model):
         """Creates extra state on ``model`` (heads, variables). Called once."""
 
-    def prepare_training(self, model):
-        """Loads state only training needs (e.g. a KD teacher); ``trainer.train`` calls it
-        once after building the model. Unlike :meth:`build`, evaluation and export of a
+    def prepare_training(self, model, teacher=None):
+        """Takes state only training needs; ``trainer.train`` calls it once after building
+        the model, with ``teacher`` a frozen ``images -> logits`` callable when the method
+        sets ``needs_teacher`` (else None). Unlike :meth:`build`, evaluation and export of a
         finished run never call it, so they do not need the teacher."""
 
     def targets(self, model, images, labels):

@@ -2,10 +2,11 @@
 
     L = (1 − α) · CE(f(x), y) + α · T² · KL( softmax(g(x)/T) ‖ softmax(f(x)/T) )
 
-g: the teacher, loaded from config.teacher_workdir (a finished cskd-train
-workdir or a SavedModel directory, see :mod:`._teacher`), frozen, called with
-``training=False`` on the same augmented batch as the student, outside the
-gradient tape. T = config.kd_temperature (4), α = config.kd_alpha (0.9). The
+g: the teacher, a frozen callable ``images -> logits`` handed to
+:meth:`prepare_training` (the trainer loads it from config.teacher_workdir, a
+finished cskd-train workdir or a SavedModel directory, with
+:func:`cskd_tf.training.teacher.teacher_for`), called with ``training=False``
+on the same augmented batch as the student, outside the gradient tape. T = config.kd_temperature (4), α = config.kd_alpha (0.9). The
 KL is summed over classes and averaged over the batch.
 
 Relation to ``keras.distillation`` (Keras 3.15): ``Distiller`` is a
@@ -22,19 +23,19 @@ teacher as target); tests/test_methods.py checks it equals
 ``LogitsDistillation`` where no probability is clipped and differs where
 one is.
 
-The teacher is loaded in :meth:`prepare_training` (``trainer.train`` calls it
-before training starts, so a bad teacher fails fast with a ModelError) and
-never by evaluation or export of the finished student. A custom loop that
-skips ``prepare_training`` gets the teacher loaded lazily on the first step.
+The method declares ``needs_teacher = True``; ``trainer.train`` loads the
+teacher before training starts (so a bad teacher fails fast with a ModelError)
+and evaluation or export of the finished student never does. A custom loop
+must call ``prepare_training(model, teacher=...)`` itself; a step without a
+teacher is a ModelError that says so.
 
 Cost: one student forward/backward pass plus one teacher forward pass.
 """
 
 import tensorflow as tf
 
-from cskd_tf.errors import ConfigError
+from cskd_tf.errors import ConfigError, ModelError
 from cskd_tf.losses.kl import class_wise_kl
-from cskd_tf.losses.methods._teacher import load_teacher, student_facts
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
 
 
@@ -49,6 +50,7 @@ def kd_loss(logits, teacher_logits, labels, temperature, alpha):
 class KnowledgeDistillation(Method):
     terms = ("ce", "kd")
     forward_passes = 2
+    needs_teacher = True
 
     def __init__(self, config):
         super().__init__(config)
@@ -60,17 +62,21 @@ class KnowledgeDistillation(Method):
             raise ConfigError(f"config.kd_alpha must be in [0, 1] (got {config.kd_alpha!r})")
         self.teacher = None
 
-    def prepare_training(self, model):
-        num_classes, image_shape = student_facts(model)
-        self.teacher = load_teacher(self.config, num_classes, image_shape)
+    def prepare_training(self, model, teacher=None):
+        if teacher is None:
+            raise ModelError(f"method {self.name!r} needs a teacher: pass "
+                             "prepare_training(model, teacher=...) a frozen callable images -> "
+                             "logits (cskd_tf.training.teacher.teacher_for builds it from "
+                             "--config.teacher_workdir)")
+        self.teacher = teacher
 
     def teacher_logits(self, model, images):
         if self.teacher is None:
-            # Create the teacher's variables eagerly, outside any trace, and keep AutoGraph
-            # from converting the loading code.
-            with tf.init_scope():
-                tf.autograph.experimental.do_not_convert(self.prepare_training)(model)
-        return self.teacher(images)
+            raise ModelError(f"method {self.name!r} has no teacher yet; call "
+                             "method.prepare_training(model, teacher=...) before training "
+                             "(cskd-train does)")
+        # Frozen whatever the callable is: no gradient, float32 like the student's loss.
+        return tf.stop_gradient(tf.cast(self.teacher(images), tf.float32))
 
     def targets(self, model, images, labels):
         return {"teacher_logits": self.teacher_logits(model, images[0])}
