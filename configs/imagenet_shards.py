@@ -3,7 +3,7 @@ the paper's Table 5 recipe as in configs/imagenet_tfds.py.
 
 Build the cache once, on a machine with the TFDS data (see configs/imagenet_tfds.py):
 
-    python -m cskd_tf.data.build_cache --config=configs/imagenet_tfds.py \
+    cskd-build-cache --config=configs/imagenet_tfds.py \
         --config.data_dir=/data/tfds --config.cache_dir=/data/cskd-cache
 
 It prints the cache folder (``/data/cskd-cache/tfds_imagenet2012-<hash>``); copy it where

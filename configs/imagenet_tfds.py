@@ -11,7 +11,7 @@ and then the per-class shard cache. Labelled splits: train, validation (reported
 
 On several GPUs ``distribution="auto"`` picks MirroredStrategy, and with TF_CONFIG
 MultiWorkerMirroredStrategy; ``batch_size`` stays the global batch. For a multi-worker run,
-build the shard cache once first (python -m cskd_tf.data.build_cache --config=THIS_FILE ...)
+build the shard cache once first (cskd-build-cache --config=THIS_FILE ...)
 and train from it with configs/imagenet_shards.py; see docs/distributed.md.
 """
 

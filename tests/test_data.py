@@ -16,7 +16,7 @@ from cskd_tf.config import default_config
 from cskd_tf.data import (AUGMENTS, eval_dataset, eval_preprocess, prepare, shards, sources,
                           train_dataset)
 from cskd_tf.data.augment import train_transform
-from cskd_tf.data.tfds_source import parse_name
+from cskd_tf.data.sources.tfds import parse_name
 from cskd_tf.errors import ConfigError, DataError
 
 REAL_FASHION = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -303,6 +303,65 @@ def test_missing_directory(tmp_path):
                                                     data_dir=str(tmp_path / "nowhere")))
     assert "nowhere" in message and "data_dir" in message
     one_line_error(ConfigError, make_config(tmp_path, dataset="tinyimagenet"))
+    (tmp_path / "a_file").write_text("x")
+    message = one_line_error(DataError, make_config(tmp_path, dataset="imagefolder",
+                                                    data_dir=str(tmp_path / "a_file")))
+    assert "a_file is a file, not a directory" in message
+    # The prebuilt cache is a registered source like the others, with its own messages.
+    assert "needs config.data_dir" in one_line_error(ConfigError,
+                                                     make_config(tmp_path, dataset="shards"))
+    message = one_line_error(DataError, make_config(tmp_path, dataset="shards",
+                                                    data_dir=str(tmp_path / "nowhere")))
+    assert "holds no shard cache" in message and "cskd-build-cache" in message
+
+
+def test_sources_register_by_decorator(tmp_path):
+    assert {"digits", "fashion_mnist", "tinyimagenet", "imagefolder", "mit67", "shards",
+            "tfds:"} <= set(sources.SOURCES)
+    assert "tfds:<name>" in sources.source_names()
+
+    @sources.register_source("test_ones")
+    class Ones(sources.Source):
+        name, channels, default_image_size, default_augment = "test_ones", 1, 4, "none"
+
+        def fingerprint(self):
+            return "ones"
+
+        def has_val(self):
+            return True
+
+        def load(self):
+            split = sources.SplitData(labels=[0, 1] * 3,
+                                      images=np.ones((6, 4, 4, 1), np.uint8))
+            return sources.Listing(class_names=["a", "b"],
+                                   splits={"train": split, "val": split, "test": split})
+
+    try:
+        with pytest.raises(ValueError, match="registered twice"):
+            sources.register_source("test_ones")(Ones)
+        info, _ = prepare(make_config(tmp_path, dataset="test_ones", augment="auto"))
+        assert info.num_classes == 2 and info.image_shape == (4, 4, 1)
+    finally:
+        del sources.SOURCES["test_ones"]
+
+
+def test_build_cache_command_prints_a_cache_that_trains_as_shards(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    result = subprocess.run(
+        [sys.executable, "-m", "cskd_tf.cli.build_cache",
+         f"--config={os.path.join(root, 'configs', 'digits_quick.py')}",
+         f"--config.cache_dir={tmp_path / 'cache'}", "--config.max_classes=3"],
+        capture_output=True, text=True, timeout=300, cwd=root,
+        env={**os.environ, "PYTHONPATH": os.path.abspath(root)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = json.loads(result.stdout[:result.stdout.rindex("}") + 1])
+    assert printed["num_classes"] == 3 and printed["cache"].startswith(str(tmp_path / "cache"))
+    info, _ = prepare(make_config(tmp_path, dataset="shards", data_dir=printed["cache"]))
+    assert info.num_classes == 3 and info.splits == printed["splits"]
 
 
 def test_empty_split(tmp_path):
@@ -438,7 +497,7 @@ def test_tfds_prepared_builder(tmp_path):
     class CskdTinyTfds(tfds.core.GeneratorBasedBuilder):
         # TFDS looks for optional metadata files next to the builder's module, which must
         # be in a package; the test module is not.
-        __module__ = "cskd_tf.data.tfds_source"
+        __module__ = "cskd_tf.data.sources.tfds"
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):

@@ -27,7 +27,8 @@ from conftest import console_script
 from cskd_tf import losses
 from cskd_tf.config import default_config, validate
 from cskd_tf.errors import ConfigError, ModelError
-from cskd_tf.losses.methods import _mixing, _teacher, adacos, byot, virtual_softmax
+from cskd_tf.losses.methods import _mixing, adacos, byot, virtual_softmax
+from cskd_tf.training import teacher as teacher_lib
 
 METHODS = ("cskd_e", "label_smoothing", "max_entropy", "adacos", "virtual_softmax", "ddgsd",
            "byot", "mixup", "mixup_cskd", "kd", "kd_cskd")
@@ -295,7 +296,7 @@ def test_mixup_and_mixup_cskd_match_numpy():
 
 def stub_teacher(num_classes, seed=5):
     kernel = tf.Variable(fixed_logits(num_classes, num_classes, seed=seed, scale=1.0))
-    return _teacher.Teacher(lambda x: tf.cast(x, tf.float32) @ kernel, num_classes,
+    return teacher_lib.Teacher(lambda x: tf.cast(x, tf.float32) @ kernel, num_classes,
                             keep=tf.Module()), kernel
 
 
@@ -523,15 +524,15 @@ def test_kd_bad_teacher_input_is_a_one_line_model_error(teacher_dir, tmp_path):
 
     def fails(match, teacher_workdir, teacher_model=""):
         with pytest.raises(ModelError, match=match) as info:
-            _teacher.load_teacher(teacher_workdir, teacher_model, 5, (8, 8, 1))
+            teacher_lib.load_teacher(teacher_workdir, teacher_model, 5, (8, 8, 1))
         assert "\n" not in str(info.value)
 
     fails("needs a teacher", teacher_workdir="")
     fails("does not exist", teacher_workdir=str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
     fails("neither a cskd-train workdir", teacher_workdir=str(tmp_path / "empty"))
-    fails("does not fit a .preact_resnet10. teacher", teacher_workdir=teacher_dir,
-          teacher_model="preact_resnet10")
+    fails("does not fit a .preact_resnet10. model.*clear --config.kd.teacher_model",
+          teacher_workdir=teacher_dir, teacher_model="preact_resnet10")
     # A teacher whose class count differs from the student's.
     other = tmp_path / "ten_classes"
     shutil.copytree(teacher_dir, other)
@@ -551,9 +552,9 @@ def test_kd_bad_teacher_input_is_a_one_line_model_error(teacher_dir, tmp_path):
     assert not os.path.exists(tmp_path / "student" / "checkpoints")
 
 
-def test_saved_model_teacher_and_lazy_loading_match_the_workdir_teacher(teacher_dir, tmp_path):
+def test_saved_model_teacher_matches_the_workdir_teacher(teacher_dir, tmp_path):
     config = method_config("kd", kd=dict(teacher_workdir=teacher_dir))
-    workdir_teacher = _teacher.load_teacher(teacher_dir, "", 5, (8, 8, 1))
+    workdir_teacher = teacher_lib.load_teacher(teacher_dir, "", 5, (8, 8, 1))
     net = workdir_teacher.keep
 
     class Export(tf.Module):
@@ -572,23 +573,30 @@ def test_saved_model_teacher_and_lazy_loading_match_the_workdir_teacher(teacher_
     # A TF Serving model base: the newest numbered version is used.
     tf.saved_model.save(module, str(tmp_path / "sm" / "3"),
                         signatures={"serving_default": module.serve})
-    saved = _teacher.load_teacher(str(tmp_path / "sm"), "", 5, (8, 8, 1))
+    saved = teacher_lib.load_teacher(str(tmp_path / "sm"), "", 5, (8, 8, 1))
     images = tf.round(tf.random.uniform((4, 8, 8, 1), seed=3) * 255) / 255
     want = workdir_teacher(images).numpy()
     np.testing.assert_allclose(saved(images).numpy(), want, rtol=1e-4, atol=1e-5)
     with pytest.raises(ModelError, match="predicts 5 classes"):
-        _teacher.load_teacher(str(tmp_path / "sm"), "", 7, (8, 8, 1))
+        teacher_lib.load_teacher(str(tmp_path / "sm"), "", 7, (8, 8, 1))
 
-    # A loop that skips prepare_training loads the teacher on the first traced step.
+    # The method takes the teacher it is handed (losses never read workdirs); a loop that
+    # skips prepare_training is told to call it.
     method = losses.get_method("kd", config)
     model = tiny_model("ce", num_classes=5)
     step = tf.function(lambda x: method.detached_outputs(model, (x,), None)["teacher_logits"])
+    with pytest.raises(ModelError, match=r"call method.prepare_training\(model, teacher="):
+        step(images)
+    with pytest.raises(ModelError, match="needs a teacher"):
+        method.prepare_training(model)
+    method.prepare_training(model, teacher=teacher_lib.teacher_for(method, model))
     np.testing.assert_allclose(step(images).numpy(), want, rtol=1e-4, atol=1e-5)
+    assert teacher_lib.teacher_for(losses.get_method("cskd", config), model) is None
 
 
 def test_cli_trains_a_byot_teacher_then_a_kd_cskd_student(tmp_path):
     """Table 4 in miniature through cskd-train; the finished student evaluates without it."""
-    from cskd_tf.training import trainer
+    from cskd_tf.training.restore import restore_from_workdir
 
     common = [f"--config={os.path.join(ROOT, 'configs', 'digits_quick.py')}",
               "--config.model_width=8", "--config.max_classes=5",
@@ -607,7 +615,7 @@ def test_cli_trains_a_byot_teacher_then_a_kd_cskd_student(tmp_path):
     metrics = json.load(open(os.path.join(student, "metrics.json")))
     assert 0 <= metrics["val"]["top1_error"] <= 100
     shutil.move(teacher, str(tmp_path / "moved"))
-    _, facts, model = trainer.load_trained(student)
+    _, facts, model = restore_from_workdir(student)
     assert model(tf.zeros((1, *facts["image_shape"]))).shape == (1, 5)
 
 

@@ -115,7 +115,7 @@ def test_evaluation_progress_counts_batches(capsys):
 
 def test_cache_build_shows_progress_with_a_rate_at_default_verbosity(tmp_path):
     """build_cache through its CLI (absl's log level at WARNING), no verbosity flag."""
-    command = [sys.executable, "-m", "cskd_tf.data.build_cache",
+    command = [sys.executable, "-m", "cskd_tf.cli.build_cache",
                f"--config={os.path.join(REPO, 'configs', 'digits_quick.py')}",
                "--config.max_train_per_class=10", f"--config.cache_dir={tmp_path}"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")

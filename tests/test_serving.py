@@ -58,7 +58,8 @@ def served(tmp_path_factory):
     """A finished tiny run, its export (version 1) and the Keras model it came from."""
     from cskd_tf.config import default_config
     from cskd_tf.serving.export import export_workdir
-    from cskd_tf.training.trainer import load_trained, train
+    from cskd_tf.training.restore import restore_from_workdir
+    from cskd_tf.training.trainer import train
 
     root = tmp_path_factory.mktemp("serving")
     config = default_config()
@@ -70,7 +71,7 @@ def served(tmp_path_factory):
     workdir = str(root / "run")
     train(config, workdir)
     result = export_workdir(workdir, MODEL, export_base=str(root / "saved_models"))
-    config, facts, model = load_trained(workdir)
+    config, facts, model = restore_from_workdir(workdir)
     return {"root": root, "workdir": workdir, "export": result, "config": config,
             "facts": facts, "model": model, "local": LocalServer({MODEL: result.path})}
 

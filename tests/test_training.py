@@ -16,6 +16,7 @@ from conftest import console_script
 TINY = ["--config.model_width=8", "--config.max_train_per_class=40", "--config.batch_size=32",
         "--config.learning_rate=0.1", "--config.lr_decay_epochs=(2,)", "--config.verbose=0"]
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "digits_quick.py")
+README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 PAPER_METRICS = {"top1_error", "top5_error", "ece", "recall_at_1", "nll"}
 
 
@@ -119,6 +120,7 @@ def test_kill_minus_nine_then_rerun_finishes_like_an_uninterrupted_run(tmp_path)
     ("--config.model=resnet7", "unknown model 'resnet7'"),
     ("--config.method=csdk", "unknown method 'csdk'"),
     ("--config.data_dir=/nonexistent/tiny", "does not exist"),
+    (f"--config.data_dir={README}", "README.md is a file, not a directory"),
     ("--config.batch_size=0", "batch_size must be > 0"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
@@ -129,6 +131,114 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
     line = one_line_error(cli("cskd-train", *args))
     assert expected in line
     assert not (workdir / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--config.seed=3"]])
+def test_a_missing_config_file_is_one_line(tmp_path, extra):
+    missing = os.path.join("configs", "no_such.py")
+    line = one_line_error(cli("cskd-train", f"--config={missing}", f"--workdir={tmp_path}/run",
+                              *extra))
+    assert f"config file {missing} does not exist" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_path_that_is_a_directory_or_not_python_is_one_line(tmp_path):
+    line = one_line_error(cli("cskd-train", f"--config={tmp_path}", f"--workdir={tmp_path}/r"))
+    assert "cannot load the --config file" in line and "Is a directory" in line
+    line = one_line_error(cli("cskd-train", f"--config={README}", f"--workdir={tmp_path}/r"))
+    assert "README.md line" in line and "is not valid Python" in line
+
+
+def test_lock_refuses_a_second_cskd_train_on_a_running_workdir(tmp_path):
+    """One writer per workdir: the second run stops naming the first; after a kill -9 the
+    lock file it left behind is stale and a new run proceeds."""
+    import socket
+
+    workdir = tmp_path / "run"
+    lock = workdir / "train.lock"
+    first = subprocess.Popen(_train_cmd(str(workdir), 1000), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and first.poll() is None and not (
+                lock.exists() and lock.read_text().strip()):
+            time.sleep(0.1)
+        holder = json.loads(lock.read_text())
+        assert holder == {**holder, "pid": first.pid, "host": socket.gethostname()}
+        second = subprocess.run(_train_cmd(str(workdir), 1000), capture_output=True, text=True,
+                                timeout=300)
+        assert second.returncode == 2
+        line = one_line_error(second)
+        assert f"is in use by cskd-train pid {first.pid} on {socket.gethostname()}" in line
+        assert first.poll() is None, "the first run must keep running"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    # kill -9 runs no exit handler: the lock file stays, naming a dead process.
+    assert json.loads(lock.read_text())["pid"] == first.pid
+    again = cli("cskd-train", f"--config={CONFIG}", f"--workdir={workdir}", "--overwrite",
+                "--config.num_epochs=1", *TINY)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (workdir / "metrics.json").exists() and not lock.exists()
+
+
+def test_workdir_lock_names_the_holder_and_is_released(tmp_path):
+    """In-process: a lock held by another live process is refused; a file naming a dead
+    pid is taken over; unlock removes the file."""
+    import socket
+
+    from cskd_tf.errors import WorkdirError
+    from cskd_tf.training import workdir as workdir_lib
+
+    path = tmp_path / "run"
+    path.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, json, os, socket, sys, time\n"
+        f"fd = os.open({str(path / 'train.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname()}).encode())\n"
+        "print('locked', flush=True)\ntime.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WorkdirError, match=f"in use by cskd-train pid {holder.pid} on "):
+            workdir_lib.Workdir(str(path)).lock()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is dead: its file stays but the lock is free.
+    assert json.loads((path / "train.lock").read_text())["pid"] == holder.pid
+    run = workdir_lib.Workdir(str(path))
+    run.lock()
+    run.lock()  # a second call in the same process (a resumed train()) is a no-op
+    assert json.loads((path / "train.lock").read_text())["pid"] == os.getpid()
+    run.unlock()
+    assert not (path / "train.lock").exists()
+    # Without flock, the recorded pid decides: dead or this process -> free, alive -> held.
+    host = socket.gethostname()
+    assert not workdir_lib._alive_elsewhere({"pid": holder.pid, "host": host})
+    assert not workdir_lib._alive_elsewhere({"pid": os.getpid(), "host": host})
+    assert workdir_lib._alive_elsewhere({"pid": os.getppid(), "host": host})
+    assert workdir_lib._alive_elsewhere({"pid": 1, "host": host + "-elsewhere"})
+
+
+def test_speed_command_reports_every_figure(tmp_path):
+    """cskd-speed (cli/speed.py over evaluation/speed.py), at a toy size; bad flags are one line."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(root)}
+    command = [sys.executable, "-m", "cskd_tf.cli.speed", "--model=preact_resnet10",
+               "--width=4", "--batch_size=8", "--image_size=8", "--num_classes=5", "--steps=2",
+               "--warmup=1", "--pipeline_batches=2"]
+    result = subprocess.run([*command, f"--output={tmp_path / 'speed.json'}"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.load(open(tmp_path / "speed.json"))
+    assert [(r["method"], r["xla"]) for r in report["train_steps"]] == [("ce", False),
+                                                                          ("cskd", False)]
+    assert report["eval_images_per_s"] > 0 and report["pipeline"]["pairs_per_s"] > 0
+    assert "CS-KD / CE step time (xla=off,float32)" in result.stdout
+    bad = subprocess.run([*command, "--xla=maybe"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert "--xla takes a list of off and on" in one_line_error(bad)
 
 
 def test_eval_of_a_missing_run_is_one_line(tmp_path):

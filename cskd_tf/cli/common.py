@@ -82,10 +82,20 @@ def _parse_flags(argv):
     argv = config_lib.upgrade_flag_args(argv)
     sys.argv[:] = argv
     try:
-        return flags.FLAGS(argv)
+        argv = flags.FLAGS(argv)
+        _check_config_files()
+        return argv
     except CSKDError as exc:  # raised by a config file's get_config (e.g. configs/paper.py)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except SyntaxError as exc:  # a --config file that is not Python
+        print(f"error: config file {exc.filename} line {exc.lineno} is not valid Python "
+              f"({exc.msg}); pass --config=PATH to a config file such as "
+              "configs/digits_quick.py", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # a --config file that did not load, read by a --config.X override
+        print(f"error: {_config_file_error(exc)}", file=sys.stderr)
+        sys.exit(2)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as exc:
         message = str(exc).strip()
         if isinstance(exc, (AttributeError, KeyError)):
@@ -100,6 +110,40 @@ def _parse_flags(argv):
                        f"config.{config_lib.DEPRECATED_FIELDS[old]} instead")
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def _check_config_files():
+    """ConfigError for a --config file that did not load.
+
+    ml_collections defers that failure (an OSError with a traceback on the config's first
+    use); here it becomes one line saying which file and why.
+    """
+    from ml_collections import config_flags
+
+    for name in list(flags.FLAGS):
+        flag = flags.FLAGS[name]
+        if not flag.present:
+            continue
+        try:
+            config_flags.get_config_filename(flag)
+        except TypeError:  # not a config flag
+            continue
+        try:
+            getattr(flag.value, "keys", None)
+        except OSError as error:
+            raise _config_file_error(error, name) from None
+
+
+def _config_file_error(error: OSError, name="config") -> ConfigError:
+    """The one-line ConfigError for ml_collections' "failed loading config file" OSError."""
+    text = str(error.__cause__ or error)
+    missing = re.search(r"No such file or directory: '([^']*)'", text)
+    if missing:
+        return ConfigError(f"config file {missing.group(1)} does not exist; pass --{name}=PATH "
+                           "to a config file such as configs/digits_quick.py")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return ConfigError(f"cannot load the --{name} file ({lines[-1] if lines else text}); pass "
+                       f"--{name}=PATH to a readable config file such as configs/digits_quick.py")
 
 
 def load_config(config_flag_value, overrides_path=""):

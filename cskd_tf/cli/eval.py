@@ -37,9 +37,10 @@ FLAGS = flags.FLAGS
 def _evaluate_workdir():
     from cskd_tf import data as data_lib
     from cskd_tf.errors import ConfigError
-    from cskd_tf.training.trainer import evaluate_splits, load_trained
+    from cskd_tf.training.restore import restore_from_workdir
+    from cskd_tf.training.trainer import evaluate_splits
 
-    config, _, model = load_trained(FLAGS.workdir)
+    config, _, model = restore_from_workdir(FLAGS.workdir)
     info, splits = data_lib.prepare(config)
     if "val" not in splits:
         from cskd_tf.evaluation.calibration import NO_VAL_NOTE

@@ -1,7 +1,7 @@
 """Data for cskd_tf: sources, the per-class TFRecord shard cache, and the CS-KD pair pipeline.
 
-* :mod:`cskd_tf.data.sources`, :mod:`~cskd_tf.data.folders`, :mod:`~cskd_tf.data.tfds_source`:
-  where each dataset's examples are (``config.dataset``) and the split rules;
+* :mod:`cskd_tf.data.sources`: where each dataset's examples are (``config.dataset``, one
+  registered source per layout) and the split rules;
 * :mod:`cskd_tf.data.shards`: each split written once as per-class TFRecord files;
 * :mod:`cskd_tf.data.pairs`: the class-wise pair sampler (exact in memory, or streaming);
 * :mod:`cskd_tf.data.augment`: per-dataset augmentation (``config.augment``);

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from cskd_tf.data import augment as augment_lib
 from cskd_tf.data import pairs
-from cskd_tf.data.shards import PreparedSplit, open_cache, prepare_cache
+from cskd_tf.data.shards import PreparedSplit, prepare_cache
 from cskd_tf.data.sources import get_source
 from cskd_tf.errors import ConfigError
 
@@ -104,19 +104,15 @@ def prepare(config):
     train and test only (see the module docstring).
     """
     _check(config)
-    if config.dataset == "shards":
-        # A cache built earlier (python -m cskd_tf.data.build_cache), read where it is.
-        meta, splits, source = open_cache(config.data_dir)
-        held_out = (meta.get("spec") or {}).get("val_fraction") is not None
-    else:
-        source = get_source(config.dataset, config.data_dir)
-        # The paper protocol trains on the whole training split: nothing is held out.
-        val_fraction = 0.0 if config.protocol == "paper" else config.val_fraction
-        meta, splits = prepare_cache(
-            source, cache_dir=config.cache_dir, max_classes=config.max_classes,
-            max_train_per_class=config.max_train_per_class, val_fraction=val_fraction,
-            seed=config.seed)
-        held_out = False
+    source = get_source(config.dataset, config.data_dir)
+    # The paper protocol trains on the whole training split: nothing is held out.
+    val_fraction = 0.0 if config.protocol == "paper" else config.val_fraction
+    meta, splits = prepare_cache(
+        source, cache_dir=config.cache_dir, max_classes=config.max_classes,
+        max_train_per_class=config.max_train_per_class, val_fraction=val_fraction,
+        seed=config.seed)
+    # A prebuilt cache (dataset=shards) keeps whatever split rules it was built with.
+    held_out = source.prebuilt and (meta.get("spec") or {}).get("val_fraction") is not None
     splits = apply_protocol(splits, config.protocol, held_out, where=config.data_dir)
     size = int(config.image_size) or int(source.default_image_size)
     name = source.default_augment if config.augment == "auto" else config.augment

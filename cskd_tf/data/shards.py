@@ -146,7 +146,16 @@ class PreparedSplit:
 
 def prepare_cache(source: Source, *, cache_dir="", max_classes=0, max_train_per_class=0,
                   val_fraction=0.1, seed=0):
-    """Builds (once) or reuses the cache of ``source``; returns (meta dict, {split: PreparedSplit})."""
+    """Builds (once) or reuses the cache of ``source``; returns (meta dict, {split: PreparedSplit}).
+
+    A ``prebuilt`` source (``shards``: a cache folder built earlier) is opened where it is
+    and takes the defaults recorded in it; nothing is built and the split arguments are
+    ignored (they were applied when it was built).
+    """
+    if source.prebuilt:
+        meta, splits, defaults = open_cache(source.data_dir)
+        source.adopt(defaults)
+        return meta, splits
     spec = cache_spec(source, max_classes=max_classes, max_train_per_class=max_train_per_class,
                       val_fraction=val_fraction, seed=seed)
     key = cache_key(spec)
@@ -203,7 +212,7 @@ def open_cache(folder: str):
     meta = _read_meta(folder)
     if meta is None:
         raise DataError(f"{folder} holds no shard cache (no meta.json of format "
-                        f"{FORMAT_VERSION}); build one with python -m cskd_tf.data.build_cache "
+                        f"{FORMAT_VERSION}); build one with cskd-build-cache "
                         f"and set --config.data_dir to the folder it prints")
     saved = meta.get("source_defaults") or {}
     native = meta.get("native_shape")

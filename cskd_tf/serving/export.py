@@ -2,7 +2,7 @@
 
 ``export_workdir`` (what ``cskd-export`` runs):
 
-1. loads the run's last checkpoint (:func:`cskd_tf.training.trainer.load_trained`);
+1. loads the run's last checkpoint (:func:`cskd_tf.training.restore.restore_from_workdir`);
 2. writes the three signatures of :mod:`cskd_tf.serving.signatures` with
    ``keras.export.ExportArchive`` into ``NAME/.tmp-<version>-<random>/`` beside the target;
 3. adds the assets (labels.txt, the training config, cskd_export.json with the
@@ -211,7 +211,7 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
     """
     import keras
 
-    from cskd_tf.training.trainer import load_trained
+    from cskd_tf.training.restore import restore_from_workdir
     from cskd_tf.training.workdir import Workdir
 
     model_name = check_model_name(model_name)
@@ -239,7 +239,7 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
     steps = progress.Steps(f"cskd-export {model_name}/{version}", total=3 + bool(verify),
                            verbose=verbose)
     steps.next(f"loading the run {run.path}")
-    config, facts, model = load_trained(run.path)
+    config, facts, model = restore_from_workdir(run.path)
     augment = resolve_augment(config, facts)
     functions = sig.ServingFunctions(model, preprocess_for(facts, augment), facts["class_names"],
                                      facts["image_shape"], top_k=top_k)

@@ -1,8 +1,8 @@
 """The thin training loop: config → data → model → fit → evaluate.
 
-``train(config, workdir)`` is what ``cskd-train`` runs; ``build_model`` and
-``load_trained`` are shared with evaluation, export and the tuner so a model
-is always constructed the same way.
+``train(config, workdir)`` is what ``cskd-train`` runs; ``build_model`` is
+shared with restoring a run (training/restore.py: evaluation, export, the KD
+teacher) and the tuner so a model is always constructed the same way.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import tensorflow as tf
 
 from cskd_tf import config as config_lib
 from cskd_tf import data as data_lib
-from cskd_tf import losses, models
-from cskd_tf.errors import ConfigError, WorkdirError
+from cskd_tf import losses, models, runtime
+from cskd_tf.errors import ConfigError
 from cskd_tf.models.cskd_model import CSKDModel
 from cskd_tf.training import callbacks as cb
-from cskd_tf.training import distribute, runtime
+from cskd_tf.training import distribute
 from cskd_tf.training.schedules import EpochSchedule
+from cskd_tf.training.teacher import teacher_for
 from cskd_tf.training.workdir import Workdir
 
 
@@ -85,7 +86,7 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
     with placement.scope():
         model = build_model(config, info.num_classes, info.image_shape, info.mean, info.std,
                             method)
-        method.prepare_training(model)
+        method.prepare_training(model, teacher=teacher_for(method, model))
         steps_per_epoch = config.steps_per_epoch or info.splits["train"] // config.batch_size
         if steps_per_epoch < 1:
             raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
@@ -177,20 +178,3 @@ def evaluate_splits(model, config, info, splits, jit_compile=False):
         if name in results:
             results[name].update(scaled)
     return results
-
-
-def load_trained(workdir_path):
-    """(config, data facts, model with the last checkpoint's weights) of a run."""
-    workdir = Workdir(workdir_path)
-    config = workdir.load_config()
-    facts = workdir.read("data.json")
-    runtime.setup(config)
-    model = build_model(config, facts["num_classes"], facts["image_shape"], facts["mean"],
-                        facts["std"])
-    latest = tf.train.latest_checkpoint(workdir.checkpoint_dir)
-    if latest is None:
-        raise WorkdirError(f"{workdir.path} has no checkpoint; rerun cskd-train with this "
-                           "--workdir to finish training")
-    # Only the model is needed here; the optimizer's slots are left unrestored.
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-    return config, facts, model

@@ -15,10 +15,11 @@ import keras_tuner
 import tensorflow as tf
 
 from cskd_tf import data as data_lib
-from cskd_tf import losses, models
+from cskd_tf import losses, models, runtime
 from cskd_tf.errors import ConfigError, NonFiniteLossError
 from cskd_tf.training import callbacks as cb
-from cskd_tf.training import runtime, trainer
+from cskd_tf.training import trainer
+from cskd_tf.training.teacher import teacher_for
 from cskd_tf.tuning.space import SearchSpace, add_derived_metrics
 
 # Epoch-log keys reported under another name: they are what the trial really trained with
@@ -109,7 +110,7 @@ class CSKDHyperModel(keras_tuner.HyperModel):
         method = losses.get_method(config.method, config)
         model = trainer.build_model(config, info.num_classes, info.image_shape, info.mean,
                                     info.std, method)
-        method.prepare_training(model)
+        method.prepare_training(model, teacher=teacher_for(method, model))
         trainer.compile_model(model, config, self.data.steps_per_epoch, self.data.jit_compile)
         return model
 

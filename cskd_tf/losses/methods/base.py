@@ -77,6 +77,10 @@ class Method:
     views: tuple[str, ...] = ("anchor",)
     head = "linear"
     terms: tuple[str, ...] = ("ce",)
+    # True: the trainer loads a frozen teacher (its ``teacher_workdir`` and ``teacher_model``
+    # attributes, from config.kd) and passes it to
+    # prepare_training; the method itself never reads workdirs or files.
+    needs_teacher = False
 
     @classmethod
     def from_config(cls, config):
@@ -95,9 +99,10 @@ class Method:
     def build(self, model):
         """Creates extra state on ``model`` (heads, variables). Called once."""
 
-    def prepare_training(self, model):
-        """Loads state only training needs (e.g. a KD teacher); ``trainer.train`` calls it
-        once after building the model. Unlike :meth:`build`, evaluation and export of a
+    def prepare_training(self, model, teacher=None):
+        """Takes state only training needs; ``trainer.train`` calls it once after building
+        the model, with ``teacher`` a frozen ``images -> logits`` callable when the method
+        sets ``needs_teacher`` (else None). Unlike :meth:`build`, evaluation and export of a
         finished run never call it, so they do not need the teacher."""
 
     def detached_outputs(self, model, images, labels):

@@ -2,10 +2,12 @@
 
     L = (1 − α) · CE(f(x), y) + α · T² · KL( softmax(g(x)/T) ‖ softmax(f(x)/T) )
 
-g: the teacher, loaded from config.kd.teacher_workdir (a finished cskd-train
-workdir or a SavedModel directory, see :mod:`._teacher`), frozen, called with
-``training=False`` on the same augmented batch as the student, outside the
-gradient tape. T = config.kd.temperature (4), α = config.kd.alpha (0.9). The
+g: the teacher, a frozen callable ``images -> logits`` handed to
+:meth:`prepare_training` (the trainer loads it from config.kd.teacher_workdir, a
+finished cskd-train workdir or a SavedModel directory, with
+:func:`cskd_tf.training.teacher.teacher_for`), called with ``training=False``
+on the same augmented batch as the student, outside the gradient tape.
+T = config.kd.temperature (4), α = config.kd.alpha (0.9). The
 KL is summed over classes and averaged over the batch.
 
 Relation to ``keras.distillation`` (Keras 3.15): ``Distiller`` is a
@@ -22,10 +24,11 @@ teacher as target); tests/test_methods.py checks it equals
 ``LogitsDistillation`` where no probability is clipped and differs where
 one is.
 
-The teacher is loaded in :meth:`prepare_training` (``trainer.train`` calls it
-before training starts, so a bad teacher fails fast with a ModelError) and
-never by evaluation or export of the finished student. A custom loop that
-skips ``prepare_training`` gets the teacher loaded lazily on the first step.
+The method declares ``needs_teacher = True``; ``trainer.train`` loads the
+teacher before training starts (so a bad teacher fails fast with a ModelError)
+and evaluation or export of the finished student never does. A custom loop
+must call ``prepare_training(model, teacher=...)`` itself; a step without a
+teacher is a ModelError that says so.
 
 Cost: one student forward/backward pass plus one teacher forward pass.
 """
@@ -33,8 +36,8 @@ Cost: one student forward/backward pass plus one teacher forward pass.
 import tensorflow as tf
 
 from cskd_tf.config import check_range
+from cskd_tf.errors import ModelError
 from cskd_tf.losses.kl import class_wise_kl
-from cskd_tf.losses.methods._teacher import load_teacher, student_facts
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
 
 
@@ -48,10 +51,12 @@ def kd_loss(logits, teacher_logits, labels, temperature, alpha):
 @register("kd")
 class KnowledgeDistillation(Method):
     terms = ("ce", "kd")
+    needs_teacher = True
 
     def __init__(self, temperature, alpha, teacher_workdir, teacher_model):
         """``teacher_workdir``: a cskd-train workdir or SavedModel path; ``teacher_model``:
-        the teacher's architecture if it differs from what the workdir says ("" = its own)."""
+        the teacher's architecture if it differs from what the workdir says ("" = its own).
+        The method never reads them itself: the trainer loads the teacher they name."""
         self.temperature = check_range("kd.temperature", temperature, low=0, low_open=True)
         self.alpha = check_range("kd.alpha", alpha, low=0, high=1)
         self.teacher_workdir = str(teacher_workdir or "")
@@ -66,18 +71,21 @@ class KnowledgeDistillation(Method):
         return {"temperature": self.temperature, "alpha": self.alpha,
                 "teacher_workdir": self.teacher_workdir, "teacher_model": self.teacher_model}
 
-    def prepare_training(self, model):
-        num_classes, image_shape = student_facts(model)
-        self.teacher = load_teacher(self.teacher_workdir, self.teacher_model, num_classes,
-                                    image_shape, method=self.name)
+    def prepare_training(self, model, teacher=None):
+        if teacher is None:
+            raise ModelError(f"method {self.name!r} needs a teacher: pass "
+                             "prepare_training(model, teacher=...) a frozen callable images -> "
+                             "logits (cskd_tf.training.teacher.teacher_for builds it from "
+                             "--config.kd.teacher_workdir)")
+        self.teacher = teacher
 
     def teacher_logits(self, model, images):
         if self.teacher is None:
-            # Create the teacher's variables eagerly, outside any trace, and keep AutoGraph
-            # from converting the loading code.
-            with tf.init_scope():
-                tf.autograph.experimental.do_not_convert(self.prepare_training)(model)
-        return self.teacher(images)
+            raise ModelError(f"method {self.name!r} has no teacher yet; call "
+                             "method.prepare_training(model, teacher=...) before training "
+                             "(cskd-train does)")
+        # Frozen whatever the callable is: no gradient, float32 like the student's loss.
+        return tf.stop_gradient(tf.cast(self.teacher(images), tf.float32))
 
     def detached_outputs(self, model, images, labels):
         return {"teacher_logits": self.teacher_logits(model, images[0])}

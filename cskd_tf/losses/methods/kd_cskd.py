@@ -23,6 +23,7 @@ from cskd_tf.losses.methods.kd import KnowledgeDistillation
 class KnowledgeDistillationClassWise(Method):
     views = ("anchor", "partner")
     terms = ("ce", "kd", "cls")
+    needs_teacher = True
 
     def __init__(self, temperature, kd):
         """``temperature``: CS-KD's T; ``kd``: the ``kd`` method's hyperparameters
@@ -37,6 +38,15 @@ class KnowledgeDistillationClassWise(Method):
     def hyperparameters(self):
         return {"temperature": self.temperature, "kd": self.kd.hyperparameters()}
 
+    # The teacher is the KD part's: named by config.kd, loaded by the trainer.
+    @property
+    def teacher_workdir(self):
+        return self.kd.teacher_workdir
+
+    @property
+    def teacher_model(self):
+        return self.kd.teacher_model
+
     @property
     def teacher(self):
         return self.kd.teacher
@@ -45,8 +55,8 @@ class KnowledgeDistillationClassWise(Method):
     def teacher(self, teacher):
         self.kd.teacher = teacher
 
-    def prepare_training(self, model):
-        self.kd.prepare_training(model)
+    def prepare_training(self, model, teacher=None):
+        self.kd.prepare_training(model, teacher)
 
     def detached_outputs(self, model, images, labels):
         detached = self.kd.detached_outputs(model, images, labels)

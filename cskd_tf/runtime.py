@@ -1,4 +1,9 @@
-"""Process-wide settings a run needs before any model exists."""
+"""Process-wide settings a run needs before any model exists.
+
+Low in the stack (it imports only :mod:`cskd_tf.errors`) so that training,
+evaluation (the speed benchmark) and the command-line tools share one
+``gpu_present`` and one ``setup`` without importing each other.
+"""
 
 from __future__ import annotations
 

@@ -1,12 +1,20 @@
-"""Loading a frozen KD teacher, shared by the ``kd`` and ``kd_cskd`` methods.
+"""Loading a frozen KD teacher for the ``kd`` and ``kd_cskd`` methods.
+
+The trainer (and the tuner's hypermodel) hand the teacher to the method:
+
+    method.prepare_training(model, teacher=teacher_for(method, model))
+
+so the methods in :mod:`cskd_tf.losses` only ever see a callable ``images -> logits`` and
+know nothing of workdirs or SavedModels.
 
 ``config.kd.teacher_workdir`` names either
 
 * a finished ``cskd-train`` workdir (``config.json``, ``data.json`` and a
-  checkpoint): the teacher is rebuilt exactly as ``trainer.load_trained``
-  does (its own architecture, head and input normalization from the
-  workdir; a non-empty ``config.kd.teacher_model`` overrides the architecture) and
-  restored from the last checkpoint; or
+  checkpoint): the teacher is rebuilt and restored by
+  :func:`cskd_tf.training.restore.restore_from_workdir`'s parts (its own
+  architecture, head and input normalization from the workdir; a non-empty
+  ``config.kd.teacher_model`` overrides the architecture), without touching the
+  running job's seed or precision policy; or
 * a SavedModel directory (``saved_model.pb``), or a TF Serving model base
   holding numbered versions of one (the newest is used), e.g. what
   ``cskd-export`` writes: loaded with ``tf.saved_model.load``; its ``logits``
@@ -26,18 +34,16 @@ Bad input raises :class:`~cskd_tf.errors.ModelError` with a one-line message:
 no teacher set, a path that does not exist, a directory that is neither kind,
 a workdir without checkpoint, or a teacher whose class count (or channel
 count) differs from the student's.
-
-Not a method itself (nothing is registered here).
 """
 
 from __future__ import annotations
 
-import gc
 import os
 
 import tensorflow as tf
 
 from cskd_tf.errors import CSKDError, ModelError
+from cskd_tf.training.restore import read_run, restore_model
 
 
 class Teacher:
@@ -56,6 +62,20 @@ class Teacher:
 
     def __call__(self, images):
         return tf.stop_gradient(tf.cast(self._call(images), tf.float32))
+
+
+def teacher_for(method, model):
+    """The frozen teacher ``method`` trains against, or None when it needs none.
+
+    A method asks for one with the class attribute ``needs_teacher = True``; the teacher
+    comes from its ``teacher_workdir`` (config.kd.teacher_workdir; its architecture replaced
+    by ``teacher_model`` if that is non-empty) and must fit the student ``model``.
+    """
+    if not getattr(method, "needs_teacher", False):
+        return None
+    num_classes, image_shape = student_facts(model)
+    return load_teacher(method.teacher_workdir, method.teacher_model, num_classes, image_shape,
+                        method=method.name)
 
 
 def student_facts(model):
@@ -114,13 +134,8 @@ def _resize_to(images, height, width):
 
 
 def _from_workdir(path, teacher_model, student_classes, image_shape):
-    from cskd_tf.training import trainer
-    from cskd_tf.training.workdir import Workdir
-
-    workdir = Workdir(path)
     try:
-        teacher_config = workdir.load_config()
-        facts = workdir.read("data.json")
+        workdir, teacher_config, facts = read_run(path)
     except CSKDError as e:
         raise ModelError(f"cannot use {path!r} as the teacher: {e}") from None
     if teacher_model:  # an explicit architecture overrides the workdir's
@@ -131,33 +146,13 @@ def _from_workdir(path, teacher_model, student_classes, image_shape):
                          f"the student's have {image_shape[-1]}; use a teacher trained on the "
                          "same dataset")
     num_classes = int(facts["num_classes"])
+    # Before the build: a teacher of another dataset fails without building anything.
     _check_classes(path, num_classes, student_classes)
-    latest = tf.train.latest_checkpoint(workdir.checkpoint_dir)
-    if latest is None:
-        raise ModelError(f"the teacher workdir {path!r} has no checkpoint; finish training it "
-                         "with cskd-train first")
-    model = trainer.build_model(teacher_config, num_classes, teacher_shape, facts["mean"],
-                                facts["std"])
-    mismatch = False
     try:
-        status = tf.train.Checkpoint(model=model).restore(latest)
-        status.expect_partial()
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError):
-        mismatch = True
-    if mismatch:
-        # Drop the half-restored model now, so TensorFlow's "unrestored values" warnings
-        # do not trail the one-line error.
-        model = status = None
-        logger = tf.get_logger()
-        level = logger.level
-        logger.setLevel("ERROR")
-        try:
-            gc.collect()
-        finally:
-            logger.setLevel(level)
-        raise ModelError(f"the checkpoint in {path!r} does not fit a {teacher_config.model!r} "
-                         "teacher; clear --config.kd.teacher_model or check the workdir") from None
+        model = restore_model(workdir, teacher_config, facts)
+    except CSKDError as e:
+        hint = "; or clear --config.kd.teacher_model" if teacher_model else ""
+        raise ModelError(f"cannot use {path!r} as the teacher: {e}{hint}") from None
     model.trainable = False
 
     def call(images):

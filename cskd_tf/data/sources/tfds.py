@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cskd_tf.data.sources import IMAGENET_MEAN, IMAGENET_STD, Listing, Source, SplitData
+from cskd_tf.data.sources.base import (IMAGENET_MEAN, IMAGENET_STD, Listing, Source, SplitData,
+                                       register_source)
 from cskd_tf.errors import ConfigError, DataError
 
 CIFAR_STATS = {
@@ -36,6 +37,7 @@ def parse_name(spec: str) -> str:
     return spec
 
 
+@register_source("tfds:")
 class TFDSSource(Source):
     name = "tfds"
     layout = "a TFDS data_dir (prepared data or room to download it)"

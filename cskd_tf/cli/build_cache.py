@@ -1,6 +1,6 @@
-"""Builds a config's per-class TFRecord shard cache once, for training elsewhere from it.
+"""cskd-build-cache: build a config's per-class TFRecord shard cache once, to train elsewhere.
 
-    python -m cskd_tf.data.build_cache --config=configs/imagenet_tfds.py \
+    cskd-build-cache --config=configs/imagenet_tfds.py \
         --config.data_dir=/data/tfds --config.cache_dir=/data/cskd-cache
 
 reads the dataset (``config.dataset``/``data_dir``, with ``max_classes``,
@@ -36,5 +36,9 @@ def main(argv):
     print(f"train from it with --config.dataset=shards --config.data_dir={info.cache_path}")
 
 
-if __name__ == "__main__":
+def run():
     common.run(main)
+
+
+if __name__ == "__main__":
+    run()

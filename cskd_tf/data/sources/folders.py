@@ -11,7 +11,8 @@ import os
 
 import numpy as np
 
-from cskd_tf.data.sources import IMAGENET_MEAN, IMAGENET_STD, Listing, Source, SplitData
+from cskd_tf.data.sources.base import (IMAGENET_MEAN, IMAGENET_STD, Listing, Source, SplitData,
+                                       register_source)
 from cskd_tf.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -39,6 +40,7 @@ def _split(paths, labels) -> SplitData:
     return SplitData(labels=np.asarray(labels, np.int64), paths=list(paths))
 
 
+@register_source("tinyimagenet")
 class TinyImageNetSource(Source):
     """TinyImageNet-200 in its official layout::
 
@@ -107,6 +109,7 @@ class TinyImageNetSource(Source):
         return Listing(class_names=names, splits=splits)
 
 
+@register_source("imagefolder")
 class ImageFolderSource(Source):
     """A generic tree of class folders::
 
@@ -159,6 +162,7 @@ class ImageFolderSource(Source):
         return Listing(class_names=classes, splits=splits)
 
 
+@register_source("mit67")
 class MIT67Source(Source):
     """MIT Indoor-67 in its official layout::
 

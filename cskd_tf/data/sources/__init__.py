@@ -1,0 +1,29 @@
+"""Data sources: where the examples of each ``config.dataset`` are and how to list them.
+
+* :mod:`.base`: :class:`Source`, :class:`SplitData`, :class:`Listing` and the registry
+  (``@register_source``, :func:`get_source`, :func:`source_names`);
+* :mod:`.splits`: the split rules every listing goes through (:func:`select`);
+* :mod:`.arrays`: ``digits``, ``fashion_mnist``; :mod:`.folders`: ``tinyimagenet``,
+  ``imagefolder``, ``mit67``; :mod:`.tfds`: ``tfds:<name>``; :mod:`.cache`: ``shards``
+  (a cache built earlier by cskd-build-cache).
+
+Importing the package registers every source; the names below are the public API.
+"""
+
+from cskd_tf.data.sources.base import (IMAGENET_MEAN, IMAGENET_STD, SOURCES, Listing, Source,
+                                       SplitData, array_fingerprint, get_source,
+                                       register_source, source_names, tree_fingerprint)
+from cskd_tf.data.sources.splits import select
+
+# Imported for their @register_source side effect (and re-exported).
+from cskd_tf.data.sources.arrays import DigitsSource, FashionMNISTSource, read_idx  # noqa: E402
+from cskd_tf.data.sources.cache import ShardCacheSource  # noqa: E402
+from cskd_tf.data.sources.folders import (ImageFolderSource, MIT67Source,  # noqa: E402
+                                          TinyImageNetSource, list_images)
+from cskd_tf.data.sources.tfds import TFDSSource  # noqa: E402
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SOURCES", "DigitsSource", "FashionMNISTSource",
+           "ImageFolderSource", "Listing", "MIT67Source", "ShardCacheSource", "Source",
+           "SplitData", "TFDSSource", "TinyImageNetSource", "array_fingerprint", "get_source",
+           "list_images", "read_idx", "register_source", "select", "source_names",
+           "tree_fingerprint"]
