@@ -42,8 +42,8 @@ PAPER_DATASETS = {
 
 
 def paper_config(dataset_key, **overrides):
-    """default_config() with the paper's recipe for ``dataset_key`` and overrides
-    (a method group given as a dict, e.g. ``kd=dict(alpha=0.5)``, sets only the fields it names)."""
+    """default_config() with the paper's recipe for ``dataset_key`` and overrides; a method
+    group given as a dict (``kd=dict(alpha=0.5)``) sets only the fields it names."""
     config = default_config()
     config.protocol = "paper"
     config.init = "torch"

@@ -248,3 +248,32 @@ def test_a_report_does_not_flag_old_and_new_runs_of_one_experiment_as_different(
     old.update(seed=2, kd_alpha=0.5)  # a real difference is still reported, under its group
     write_run("old_other_alpha", old)
     assert "differ in config field(s) kd " in report.build_report([str(tmp_path)])
+
+
+def test_cli_maps_flat_fields_of_a_config_file_and_names_the_label_smoothing_group(tmp_path):
+    """One cskd-train start-up (it stops at the first error, before any data is read)."""
+    import subprocess
+
+    from conftest import console_script
+
+    config_file = tmp_path / "old.py"
+    config_file.write_text("from cskd_tf.config import default_config\n\n\n"
+                           "def get_config():\n    c = default_config()\n"
+                           "    c.method = 'mixup'\n    c.mixup_alpha = 0.0\n    return c\n")
+    smoothing_file = tmp_path / "old_smoothing.py"
+    smoothing_file.write_text("from cskd_tf.config import default_config\n\n\n"
+                              "def get_config():\n    c = default_config()\n"
+                              "    c.label_smoothing = 0.2\n    return c\n")
+    for config, want in [
+        (config_file, ["warning: config.mixup_alpha is deprecated; use config.mixup.alpha",
+                       "error: config.mixup.alpha must be > 0 (got 0.0); set --config.mixup.alpha "
+                       "to a value > 0"]),
+        (smoothing_file, ["error: config.label_smoothing is now a group of fields; set "
+                          "config.label_smoothing.epsilon instead"]),
+    ]:
+        result = subprocess.run([console_script("cskd-train"), f"--config={config}",
+                                 f"--workdir={tmp_path / 'run'}"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == want, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

@@ -134,8 +134,8 @@ class CSKDHyperModel(keras_tuner.HyperModel):
             cb.NonFiniteLossGuard(),
             cb.LearningRateLogger(),
             cb.CSKDCallback(val_ds, lambda_cls=float(config.lambda_cls),
-                            # The T the method was built from (get_method(config.method, config)
-                            # in build), so the logged value proves what was used.
+                            # The trial's T: build() made the method from this same config
+                            # (Method.from_config reads config.temperature).
                             temperature=float(config.temperature),
                             lambda_warmup_epochs=config.lambda_warmup_epochs,
                             jit_compile=self.data.jit_compile),
