@@ -9,7 +9,12 @@ of the gradient tape:
     targets = method.targets(model, images, labels)          # no tape
     loss, logits, terms = method.loss(model, images, labels, targets)  # tape
 
-``images`` is always a tuple ordered as ``views``. ``model`` is a
+``images`` is always a tuple ordered as ``views``. When the batch carries sample
+weights (``fit(sample_weight=...)``, ``class_weight``), ``targets["sample_weight"]``
+holds them per anchor, normalised by CSKDModel to average 1, and a method with
+``supports_sample_weight = True`` uses every batch mean as ``mean_i(w_i · term_i)``
+(the ``sample_weight`` argument of :func:`cross_entropy` and
+:func:`cskd_tf.losses.class_wise_kl`); CSKDModel refuses weights for other methods. ``model`` is a
 :class:`cskd_tf.models.CSKDModel`; ``model.forward(x, training)`` returns
 ``{"logits", "features"}``. ``logits`` returned by ``loss`` are the anchor
 logits the step's accuracy metrics use.
@@ -45,8 +50,19 @@ def get_method(name, config):
     return METHODS[name](config)
 
 
-def cross_entropy(labels, logits, label_smoothing=0.0):
-    """Mean softmax cross-entropy from integer labels, computed in float32."""
+def weighted_mean(per_example, sample_weight=None):
+    """mean_i(w_i · x_i); the plain batch mean without weights."""
+    per_example = tf.cast(per_example, tf.float32)
+    if sample_weight is None:
+        return tf.reduce_mean(per_example)
+    return tf.reduce_mean(per_example * tf.reshape(tf.cast(sample_weight, tf.float32), [-1]))
+
+
+def cross_entropy(labels, logits, label_smoothing=0.0, sample_weight=None):
+    """Mean softmax cross-entropy from integer labels, computed in float32.
+
+    ``sample_weight`` (batch,) weights each example: mean_i(w_i · CE_i).
+    """
     logits = tf.cast(logits, tf.float32)
     labels = tf.cast(labels, tf.int32)
     if label_smoothing:
@@ -56,7 +72,7 @@ def cross_entropy(labels, logits, label_smoothing=0.0):
         per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
     else:
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-    return tf.reduce_mean(per_example)
+    return weighted_mean(per_example, sample_weight)
 
 
 class Method:
@@ -68,6 +84,8 @@ class Method:
     terms: tuple[str, ...] = ("ce",)
     # Forward passes per step relative to CE, for the docs and the speed benchmark.
     forward_passes = 1
+    # Whether loss() honours targets["sample_weight"] (see the module docstring).
+    supports_sample_weight = False
 
     def __init__(self, config):
         self.config = config

@@ -22,12 +22,15 @@ class ClassWiseSelfKD(Method):
     views = ("anchor", "partner")
     terms = ("ce", "cls")
     forward_passes = 2
+    supports_sample_weight = True  # per-anchor weights on both terms
 
     def targets(self, model, images, labels):
         return {"partner_logits": model.forward(images[1], training=True)["logits"]}
 
     def loss(self, model, images, labels, targets):
         logits = model.forward(images[0], training=True)["logits"]
-        ce = cross_entropy(labels, logits)
-        cls = class_wise_kl(logits, targets["partner_logits"], self.config.temperature)
+        weights = targets.get("sample_weight")
+        ce = cross_entropy(labels, logits, sample_weight=weights)
+        cls = class_wise_kl(logits, targets["partner_logits"], self.config.temperature,
+                            sample_weight=weights)
         return ce + model.lambda_cls * cls, logits, {"ce": ce, "cls": cls}
