@@ -433,6 +433,39 @@ def test_bad_datasets_raise_one_line_data_errors(tmp_path):
         one_line(e, fragment)
 
 
+# ----------------------------------------------------------- cskd-train's model.keras
+
+
+def test_cskd_train_writes_model_keras_that_eval_and_export_accept(tiny_config, tmp_path):
+    import json
+
+    from cskd_tf import data as data_lib
+    from cskd_tf.serving.export import export_workdir, load_run
+    from cskd_tf.training.trainer import evaluate_splits, load_trained, train
+
+    tiny_config.num_epochs = 1
+    workdir = str(tmp_path / "run")
+    train(tiny_config, workdir)
+    keras_file = os.path.join(workdir, "model.keras")
+    assert os.path.isfile(keras_file)
+    config, facts, model, run = load_run(keras_file)
+    assert run == os.path.abspath(workdir) and type(model).__name__ == "CSKDModel"
+    _, _, restored = load_trained(workdir)
+    x = np.random.default_rng(0).uniform(0, 1, (4, *facts["image_shape"])).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x, verbose=0), restored.predict(x, verbose=0),
+                               atol=1e-6)
+    # What cskd-eval --workdir=DIR/model.keras computes equals the run's own metrics.
+    info, splits = data_lib.prepare(config)
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        expected = json.load(f)
+    got = evaluate_splits(model, config, info, splits)
+    for split, values in expected.items():
+        for key in ("top1_error", "nll", "ece"):
+            assert got[split][key] == pytest.approx(values[key], abs=1e-4), (split, key)
+    result = export_workdir(keras_file, "fromkeras", export_base=str(tmp_path / "sm"))
+    assert os.path.exists(os.path.join(result.path, "saved_model.pb"))
+
+
 # ------------------------------------------------------------------------------ README
 
 
