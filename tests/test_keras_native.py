@@ -67,8 +67,9 @@ def mobilenet():
     import keras
 
     keras.utils.set_random_seed(0)
+    # minimalistic: no squeeze-excite or hard-swish, so the graph traces faster.
     base = keras.applications.MobileNetV3Small(input_shape=(SIZE, SIZE, 3), include_top=False,
-                                               weights=None, pooling="avg")
+                                               weights=None, pooling="avg", minimalistic=True)
     inputs = keras.Input((SIZE, SIZE, 3))
     return keras.Model(inputs, keras.layers.Dense(CLASSES)(base(inputs)), name="mnv3")
 
@@ -108,18 +109,22 @@ def test_users_model_trains_with_cskd_on_an_image_folder(kind, folder_ds, tmp_pa
                   metrics=streaming_metrics())
     epochs = 3 if kind == "sequential" else 1
     logs = model.fit(pairs, validation_data=folder_ds, epochs=epochs, verbose=0).history
+    width = int(net.layers[-2].output.shape[-1]) if kind == "mobilenet" else 16
     for key in ("loss", "ce", "cls", "accuracy", "top5_accuracy", "ece", "nll", "recall_at_1",
                 "val_loss", "val_ece", "val_nll", "val_recall_at_1", "val_accuracy"):
         assert len(logs[key]) == epochs and np.all(np.isfinite(logs[key])), key
     assert logs["cls"][-1] > 0  # partners are other images of the class
-    # The compiled NLL of the validation pass is the validation cross-entropy.
-    assert logs["val_nll"][-1] == pytest.approx(logs["val_loss"][-1], rel=1e-4)
+    # The compiled NLL of the validation pass is the validation cross-entropy, except that
+    # NLL clips p >= 1e-12 (an untrained network with batch norm can go below that).
+    assert logs["val_nll"][-1] <= logs["val_loss"][-1] * (1 + 1e-4)
+    if kind == "sequential":
+        assert logs["val_nll"][-1] == pytest.approx(logs["val_loss"][-1], rel=1e-4)
     assert 0 <= logs["val_recall_at_1"][-1] <= 1
     if kind == "sequential":
         assert logs["ce"][-1] < logs["ce"][0]
     assert model.predict(folder_ds, verbose=0).shape == (CLASSES * PER_CLASS, CLASSES)
     features = model.embed(np.zeros((2, SIZE, SIZE, 3), np.float32))
-    assert features.shape == (2, 16 if kind == "sequential" else 576)
+    assert features.shape == (2, width)  # the input of the Dense head
 
 
 # ------------------------------------------------------------------------ save / load

@@ -247,7 +247,8 @@ class CSKDModel(keras.Model):
         features already (otherwise they are computed from ``x`` if a metric needs them).
         """
         outputs = y_pred if isinstance(y_pred, dict) else {"logits": y_pred}
-        logits = outputs["logits"]
+        # A user's model under mixed precision may emit float16 logits; metrics take float32.
+        logits = tf.cast(outputs["logits"], tf.float32)
         self.accuracy_metric.update_state(y, logits, sample_weight)
         self.top5_metric.update_state(y, logits, sample_weight)
         if self._compile_metrics is not None:
@@ -256,6 +257,7 @@ class CSKDModel(keras.Model):
             features = outputs.get("features")
             if features is None:
                 features = self.embed(x, training=False)
+            features = tf.cast(features, tf.float32)
             for metric, weighted in self._feature_metrics:
                 metric.update_state(y, features, sample_weight if weighted else None)
         results = self.get_metrics_result()
