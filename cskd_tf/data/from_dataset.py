@@ -203,7 +203,7 @@ def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fi
       fingerprint: the cache key for this data (e.g. "flowers-v2"); None = a hash of the data.
       image_size: output size S (S×S); None = the images' own size (they must agree, and be
         square for a named augmentation).
-      channels: output channels; None = the dataset's own (3 if it does not say).
+      channels: output channels; None = the dataset's own (RGBA and unknown counts: 3).
       num_classes: labels must be < num_classes; None = max label + 1.
       views: ("anchor", "partner") for CS-KD; ("anchor",) yields plain (image, label).
       max_examples: a dataset of unknown size that yields more is refused.
@@ -223,7 +223,10 @@ def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fi
         raise DataError("pairs_from_dataset got an infinite dataset (repeat()?); pass a finite "
                         "one, e.g. ds.take(n) or the dataset without .repeat()")
     element = _Element(ds)
-    channels = int(channels or element.channels or (3 if element.has_channels else 1))
+    # The dataset's own channel count, except that an alpha channel is dropped (RGBA -> RGB),
+    # as the imagefolder source decodes; unknown counts become RGB, grey stays grey.
+    own = element.channels if element.has_channels else 1
+    channels = int(channels or (3 if own in (None, 4) else own))
     scale = _value_scale(ds, element)
     source = _DatasetSource(ds, element, scale, channels, fingerprint,
                             None if num_classes is None else int(num_classes), max_examples)
