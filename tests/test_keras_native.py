@@ -165,8 +165,6 @@ def test_keras_file_round_trip_predicts_the_same_and_keeps_training(folder_ds, t
 
 def test_import_cskd_tf_before_keras_is_enough_to_load(tmp_path):
     """In a fresh process `import cskd_tf` (before Keras) registers the classes load_model needs."""
-    import keras
-
     from cskd_tf.models import CSKDModel
 
     model = CSKDModel(small_sequential(), method=cskd_method())
@@ -186,7 +184,6 @@ def test_import_cskd_tf_before_keras_is_enough_to_load(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
-    del keras
 
 
 # ------------------------------------------------------------- sample weights, losses
