@@ -426,9 +426,17 @@ def test_bad_datasets_raise_one_line_data_errors(tmp_path):
         while True:
             yield np.zeros((4, 4, 3), np.uint8), 0
 
+    def sizes():
+        for i in range(6):
+            yield np.zeros((4 + i, 4, 3), np.uint8), i % 3
+
     spec = (tf.TensorSpec((4, 4, 3), tf.uint8), tf.TensorSpec((), tf.int64))
     cases.append((tf.data.Dataset.from_generator(endless, output_signature=spec),
                   {"max_examples": 50}, "did not end"))
+    ragged = (tf.TensorSpec((None, 4, 3), tf.uint8), tf.TensorSpec((), tf.int64))
+    cases.append((tf.data.Dataset.from_generator(sizes, output_signature=ragged), {},
+                  "differ in size"))
+    cases.append((make(np.array([0, 1, 2, 0, 1, 2])), {"augment": "cifar10"}, "augment="))
     for ds, kwargs, fragment in cases:
         with pytest.raises(DataError) as e:
             pairs_from_dataset(ds, batch_size=2, seed=0, cache_dir=str(tmp_path), **kwargs)

@@ -258,13 +258,17 @@ def _transform(augment, image_size, native, channels):
     """The per-view transform ``(image, seed) -> image`` for memory_pairs, or None."""
     if callable(augment):
         return augment
-    if augment is None and image_size is None:
+    if augment is not None and augment not in augment_lib.AUGMENTS:
+        raise DataError(f"pairs_from_dataset: augment={augment!r} is not one of "
+                        f"{', '.join(augment_lib.AUGMENTS)}, None or a function (image, seed)")
+    if image_size is None:
         if native is None:
             raise DataError("pairs_from_dataset: the images differ in size; pass image_size=S "
                             "to resize them to S×S")
-        return None  # one shape already: no transform at all
-    size = image_size or (native[0] if native and native[0] == native[1] else None)
-    if size is None:
-        raise DataError(f"pairs_from_dataset: augment={augment!r} needs square images; pass "
-                        "image_size=S")
-    return augment_lib.train_transform(augment or "none", int(size), int(channels))
+        if augment is None:
+            return None  # one shape already: no transform at all
+        if native[0] != native[1]:
+            raise DataError(f"pairs_from_dataset: augment={augment!r} makes square images and "
+                            f"these are {native[0]}x{native[1]}; pass image_size=S")
+    size = int(image_size or native[0])
+    return augment_lib.train_transform(augment or "none", size, int(channels))
