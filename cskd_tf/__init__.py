@@ -25,23 +25,35 @@ def register_keras_objects():
 
 
 class _AfterKerasImport(importlib.abc.MetaPathFinder):
-    """Runs :func:`register_keras_objects` once Keras' own import has finished."""
+    """Runs :func:`register_keras_objects` once Keras' own import has finished.
+
+    ``find_spec`` may be called without an import following (TensorFlow probes for Keras
+    with ``importlib.util.find_spec``), so the finder leaves ``sys.meta_path`` only when
+    a Keras module is actually executed.
+    """
+
+    _searching = False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "keras":
+        if fullname != "keras" or self._searching:
             return None
-        sys.meta_path.remove(self)  # one shot; the real finders locate Keras
-        spec = importlib.util.find_spec(fullname)
+        self._searching = True  # the real finders locate Keras, not this one again
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._searching = False
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         execute = spec.loader.exec_module
 
         def exec_module(module):
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             execute(module)
             try:
                 register_keras_objects()
-            except ImportError:
-                # Keras was first imported from inside a cskd_tf module that is still
+            except Exception:  # noqa: BLE001 - never break the user's `import keras`
+                # E.g. Keras was first imported from inside a cskd_tf module that is still
                 # initialising; those modules register their objects as they finish.
                 pass
 

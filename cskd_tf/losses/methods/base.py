@@ -9,15 +9,18 @@ of the gradient tape:
     targets = method.targets(model, images, labels)          # no tape
     loss, logits, terms = method.loss(model, images, labels, targets)  # tape
 
-``images`` is always a tuple ordered as ``views``. When the batch carries sample
-weights (``fit(sample_weight=...)``, ``class_weight``), ``targets["sample_weight"]``
-holds them per anchor, normalised by CSKDModel to average 1, and a method with
-``supports_sample_weight = True`` uses every batch mean as ``mean_i(w_i · term_i)``
-(the ``sample_weight`` argument of :func:`cross_entropy` and
-:func:`cskd_tf.losses.class_wise_kl`); CSKDModel refuses weights for other methods. ``model`` is a
+``images`` is always a tuple ordered as ``views``. ``model`` is a
 :class:`cskd_tf.models.CSKDModel`; ``model.forward(x, training)`` returns
 ``{"logits", "features"}``. ``logits`` returned by ``loss`` are the anchor
 logits the step's accuracy metrics use.
+
+Sample weights: when the batch carries them (``fit(sample_weight=...)``,
+``class_weight``), ``targets["sample_weight"]`` holds them per anchor,
+normalised by CSKDModel to average 1, and a method with
+``supports_sample_weight = True`` takes every batch mean as
+``mean_i(w_i · term_i)`` (the ``sample_weight`` argument of
+:func:`cross_entropy` and :func:`cskd_tf.losses.class_wise_kl`). CSKDModel
+refuses sample weights for the other methods.
 
 Adding a method: one module in this package defining a subclass and
 decorating it with ``@register("name")``; nothing else changes.
