@@ -1,6 +1,6 @@
 """cskd-eval: re-evaluate a trained run, or an export on its own, and print the metrics JSON.
 
-    cskd-eval --workdir=DIR [--split=val|test|train]
+    cskd-eval --workdir=DIR|DIR/model.keras [--split=val|test|train]
     cskd-eval --saved_model=saved_models/NAME/N [--config=configs/NAME.py [--config.F=V ...]]
               [--split=...]
 
@@ -24,7 +24,8 @@ from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-flags.DEFINE_string("workdir", None, "A cskd-train workdir.")
+flags.DEFINE_string("workdir", None, "A cskd-train workdir, or the model.keras file in one "
+                    "(evaluates that saved model).")
 flags.DEFINE_string("saved_model", None, "A cskd-export version folder (saved_models/NAME/N) "
                     "to evaluate instead of a workdir.")
 config_flags.DEFINE_config_file("config", None, "With --saved_model: the data config "
@@ -37,10 +38,10 @@ FLAGS = flags.FLAGS
 def _evaluate_workdir():
     from cskd_tf import data as data_lib
     from cskd_tf.errors import ConfigError
-    from cskd_tf.training.restore import restore_from_workdir
+    from cskd_tf.serving.export import load_run
     from cskd_tf.training.trainer import evaluate_splits
 
-    config, _, model = restore_from_workdir(FLAGS.workdir)
+    config, _, model, _ = load_run(FLAGS.workdir, need_finished=False)
     info, splits = data_lib.prepare(config)
     if "val" not in splits:
         from cskd_tf.evaluation.calibration import NO_VAL_NOTE

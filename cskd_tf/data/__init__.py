@@ -5,10 +5,12 @@
 * :mod:`cskd_tf.data.shards`: each split written once as per-class TFRecord files;
 * :mod:`cskd_tf.data.pairs`: the class-wise pair sampler (exact in memory, or streaming);
 * :mod:`cskd_tf.data.augment`: per-dataset augmentation (``config.augment``);
-* :mod:`cskd_tf.data.pipeline`: the API below.
+* :mod:`cskd_tf.data.pipeline`: the API below;
+* :mod:`cskd_tf.data.from_dataset`: pairs from the user's own tf.data.Dataset.
 """
 
 from cskd_tf.data.augment import AUGMENTS
+from cskd_tf.data.from_dataset import pairs_from_dataset
 from cskd_tf.data.pairs import pair_dataset
 from cskd_tf.data.pipeline import (DatasetInfo, eval_dataset, eval_preprocess, prepare,
                                    train_dataset)
@@ -16,4 +18,4 @@ from cskd_tf.data.shards import PreparedSplit
 from cskd_tf.data.sources import source_names
 
 __all__ = ["AUGMENTS", "DatasetInfo", "PreparedSplit", "eval_dataset", "eval_preprocess",
-           "pair_dataset", "prepare", "source_names", "train_dataset"]
+           "pair_dataset", "pairs_from_dataset", "prepare", "source_names", "train_dataset"]

@@ -279,6 +279,9 @@ class RecallAtK(keras.metrics.Metric):
         dtype: dtype of the features buffer.
     """
 
+    # CSKDModel.compile(metrics=[RecallAtK()]) feeds this metric the features, not logits.
+    takes_features = True
+
     def __init__(self, k=1, max_samples=10000, feature_dim=None, name=None, dtype=None):
         if isinstance(k, bool) or int(k) != k or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")

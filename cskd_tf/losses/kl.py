@@ -20,8 +20,10 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def class_wise_kl(logits, partner_logits, temperature):
+def class_wise_kl(logits, partner_logits, temperature, sample_weight=None):
     """T² · mean_batch KL(softmax(partner/T) ‖ softmax(logits/T)).
+
+    ``sample_weight`` (batch,) weights each anchor: T² · mean_i(w_i · KL_i).
 
     Both inputs are (batch, classes) logits; ``partner_logits`` is detached.
     The computation stays in log space (log-softmax on both sides), so it is
@@ -36,6 +38,8 @@ def class_wise_kl(logits, partner_logits, temperature):
     """
     temperature = tf.cast(temperature, tf.float32)
     kl = softened_kl_per_example(logits, partner_logits, temperature)
+    if sample_weight is not None:
+        kl = kl * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
     return tf.reduce_mean(kl) * temperature**2
 
 

@@ -145,11 +145,27 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
     if config.verbose and "val" not in splits:
         from cskd_tf.evaluation.calibration import NO_VAL_NOTE
         print(f"Note: {NO_VAL_NOTE}")
+    save_keras_model(model, out)
     out.write("metrics.json", metrics)
     distribute.release(placement, out, workdir)
     return metrics
 
 
+# ------------------------------------------------------------------ the .keras file
+KERAS_FILE = "model.keras"
+
+
+def save_keras_model(model, workdir: Workdir):
+    """Writes DIR/model.keras: the trained model, its method and optimizer in one file.
+
+    ``keras.models.load_model(DIR/model.keras)`` (after ``import cskd_tf``) gives the same
+    predictions and can continue training; cskd-eval and cskd-export accept its path. It is
+    written before metrics.json, so a finished run always has it.
+    """
+    model.save(workdir.file(KERAS_FILE))
+
+
+# ---------------------------------------------------------------------------------------
 def evaluate_splits(model, config, info, splits, jit_compile=False):
     """metrics.json: {split: the paper's metrics} for each split of ``config.eval_splits``.
 

@@ -24,6 +24,14 @@ returns the same keywords (and ``name``), so ``METHODS[name](**rest)``
 rebuilds the method. A combined method takes each part's group as a
 mapping named after the group (``kd_cskd``: ``temperature`` and ``kd``).
 
+Sample weights: when the batch carries them (``fit(sample_weight=...)``,
+``class_weight``), ``detached["sample_weight"]`` holds them per anchor,
+normalised by CSKDModel to average 1, and a method with
+``supports_sample_weight = True`` takes every batch mean as
+``mean_i(w_i · term_i)`` (the ``sample_weight`` argument of
+:func:`cross_entropy` and :func:`cskd_tf.losses.class_wise_kl`). CSKDModel
+refuses sample weights for the other methods.
+
 Adding a method: one module in this package defining a subclass and
 decorating it with ``@register("name")``, plus its group in
 :func:`cskd_tf.config.default_config` if it has hyperparameters.
@@ -56,8 +64,19 @@ def get_method(name, config):
     return METHODS[name].from_config(config)
 
 
-def cross_entropy(labels, logits, label_smoothing=0.0):
-    """Mean softmax cross-entropy from integer labels, computed in float32."""
+def weighted_mean(per_example, sample_weight=None):
+    """mean_i(w_i · x_i); the plain batch mean without weights."""
+    per_example = tf.cast(per_example, tf.float32)
+    if sample_weight is None:
+        return tf.reduce_mean(per_example)
+    return tf.reduce_mean(per_example * tf.reshape(tf.cast(sample_weight, tf.float32), [-1]))
+
+
+def cross_entropy(labels, logits, label_smoothing=0.0, sample_weight=None):
+    """Mean softmax cross-entropy from integer labels, computed in float32.
+
+    ``sample_weight`` (batch,) weights each example: mean_i(w_i · CE_i).
+    """
     logits = tf.cast(logits, tf.float32)
     labels = tf.cast(labels, tf.int32)
     if label_smoothing:
@@ -67,7 +86,7 @@ def cross_entropy(labels, logits, label_smoothing=0.0):
         per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
     else:
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-    return tf.reduce_mean(per_example)
+    return weighted_mean(per_example, sample_weight)
 
 
 class Method:
@@ -81,6 +100,8 @@ class Method:
     # attributes, from config.kd) and passes it to
     # prepare_training; the method itself never reads workdirs or files.
     needs_teacher = False
+    # Whether loss() honours detached["sample_weight"] (see the module docstring).
+    supports_sample_weight = False
 
     @classmethod
     def from_config(cls, config):

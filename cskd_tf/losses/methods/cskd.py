@@ -22,6 +22,7 @@ from cskd_tf.losses.methods.base import Method, cross_entropy, register
 class ClassWiseSelfKD(Method):
     views = ("anchor", "partner")
     terms = ("ce", "cls")
+    supports_sample_weight = True  # per-anchor weights on both terms
 
     def __init__(self, temperature):
         self.temperature = check_range("temperature", temperature, low=0, low_open=True)
@@ -38,6 +39,8 @@ class ClassWiseSelfKD(Method):
 
     def loss(self, model, images, labels, detached):
         logits = model.forward(images[0], training=True)["logits"]
-        ce = cross_entropy(labels, logits)
-        cls = class_wise_kl(logits, detached["partner_logits"], self.temperature)
+        weights = detached.get("sample_weight")
+        ce = cross_entropy(labels, logits, sample_weight=weights)
+        cls = class_wise_kl(logits, detached["partner_logits"], self.temperature,
+                            sample_weight=weights)
         return ce + model.lambda_cls * cls, logits, {"ce": ce, "cls": cls}
