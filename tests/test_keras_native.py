@@ -149,7 +149,7 @@ def test_keras_file_round_trip_predicts_the_same_and_keeps_training(folder_ds, t
     x = np.random.default_rng(0).uniform(0, 255, (5, SIZE, SIZE, 3)).astype(np.float32)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     assert type(loaded) is CSKDModel
-    assert loaded.method.name == "cskd" and loaded.method.config.temperature == 3.0
+    assert loaded.method.name == "cskd" and loaded.method.temperature == 3.0
     assert float(loaded.lambda_cls.numpy()) == 2.0 and loaded.weight_decay == 1e-4
     assert loaded.normalize.mean == (120.0,) * 3
     assert int(loaded.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy())
@@ -452,7 +452,8 @@ def test_cskd_train_writes_model_keras_that_eval_and_export_accept(tiny_config, 
 
     from cskd_tf import data as data_lib
     from cskd_tf.serving.export import export_workdir, load_run
-    from cskd_tf.training.trainer import evaluate_splits, load_trained, train
+    from cskd_tf.training.restore import restore_from_workdir
+    from cskd_tf.training.trainer import evaluate_splits, train
 
     tiny_config.num_epochs = 1
     workdir = str(tmp_path / "run")
@@ -461,7 +462,7 @@ def test_cskd_train_writes_model_keras_that_eval_and_export_accept(tiny_config, 
     assert os.path.isfile(keras_file)
     config, facts, model, run = load_run(keras_file)
     assert run == os.path.abspath(workdir) and type(model).__name__ == "CSKDModel"
-    _, _, restored = load_trained(workdir)
+    _, _, restored = restore_from_workdir(workdir)
     x = np.random.default_rng(0).uniform(0, 1, (4, *facts["image_shape"])).astype(np.float32)
     np.testing.assert_allclose(model.predict(x, verbose=0), restored.predict(x, verbose=0),
                                atol=1e-6)

@@ -25,8 +25,9 @@ LAYERS = [
     # Errors every part raises; version shims that must work before anything else.
     {"", "errors", "compat"},
     # The config schema, and process-wide helpers that need nothing but errors:
-    # runtime (seeds, precision, gpu_present), progress (console progress lines).
-    {"config", "runtime", "progress"},
+    # runtime (seeds, precision, gpu_present), progress (console progress lines), layers
+    # (the convolution blocks backbones and BYOT's branches share).
+    {"config", "runtime", "progress", "layers"},
     # The three libraries a run is made of, and the paper's recipes (configs from config).
     {"data", "models", "losses", "recipes"},
     # Measuring: metrics, prediction, reports, plots, the speed benchmark's library.

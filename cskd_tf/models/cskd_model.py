@@ -55,6 +55,7 @@ from cskd_tf.losses import METHODS, Method, cross_entropy
 from cskd_tf.models.classifier_view import classifier_view, returns_contract
 
 # Keras' own test for "step outputs are reduced across workers" (private: see compat).
+from cskd_tf.compat import all_sublayers
 from cskd_tf.compat import reduces_step_outputs_across_workers as _reduces_across_workers
 
 
@@ -279,7 +280,7 @@ class CSKDModel(keras.Model):
         # to build the model symbolically; MultiWorkerMirroredStrategy rejects the nested
         # ((anchor, partner), label) batch. A built model with a built optimizer (what
         # trainer.build_model and compile_model make) has nothing left to build.
-        built = all(layer.built for layer in self._flatten_layers())
+        built = self.built and all(layer.built for layer in all_sublayers(self))
         compiled_built = self._compile_metrics is None or self._compile_metrics.built
         if built and compiled_built and (self.optimizer is None or self.optimizer.built):
             return

@@ -75,6 +75,9 @@ from keras import layers
 
 from cskd_tf.config import check_range
 from cskd_tf.errors import ModelError
+# The backbones' own blocks keep the branch's convolutions and batch norms
+# (He-normal, PyTorch BN momentum) identical to the backbone's.
+from cskd_tf.layers import bn_relu, conv
 from cskd_tf.losses.kl import softened_kl_per_example
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
 
@@ -98,11 +101,6 @@ def auxiliary_head(input_shape, deepest_shape, feature_dim, num_classes, index):
     ``input_shape``: the stage's (H, W, C); ``deepest_shape``: the deepest stage's
     (H, W, ·); ``feature_dim``: D, the width of the deepest ``features``.
     """
-    # Imported here: cskd_tf.models imports cskd_tf.losses (CSKDModel), so a module-level
-    # import would be circular. The backbones' own helpers keep the branch's convolutions
-    # and batch norms (He-normal, PyTorch BN momentum) identical to the backbone's.
-    from cskd_tf.models._common import bn_relu, conv
-
     name = f"byot_head{index}"
     middle = max(1, feature_dim // 4)
     stride = branch_stride(input_shape, deepest_shape)
