@@ -39,6 +39,13 @@ def _number(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
+def _singular(unit: str) -> str:
+    """"batches" -> "batch", "images" -> "image", "trials" -> "trial"."""
+    if unit.endswith(("ches", "shes", "sses", "xes")):
+        return unit[:-2]
+    return unit[:-1] if unit.endswith("s") else unit
+
+
 def rate_and_eta(done: float, total: float | None, elapsed_s: float, unit: str) -> str:
     """``"120.5 images/s, ETA 1m20s"`` (no ETA when ``total`` is unknown or reached)."""
     if done <= 0 or elapsed_s <= 0:
@@ -47,7 +54,7 @@ def rate_and_eta(done: float, total: float | None, elapsed_s: float, unit: str) 
     if rate >= 1:
         text = f"{_number(rate)} {unit}/s"
     else:  # slow steps (trials) read better as time per item
-        text = f"{_number(elapsed_s / done)} s/{unit.rstrip('s')}"
+        text = f"{_number(elapsed_s / done)} s/{_singular(unit)}"
     if total and done < total:
         text += f", ETA {format_duration((total - done) / rate)}"
     return text
