@@ -32,6 +32,7 @@ def test_rate_and_eta_text():
     assert progress.rate_and_eta(50, 200, 10.0, "images") == "5 images/s, ETA 30s"
     assert progress.rate_and_eta(3, 10, 300.0, "trials") == "100 s/trial, ETA 11m40s"
     assert progress.rate_and_eta(10, 10, 2.0, "batches") == "5 batches/s"  # done: no ETA
+    assert progress.rate_and_eta(2, None, 3.0, "batches") == "1.5 s/batch"  # not "batche"
     assert progress.rate_and_eta(0, 10, 2.0, "images") == "- images/s"
     assert progress.format_duration(7300) == "2h01m"
 
