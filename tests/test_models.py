@@ -19,6 +19,8 @@ SMALL_SHAPE = (32, 32, 3)
 # Trainable parameters at 1000 classes (exact regression values) and the
 # PyTorch reference they must stay within 1% of.
 EXPECTED_1000 = {
+    "cskd_preact_resnet10": 5_408_424,  # 4,946,724 at 100 classes, as the CS-KD code's
+    "cskd_preact_resnet18": 11_679_144,  # 11,217,444 at 100 classes, as the CS-KD code's
     "preact_resnet10": 5_409_320,
     "preact_resnet18": 11_680_040,
     "densenet121_cifar": 7_971_048,
@@ -37,6 +39,8 @@ TORCH_REFERENCE_1000 = {
     "resnext101_32x4d": 44_177_704,  # torchvision layout, 32 groups x 4
 }
 FEATURE_DIMS = {
+    "cskd_preact_resnet10": 512,
+    "cskd_preact_resnet18": 512,
     "preact_resnet10": 512,
     "preact_resnet18": 512,
     "densenet121_cifar": 1024,
@@ -47,7 +51,8 @@ FEATURE_DIMS = {
     "densenet121": 1024,
     "resnext101_32x4d": 2048,
 }
-CIFAR_STYLE = ["preact_resnet10", "preact_resnet18", "densenet121_cifar"]
+CIFAR_STYLE = ["cskd_preact_resnet10", "cskd_preact_resnet18", "preact_resnet10", "preact_resnet18",
+               "densenet121_cifar"]
 
 
 @pytest.fixture(scope="module")
