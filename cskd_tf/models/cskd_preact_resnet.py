@@ -35,10 +35,9 @@ from __future__ import annotations
 
 from keras import layers
 
-from cskd_tf.models._common import batch_norm, channels, conv, global_pool, relu, stage_output
+from cskd_tf.models._common import batch_norm, channels, conv, relu
+from cskd_tf.models.preact_resnet import stack_stages
 from cskd_tf.models.registry import register
-
-_STAGE_STRIDES = (1, 2, 2, 2)
 
 
 def _conv_symmetric(x, filters, kernel_size, name, strides=1):
@@ -67,21 +66,20 @@ def reference_preact_body(inputs, width, blocks):
     """Body shared by the reference PreAct ResNets; returns the pooled features."""
     x = conv(inputs, width, 3, "stem_conv")
     x = relu(batch_norm(x, "stem_bn"), "stem_relu")  # (a)
-    for stage, (num_blocks, stride) in enumerate(zip(blocks, _STAGE_STRIDES), start=1):
-        filters = width * 2 ** (stage - 1)
-        for block in range(num_blocks):
-            x = _reference_block(x, filters, stride if block == 0 else 1, f"s{stage}b{block + 1}")
-        x = stage_output(x, stage)  # (b): no BN-ReLU after the last stage
-    return global_pool(x)
+    return stack_stages(x, width, blocks, _reference_block)  # (b): nothing after the last
 
 
-@register("cskd_preact_resnet18", style="cifar", min_size=8, standard_width=64)
-def cskd_preact_resnet18(inputs, width):
-    """The CS-KD code's CIFAR_ResNet18 (blocks 2-2-2-2); 11,217,444 params at 100 classes."""
-    return reference_preact_body(inputs, width, (2, 2, 2, 2))
+def _register_reference(name, blocks, reference_class, parameters):
+    def body(inputs, width):
+        return reference_preact_body(inputs, width, blocks)
+
+    body.__name__ = body.__qualname__ = name
+    body.__doc__ = (f"The CS-KD code's {reference_class} (blocks {'-'.join(map(str, blocks))}); "
+                    f"{parameters:,} params at 100 classes.")
+    return register(name, style="cifar", min_size=8, standard_width=64)(body)
 
 
-@register("cskd_preact_resnet10", style="cifar", min_size=8, standard_width=64)
-def cskd_preact_resnet10(inputs, width):
-    """The CS-KD code's CIFAR_ResNet10 (blocks 1-1-1-1); 4,946,724 params at 100 classes."""
-    return reference_preact_body(inputs, width, (1, 1, 1, 1))
+cskd_preact_resnet18 = _register_reference("cskd_preact_resnet18", (2, 2, 2, 2), "CIFAR_ResNet18",
+                                           11_217_444)
+cskd_preact_resnet10 = _register_reference("cskd_preact_resnet10", (1, 1, 1, 1), "CIFAR_ResNet10",
+                                           4_946_724)

@@ -48,17 +48,26 @@ def _preact_block(x, filters, strides, name):
     return layers.Add(name=f"{name}_add")([y, shortcut])
 
 
-def preact_resnet_body(inputs, width, blocks):
-    """Shared body of the pre-activation ResNets; returns the pooled features."""
-    x = conv(inputs, width, 3, "stem_conv")
+def stack_stages(x, width, blocks, block_fn, after_last=None):
+    """Stages of ``blocks[i]`` blocks with widths w, 2w, 4w, 8w and strides 1, 2, 2, 2.
+
+    ``block_fn(x, filters, strides, name)`` builds one block; ``after_last(x)`` (if any)
+    runs on the last stage before it is exposed as ``stageN``. Returns the pooled features.
+    """
     for stage, (num_blocks, stride) in enumerate(zip(blocks, _STAGE_STRIDES), start=1):
         filters = width * 2 ** (stage - 1)
         for block in range(num_blocks):
-            x = _preact_block(x, filters, stride if block == 0 else 1, f"s{stage}b{block + 1}")
-        if stage == len(blocks):
-            x = bn_relu(x, "post")
+            x = block_fn(x, filters, stride if block == 0 else 1, f"s{stage}b{block + 1}")
+        if stage == len(blocks) and after_last is not None:
+            x = after_last(x)
         x = stage_output(x, stage)
     return global_pool(x)
+
+
+def preact_resnet_body(inputs, width, blocks):
+    """Shared body of the pre-activation ResNets; returns the pooled features."""
+    x = conv(inputs, width, 3, "stem_conv")
+    return stack_stages(x, width, blocks, _preact_block, after_last=lambda y: bn_relu(y, "post"))
 
 
 @register("preact_resnet18", style="cifar", min_size=8, standard_width=64)
