@@ -222,11 +222,11 @@ class RecallAtK(keras.metrics.Metric):
     after the last ``reset_state()``; later ones are ignored. Recall over a
     larger test set needs the numpy function on collected features.
 
-    How (:func:`cskd_tf.evaluation.formulas.recall_update`): the state holds a buffer of the normalised
-    features and labels and, for every stored sample, its k nearest stored
-    neighbours so far; each batch is appended and merged in at
-    O(max_samples * batch * d), and ``result()`` (which Keras calls after
-    every step) only reads the state, O(max_samples * k).
+    How (:func:`cskd_tf.evaluation.formulas.recall_update`): the state holds
+    a buffer of the normalised features and labels and, for every stored
+    sample, its k nearest stored neighbours so far; each batch is appended
+    and merged in at O(max_samples * batch * d), and ``result()`` (which Keras
+    calls after every step) only reads the state, O(max_samples * k).
 
     Memory: ``(max_samples + 1) * (d + 2k + 1)`` state entries; 10 000
     samples of 512-d features take ~20 MiB, and one update builds a

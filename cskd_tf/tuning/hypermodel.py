@@ -3,7 +3,8 @@
 ``build(hp)`` makes exactly the model ``cskd-train`` would make from the
 config with the trial's λ, T (and learning rate, weight decay) filled in;
 ``fit`` trains it on the project's pair pipeline with the project's
-callbacks (both from cskd_tf/training/fit_setup.py, as cskd-train) and returns the metrics of the last epoch on the validation split.
+callbacks (both from cskd_tf/training/fit_setup.py, as in cskd-train) and
+returns the metrics of the last epoch on the validation split.
 """
 
 from __future__ import annotations
