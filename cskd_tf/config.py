@@ -120,6 +120,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.deterministic = False  # tf.config.experimental.enable_op_determinism
     c.distribution = "auto"
     c.steps_per_execution = 1
+    # Batch norm with global-batch statistics under a multi-replica strategy (else each
+    # replica normalizes its own slice); see cskd_tf/training/distribute.py.
+    c.sync_batch_norm = False
     c.verbose = 1
     c.eval_splits = ("val", "test")  # evaluated at the end when the dataset has them
     c.checkpoint_every_epochs = 1

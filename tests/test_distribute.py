@@ -125,19 +125,9 @@ def worker_main(spec):
                 weights.extend(w.numpy() for w in self.model.weights)
                 self.policy = self.model.dtype_policy.name
 
-        build = trainer.build_model
-        if run.get("sync_bn"):
-            def build_synced(*args, **kwargs):
-                model = build(*args, **kwargs)
-                assert distribute.sync_batch_norm(model) > 0
-                return model
-            trainer.build_model = build_synced
         record = Record()
-        try:
-            trainer.train(config, run["workdir"], overwrite=run.get("overwrite", False),
-                          extra_callbacks=[record])
-        finally:
-            trainer.build_model = build
+        trainer.train(config, run["workdir"], overwrite=run.get("overwrite", False),
+                      extra_callbacks=[record])
         placement = distribute.setup(config)
         np.savez(run["out"], *weights)
         with open(run["out"] + ".json", "w") as f:
@@ -242,7 +232,8 @@ def one_process(tmp_path_factory):
     synchronized BN, 2 steps), ``bf16`` (mirrored, mixed_bfloat16, XLA requested).
     """
     tmp = tmp_path_factory.mktemp("one_process")
-    bn = {"model": "preact_resnet10", "num_epochs": 1, "steps_per_epoch": 2}
+    bn = {"model": "preact_resnet10", "num_epochs": 1, "steps_per_epoch": 2,
+          "sync_batch_norm": True}
     runs = {
         "one": {"distribution": "one_device"},
         "mirrored": {"distribution": "mirrored"},
@@ -254,8 +245,8 @@ def one_process(tmp_path_factory):
     runner = Procs(tmp)
     try:
         runner.start("one_process", {"logical_cpus": 2, "runs": [
-            {"workdir": str(tmp / name), "out": str(tmp / name), "config": config,
-             "sync_bn": name.startswith("bn_")} for name, config in runs.items()]})
+            {"workdir": str(tmp / name), "out": str(tmp / name), "config": config}
+            for name, config in runs.items()]})
         runner.wait_ok(*runner.started)
     finally:
         runner.kill_all()
@@ -506,3 +497,29 @@ def test_strategy_choice_and_tf_config():
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     worker_main(json.loads(sys.argv[1]))
+
+
+def test_sync_batch_norm_config_reaches_the_model():
+    """config.sync_batch_norm switches every BN layer of the built model, and only then.
+    (The mirrored test above trains with it on two logical CPUs.)"""
+    import types
+
+    import keras
+
+    from cskd_tf.compat import all_sublayers
+    from cskd_tf.config import default_config
+    from cskd_tf.training import fit_setup
+
+    info = types.SimpleNamespace(num_classes=3, image_shape=(8, 8, 1), mean=(0.5,), std=(0.5,))
+    config = default_config()
+    config.update({"model": "preact_resnet10", "model_width": 4, "num_epochs": 1,
+                   "sync_batch_norm": True})
+    model = fit_setup.build_for_fit(config, info, steps=2, jit_compile=False)
+    norms = [layer for layer in all_sublayers(model)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.synchronized for layer in norms)
+
+    config.sync_batch_norm = False
+    model = fit_setup.build_for_fit(config, info, steps=2, jit_compile=False)
+    assert not any(layer.synchronized for layer in all_sublayers(model)
+                   if isinstance(layer, keras.layers.BatchNormalization))

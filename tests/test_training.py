@@ -296,15 +296,14 @@ def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_config):
         Workdir(str(tmp_path)).prepare_for_training(tiny_config)
 
 
-def test_model_fit_with_pair_dataset_and_cskd_callback():
-    """The Python API: model.fit(pair_dataset, callbacks=[CSKDCallback(...)])."""
+def digits_cskd_model():
+    """(model, pair train set, val set, images): preact_resnet10 on 8×8 digits, compiled."""
     import keras
     from sklearn.datasets import load_digits
 
     from cskd_tf import losses, models
     from cskd_tf.config import default_config
     from cskd_tf.data import pair_dataset
-    from cskd_tf.training import CSKDCallback
 
     digits = load_digits()
     images = (digits.images[..., None] * 16).clip(0, 255).astype(np.uint8)
@@ -318,6 +317,14 @@ def test_model_fit_with_pair_dataset_and_cskd_callback():
     backbone = models.build("preact_resnet10", num_classes=10, input_shape=(8, 8, 1), width=8)
     model = models.CSKDModel(backbone, method=method, lambda_cls=1.0, weight_decay=1e-4)
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    return model, train, val, images
+
+
+def test_model_fit_with_pair_dataset_and_cskd_callback():
+    """The Python API: model.fit(pair_dataset, callbacks=[CSKDCallback(...)])."""
+    from cskd_tf.training import CSKDCallback
+
+    model, train, val, images = digits_cskd_model()
     callback = CSKDCallback(val, temperature=4.0, lambda_warmup_epochs=2)
     history = model.fit(train, epochs=2, callbacks=[callback], verbose=0)
     logs = history.history
@@ -329,6 +336,28 @@ def test_model_fit_with_pair_dataset_and_cskd_callback():
     # The CS-KD term is really in the loss: loss = ce + λ·cls per batch, so on average too.
     assert logs["loss"][1] == pytest.approx(logs["ce"][1] + 1.0 * logs["cls"][1], rel=1e-3)
     assert model.predict(images[:4], verbose=0).shape == (4, 10)
+
+
+def test_warmup_and_validation_callbacks_work_apart():
+    """LambdaWarmup alone logs λ (no val keys); ValidationMetrics alone scores every
+    eval_every-th epoch and the last, and leaves λ alone."""
+    from cskd_tf.training import LambdaWarmup, ValidationMetrics
+
+    model, train, val, _ = digits_cskd_model()
+    warmup = LambdaWarmup(lambda_warmup_epochs=4)  # target λ read from the model: 1.0
+    for epoch in range(3):
+        model.fit(train, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=1, verbose=0,
+                  callbacks=[warmup])
+    assert float(model.lambda_cls.numpy()) == pytest.approx(0.75)
+
+    logs = model.fit(train, epochs=3, steps_per_epoch=1, verbose=0,
+                     callbacks=[ValidationMetrics(val, eval_every=2)]).history
+    assert float(model.lambda_cls.numpy()) == pytest.approx(0.75)
+    assert "lambda_cls" not in logs and len(logs["loss"]) == 3
+    # Scored after the 2nd epoch (eval_every) and the 3rd (the last) only.
+    for key in ("val_ece", "val_nll", "val_accuracy", "val_top5_accuracy", "val_recall_at_1"):
+        assert len(logs[key]) == 2 and all(np.isfinite(logs[key])), key
+    assert logs["val_loss"] == logs["val_nll"]
 
 
 def test_step_schedule_divides_at_the_named_epochs():

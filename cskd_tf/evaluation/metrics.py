@@ -14,8 +14,12 @@ The functions here take whole arrays and return fractions (or nats); only
 :func:`evaluate_predictions` converts to the paper's percentages. Every
 function checks its inputs and raises :class:`ValueError` with a one-line
 message, because a silently wrong metric costs a whole training run to
-discover. The streaming Keras metrics in :mod:`cskd_tf.evaluation.streaming`
-compute the same numbers batch by batch.
+discover. ECE (and the reliability bins), NLL and Recall@k are not written
+again here: they run, in float64 where the inputs allow, the formulas the streaming
+Keras metrics (:mod:`cskd_tf.evaluation.streaming`) accumulate, from
+:mod:`cskd_tf.evaluation.formulas` (imported on first call, so importing
+this module needs no TensorFlow). Top-k error and
+the softmax are only here.
 """
 
 from __future__ import annotations
@@ -25,17 +29,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-# Probabilities below this are clipped before the log, so a single confident
-# mistake costs at most -log(1e-12) ~ 27.6 nats instead of inf.
-NLL_EPS = 1e-12
-
 # The paper's top-5 error; with fewer classes, top-C (i.e. error 0).
 TOP5 = 5
 
-# Rows of the query-by-database similarity block in recall_at_k are chosen so
+# Rows of the database-by-query similarity block in recall_at_k are chosen so
 # that one block holds about this many entries (16 Mi floats, 64 MiB in
-# float32), whatever n is; the partition makes one copy of it. The block is
-# also capped at 1024 rows.
+# float32), whatever n is. The block is also capped at 1024 rows.
 _RECALL_BLOCK_ENTRIES = 1 << 24
 _RECALL_MAX_BLOCK_ROWS = 1024
 
@@ -112,6 +111,13 @@ def _check_int(value, name: str) -> int:
     return int(value)
 
 
+def _check_bins(num_bins) -> int:
+    num_bins = _check_int(num_bins, "num_bins")
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    return num_bins
+
+
 def softmax(logits) -> np.ndarray:
     """Row-wise softmax in float64, stable for large logits.
 
@@ -144,18 +150,6 @@ class ReliabilityBins(NamedTuple):
     confidence: np.ndarray  # (num_bins,) float64, mean max-probability in the bin
 
 
-def _bin_index(confidence: np.ndarray, num_bins: int) -> np.ndarray:
-    """Bin ``b`` with ``edges[b] < conf <= edges[b+1]``, ``edges = arange(B+1)/B``.
-
-    Comparing against the same float64 edges as a loop over bins would (instead
-    of ``ceil(conf * B) - 1``) keeps a confidence of exactly ``b/B`` in bin
-    ``b - 1`` despite rounding in ``conf * B``. A confidence of 0 joins bin 0.
-    """
-    edges = np.arange(num_bins + 1, dtype=np.float64) / num_bins
-    idx = np.searchsorted(edges, confidence, side="left") - 1
-    return np.clip(idx, 0, num_bins - 1)
-
-
 def reliability_bins(probs, labels, num_bins: int = 15) -> ReliabilityBins:
     """Counts, accuracy and mean confidence of equal-width confidence bins.
 
@@ -169,26 +163,27 @@ def reliability_bins(probs, labels, num_bins: int = 15) -> ReliabilityBins:
     as defined by Guo et al., "On Calibration of Modern Neural Networks",
     ICML 2017, Sec. 2. Ties in the argmax go to the lowest class index.
     """
-    num_bins = _check_int(num_bins, "num_bins")
-    if num_bins < 1:
-        raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+    num_bins = _check_bins(num_bins)
     p = _check_scores(probs, "probs", probabilities=True)
     y = _check_labels(labels, p.shape[0], p.shape[1])
 
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    idx = _bin_index(conf, num_bins)
-
-    counts = np.bincount(idx, minlength=num_bins)
-    correct_sum = np.bincount(idx, weights=correct, minlength=num_bins)
-    conf_sum = np.bincount(idx, weights=conf, minlength=num_bins)
-    safe = np.maximum(counts, 1)
+    count, correct, confidence = _bin_sums(p, y, num_bins)
+    safe = np.maximum(count, 1)
     return ReliabilityBins(
         edges=np.arange(num_bins + 1, dtype=np.float64) / num_bins,
-        counts=counts.astype(np.int64),
-        accuracy=correct_sum / safe,
-        confidence=conf_sum / safe,
+        counts=np.rint(count).astype(np.int64),
+        accuracy=correct / safe,
+        confidence=confidence / safe,
     )
+
+
+def _bin_sums(p: np.ndarray, y: np.ndarray, num_bins: int):
+    """Float64 per-bin (count, correct, confidence sum): the streaming metric's formula."""
+    from cskd_tf.evaluation import formulas
+
+    sums = formulas.calibration_bin_sums(y.astype(np.int32), p,
+                                          formulas.inner_bin_edges(num_bins, "float64"))
+    return tuple(np.asarray(v, dtype=np.float64) for v in sums)
 
 
 def expected_calibration_error(probs, labels, num_bins: int = 15) -> float:
@@ -210,10 +205,12 @@ def expected_calibration_error(probs, labels, num_bins: int = 15) -> float:
     Returns:
         ECE as a fraction; multiply by 100 for the paper's percent.
     """
-    bins = reliability_bins(probs, labels, num_bins)
-    n = bins.counts.sum()
-    # |B_b| * |acc - conf| = |correct_b - conf_sum_b|, so empty bins add 0.
-    return float(np.sum(bins.counts * np.abs(bins.accuracy - bins.confidence)) / n)
+    num_bins = _check_bins(num_bins)
+    p = _check_scores(probs, "probs", probabilities=True)
+    y = _check_labels(labels, p.shape[0], p.shape[1])
+    from cskd_tf.evaluation.formulas import ece_from_bin_sums
+
+    return float(ece_from_bin_sums(*_bin_sums(p, y, num_bins)))
 
 
 def negative_log_likelihood(probs, labels) -> float:
@@ -227,8 +224,9 @@ def negative_log_likelihood(probs, labels) -> float:
     """
     p = _check_scores(probs, "probs", probabilities=True)
     y = _check_labels(labels, p.shape[0], p.shape[1])
-    p_true = p[np.arange(p.shape[0]), y]
-    return float(-np.mean(np.log(np.clip(p_true, NLL_EPS, 1.0))))
+    from cskd_tf.evaluation.formulas import per_sample_nll
+
+    return float(np.mean(np.asarray(per_sample_nll(y.astype(np.int32), p, from_logits=False))))
 
 
 # --------------------------------------------------------------------------
@@ -273,13 +271,6 @@ def top_k_error(probs_or_logits, labels, k: int) -> float:
 # --------------------------------------------------------------------------
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    # A zero vector stays zero (similarity 0 to everything) instead of NaN,
-    # as sklearn.preprocessing.normalize does.
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norm > 0, norm, 1)
-
-
 def recall_at_k(features, labels, k: int = 1) -> float:
     """Recall@k of cosine-similarity retrieval, as a fraction.
 
@@ -296,9 +287,11 @@ def recall_at_k(features, labels, k: int = 1) -> float:
     the result does not depend on the sort algorithm. A zero feature vector has
     similarity 0 to everything.
 
-    Memory: queries are processed in blocks so that one block of similarities
-    holds about 16 Mi entries, whatever n is (~64 MiB in float32, plus one
-    copy for the partition). Float32 features are compared in float32,
+    How: this runs the formula of the streaming :class:`RecallAtK`
+    (:func:`cskd_tf.evaluation.formulas.recall_update`) with room for all n
+    samples, fed in blocks of queries so that one block of similarities holds
+    about 16 Mi entries whatever n is (~64 MiB in float32); the state adds
+    (n + 1)(d + 2k + 1) entries. Float32 features are compared in float32,
     float64 in float64.
 
     Args:
@@ -323,31 +316,17 @@ def recall_at_k(features, labels, k: int = 1) -> float:
         raise ValueError("features contain NaN or infinite values")
     y = _check_labels(labels, n, None)
 
-    f = _l2_normalize(f)
+    from cskd_tf.evaluation import formulas
+
+    # The streaming metric's state over all n samples, fed ``rows`` queries at a time.
     rows = max(1, min(_RECALL_MAX_BLOCK_ROWS, _RECALL_BLOCK_ENTRIES // n))
-    hits = 0
+    state = formulas.empty_recall_state(n, k, f.shape[1], dtype.name)
+    y = y.astype(np.int32)
     for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        b = stop - start
-        sim = f[start:stop] @ f.T  # (b, n)
-        # -inf on the query itself, so it is never its own neighbour.
-        sim[np.arange(b), np.arange(start, stop)] = -np.inf
-        # The k-th largest similarity of each row (position n - k in ascending
-        # order). n - 1 >= k entries are finite, so it is finite.
-        kth = np.partition(sim, n - k, axis=1)[:, n - k : n - k + 1]
-        above = sim > kth
-        tied = sim == kth
-        room = k - np.count_nonzero(above, axis=1)
-        chosen = above | tied
-        # Where more neighbours tie at the k-th similarity than places are
-        # left, keep the tied ones of lowest index. Ties are rare, so the
-        # (rows, n) cumulative count is only built for the rows that need it.
-        crowded = np.flatnonzero(np.count_nonzero(tied, axis=1) > room)
-        if crowded.size:
-            rank = np.cumsum(tied[crowded], axis=1)
-            chosen[crowded] = above[crowded] | (tied[crowded] & (rank <= room[crowded, None]))
-        same = y[start:stop, None] == y[None, :]
-        hits += int(np.count_nonzero(np.any(chosen & same, axis=1)))
+        state = formulas.recall_update(state, f[start:start + rows], y[start:start + rows], k)
+    # The hit count, exact: the fraction comes back in the features' dtype (float32 holds
+    # it to ~1e-7 relative, well inside 1/(2n) for any n below a million).
+    hits = round(float(formulas.recall_from_state(state)) * n)
     return hits / n
 
 

@@ -3,8 +3,10 @@
 Each metric keeps running sums in non-trainable state variables and, after any
 sequence of ``update_state`` calls, ``result()`` equals the matching numpy
 function of :mod:`cskd_tf.evaluation.metrics` on the concatenated batches
-(up to float32 rounding). Updates use ``keras.ops`` only, with static shapes,
-so they run inside a ``tf.function`` and under XLA (``jit_compile=True``).
+(up to float32 rounding): those functions run the same formulas, written once
+in :mod:`cskd_tf.evaluation.formulas`, on whole arrays in float64. Updates use
+``keras.ops`` only, with static shapes, so they run inside a ``tf.function``
+and under XLA (``jit_compile=True``).
 
 Labels (``y_true``) may be class indices of shape (batch,) or (batch, 1), or
 one-hot rows of shape (batch, C). A ``sample_weight`` weights the ECE and NLL
@@ -22,14 +24,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from cskd_tf.evaluation.metrics import NLL_EPS
-
-# Masked similarities in RecallAtK. Cosine similarity lies in [-1, 1], so any
-# value below -1.5 marks "no neighbour". A finite mask keeps top_k and the
-# comparisons free of inf arithmetic.
-_NO_NEIGHBOUR = -2.0
-_NO_NEIGHBOUR_BELOW = -1.5
-
+from cskd_tf.evaluation.formulas import (NO_NEIGHBOUR, RecallState, calibration_bin_sums,
+                                         ece_from_bin_sums, empty_recall_state, inner_bin_edges,
+                                         per_sample_nll, recall_from_state, recall_update)
 
 def _eager_numpy(x):
     """``x`` as a numpy array when it holds concrete values, else None."""
@@ -122,16 +119,7 @@ class ExpectedCalibrationError(keras.metrics.Metric):
             raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}")
         self.num_bins = int(num_bins)
         self.from_logits = bool(from_logits)
-        # Interior bin edges b/B, b = 1..B-1, as the largest float32 that is
-        # <= the float64 edge. Then `conf > edge` for a float32 conf gives the
-        # same answer as the numpy function's float64 comparison, and a
-        # confidence of exactly b/B stays in bin b - 1 (no ceil(conf * B)
-        # rounding across the edge).
-        edges = np.arange(1, self.num_bins, dtype=np.float64) / self.num_bins
-        edges32 = edges.astype(np.float32)
-        too_big = edges32.astype(np.float64) > edges
-        edges32[too_big] = np.nextafter(edges32[too_big], np.float32(-np.inf))
-        self._inner_edges = edges32
+        self._inner_edges = inner_bin_edges(self.num_bins, self.dtype)
         self.bin_count = self.add_variable(
             shape=(self.num_bins,), initializer="zeros", dtype=self.dtype, name="bin_count"
         )
@@ -151,26 +139,14 @@ class ExpectedCalibrationError(keras.metrics.Metric):
         probs = ops.softmax(y_pred, axis=-1) if self.from_logits else y_pred
         labels = _sparse_labels(y_true, num_classes)
 
-        conf = ops.max(probs, axis=-1)
-        pred = ops.cast(ops.argmax(probs, axis=-1), "int32")
-        correct = ops.cast(ops.equal(pred, labels), self.dtype)
-        # Bin index = number of interior edges strictly below conf: B - 1
-        # comparisons per sample, exact and free of data-dependent shapes.
-        edges = ops.convert_to_tensor(self._inner_edges, dtype=self.dtype)
-        above = ops.cast(ops.greater(conf[:, None], edges[None, :]), "int32")
-        member = ops.one_hot(ops.sum(above, axis=-1), self.num_bins, dtype=self.dtype)
-
-        w = _sample_weight(sample_weight, self.dtype)
-        if w is not None:
-            member = member * w[:, None]
-        self.bin_count.assign_add(ops.sum(member, axis=0))
-        self.bin_correct.assign_add(ops.sum(member * correct[:, None], axis=0))
-        self.bin_confidence.assign_add(ops.sum(member * conf[:, None], axis=0))
+        count, correct, confidence = calibration_bin_sums(
+            labels, probs, self._inner_edges, _sample_weight(sample_weight, self.dtype))
+        self.bin_count.assign_add(count)
+        self.bin_correct.assign_add(correct)
+        self.bin_confidence.assign_add(confidence)
 
     def result(self):
-        n = ops.sum(self.bin_count)
-        gap = ops.sum(ops.abs(self.bin_correct - self.bin_confidence))
-        return ops.where(n > 0, gap / ops.maximum(n, 1e-12), 0.0)
+        return ece_from_bin_sums(self.bin_count, self.bin_correct, self.bin_confidence)
 
     def get_config(self):
         config = super().get_config()
@@ -211,15 +187,7 @@ class NegativeLogLikelihood(keras.metrics.Metric):
         _check_eager(y_true, y_pred, num_classes, self.name)
         y_pred = ops.cast(y_pred, self.dtype)
         labels = _sparse_labels(y_true, num_classes)
-        # A one-hot product instead of a gather: an out-of-range label inside
-        # a graph then reads probability 0 instead of failing on some devices
-        # and not others.
-        pick = ops.one_hot(labels, num_classes, dtype=self.dtype)
-        if self.from_logits:
-            log_p = ops.sum(ops.log_softmax(y_pred, axis=-1) * pick, axis=-1)
-        else:
-            log_p = ops.log(ops.clip(ops.sum(y_pred * pick, axis=-1), NLL_EPS, 1.0))
-        nll = -ops.clip(log_p, float(np.log(NLL_EPS)), 0.0)
+        nll = per_sample_nll(labels, y_pred, self.from_logits)
 
         w = _sample_weight(sample_weight, self.dtype)
         if w is None:
@@ -254,14 +222,11 @@ class RecallAtK(keras.metrics.Metric):
     after the last ``reset_state()``; later ones are ignored. Recall over a
     larger test set needs the numpy function on collected features.
 
-    How: the state holds a buffer of the normalised features and labels, and,
-    for every stored sample, the similarities and labels of its k nearest
-    stored neighbours so far. A batch is appended to the buffer, its rows find
-    their k nearest neighbours among all stored samples, and every stored row
-    merges the new rows into its own k nearest. This costs
-    O(max_samples * batch * d) per update, and ``result()`` (which Keras calls
-    after every step) only reads the state, O(max_samples * k), instead of
-    recomputing all pairs.
+    How (:func:`cskd_tf.evaluation.formulas.recall_update`): the state holds
+    a buffer of the normalised features and labels and, for every stored
+    sample, its k nearest stored neighbours so far; each batch is appended
+    and merged in at O(max_samples * batch * d), and ``result()`` (which Keras
+    calls after every step) only reads the state, O(max_samples * k).
 
     Memory: ``(max_samples + 1) * (d + 2k + 1)`` state entries; 10 000
     samples of 512-d features take ~20 MiB, and one update builds a
@@ -310,7 +275,7 @@ class RecallAtK(keras.metrics.Metric):
             shape=(rows,), initializer="zeros", dtype="int32", aggregation=agg, name="labels"
         )
         self.neighbour_sim = self.add_variable(
-            shape=(rows, self.k), initializer=keras.initializers.Constant(_NO_NEIGHBOUR),
+            shape=(rows, self.k), initializer=keras.initializers.Constant(NO_NEIGHBOUR),
             dtype=self.dtype, aggregation=agg, name="neighbour_sim",
         )
         self.neighbour_label = self.add_variable(
@@ -322,14 +287,17 @@ class RecallAtK(keras.metrics.Metric):
         )
         self._built = True
 
+    def _state_variables(self):
+        return (self.features, self.labels, self.neighbour_sim, self.neighbour_label,
+                self.count)
+
     def reset_state(self):
         if not self._built:
             return
         # The default reset writes zeros, but "no neighbour" is (-2, -1).
-        for v in (self.features, self.labels, self.count):
-            v.assign(ops.zeros(v.shape, dtype=v.dtype))
-        self.neighbour_sim.assign(ops.full(self.neighbour_sim.shape, _NO_NEIGHBOUR, self.dtype))
-        self.neighbour_label.assign(ops.full(self.neighbour_label.shape, -1, "int32"))
+        empty = empty_recall_state(self.max_samples, self.k, self.feature_dim, self.dtype)
+        for variable, value in zip(self._state_variables(), empty):
+            variable.assign(value)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         _check_2d(y_pred, self.name)
@@ -343,67 +311,20 @@ class RecallAtK(keras.metrics.Metric):
                 f"{self.name} was built for {self.feature_dim}-d features, got {dim}-d"
             )
         _check_eager(y_true, y_pred, None, self.name)
-        cap, k = self.max_samples, self.k
-
-        f = ops.cast(y_pred, self.dtype)
-        norm = ops.sqrt(ops.sum(f * f, axis=-1, keepdims=True))
-        f = f / ops.where(norm > 0, norm, ops.ones_like(norm))  # zero rows stay zero
-        labels = _sparse_labels(y_true)
-
-        keep = ops.ones_like(labels, dtype="bool")
+        keep = None
         w = _sample_weight(sample_weight, self.dtype)
         if w is not None:
             keep = w > 0
-        count = self.count.value
-        pos = count + ops.cumsum(ops.cast(keep, "int32")) - 1
-        stored = ops.logical_and(keep, pos < cap)
-        pos = ops.where(stored, pos, cap)[:, None]  # ignored samples -> sink row
-        new_count = ops.minimum(count + ops.sum(ops.cast(keep, "int32")), cap)
-
-        features = ops.scatter_update(self.features.value, pos, f)
-        all_labels = ops.scatter_update(self.labels.value, pos, labels)
-        sim = ops.matmul(features, ops.transpose(f))  # (cap + 1, batch)
-
-        # Stored rows: merge the new samples into their k nearest. The old
-        # neighbours come first in the concatenation and have lower indices,
-        # and top_k puts equal values in order of position, so ties still go
-        # to the lower index.
-        new_cols = ops.where(stored[None, :], sim, _NO_NEIGHBOUR)
-        cand_sim = ops.concatenate([self.neighbour_sim.value, new_cols], axis=1)
-        cand_label = ops.concatenate(
-            [self.neighbour_label.value,
-             ops.broadcast_to(labels[None, :], (cap + 1, ops.shape(labels)[0]))],
-            axis=1,
-        )
-        merged_sim, idx = ops.top_k(cand_sim, k)
-        merged_label = ops.take_along_axis(cand_label, idx, axis=1)
-
-        # New rows: k nearest among all stored samples (earlier batches and
-        # this one), themselves and empty rows excluded.
-        cols = ops.arange(cap + 1, dtype="int32")
-        valid = ops.logical_and(cols[None, :] < new_count, cols[None, :] != pos)
-        query_sim = ops.where(valid, ops.transpose(sim), _NO_NEIGHBOUR)
-        own_sim, own_idx = ops.top_k(query_sim, k)
-        own_label = ops.take(all_labels, own_idx, axis=0)
-
-        neighbour_sim = ops.scatter_update(merged_sim, pos, own_sim)
-        neighbour_label = ops.scatter_update(merged_label, pos, own_label)
-        neighbour_label = ops.where(neighbour_sim < _NO_NEIGHBOUR_BELOW, -1, neighbour_label)
-
-        self.features.assign(features)
-        self.labels.assign(all_labels)
-        self.neighbour_sim.assign(neighbour_sim)
-        self.neighbour_label.assign(neighbour_label)
-        self.count.assign(new_count)
+        state = recall_update(
+            RecallState(*(v.value for v in self._state_variables())),
+            ops.cast(y_pred, self.dtype), _sparse_labels(y_true), self.k, keep)
+        for variable, value in zip(self._state_variables(), state):
+            variable.assign(value)
 
     def result(self):
         if not self._built:
             return ops.convert_to_tensor(0.0, dtype=self.dtype)
-        hit = ops.any(ops.equal(self.neighbour_label.value, self.labels.value[:, None]), axis=1)
-        in_use = ops.arange(self.max_samples + 1, dtype="int32") < self.count.value
-        hits = ops.sum(ops.cast(ops.logical_and(hit, in_use), self.dtype))
-        n = ops.cast(self.count.value, self.dtype)
-        return ops.where(n > 0, hits / ops.maximum(n, 1.0), 0.0)
+        return recall_from_state(RecallState(*(v.value for v in self._state_variables())))
 
     def get_config(self):
         config = super().get_config()

@@ -1,8 +1,9 @@
-"""Fit-loop wiring: the trainer, callbacks, schedules and checkpoints."""
+"""Fit-loop wiring: the trainer, its fit set-up, callbacks, schedules and checkpoints."""
 
-from cskd_tf.training.callbacks import (CSKDCallback, EpochCheckpoint, LearningRateLogger,
-                                        NonFiniteLossGuard)
+from cskd_tf.training.callbacks import (CSKDCallback, EpochCheckpoint, LambdaWarmup,
+                                        LearningRateLogger, NonFiniteLossGuard,
+                                        ValidationMetrics)
 from cskd_tf.training.schedules import EpochSchedule
 
-__all__ = ["CSKDCallback", "EpochCheckpoint", "EpochSchedule", "LearningRateLogger",
-           "NonFiniteLossGuard"]
+__all__ = ["CSKDCallback", "EpochCheckpoint", "EpochSchedule", "LambdaWarmup",
+           "LearningRateLogger", "NonFiniteLossGuard", "ValidationMetrics"]

@@ -1,5 +1,6 @@
-"""Callbacks that users add to ``model.fit`` (CSKDCallback) and that the
-trainer adds for checkpoints, NaN detection and learning-rate logging."""
+"""Callbacks that users add to ``model.fit`` (CSKDCallback = LambdaWarmup + ValidationMetrics)
+and that the fit set-up (training/fit_setup.py) adds for checkpoints, NaN detection and
+learning-rate logging."""
 
 from __future__ import annotations
 
@@ -11,30 +12,20 @@ import numpy as np
 from cskd_tf.errors import NonFiniteLossError
 
 
-class CSKDCallback(keras.callbacks.Callback):
-    """Logs λ and T, warms λ up, and scores the validation split each epoch.
+class LambdaWarmup(keras.callbacks.Callback):
+    """Warms λ up and logs the λ and T the epoch trained with.
 
-    At the end of every ``eval_every``-th epoch (and the last one) it runs the
-    model over ``validation_data`` once and writes into the epoch logs, where
-    TensorBoard, CSVLogger, EarlyStopping and Keras Tuner see them:
-    ``val_loss`` (= NLL), ``val_accuracy``, ``val_top5_accuracy``, ``val_ece``,
-    ``val_nll`` and ``val_recall_at_1`` (fractions, nats for NLL).
-
-    λ warm-up: with ``lambda_warmup_epochs = W > 0``, λ at epoch e (0-based)
-    is λ · min(1, (e + 1) / W); the value lives in ``model.lambda_cls``.
+    With ``lambda_warmup_epochs = W > 0``, λ at epoch e (0-based) is
+    λ · min(1, (e + 1) / W); the value lives in ``model.lambda_cls`` (``lambda_cls=None``
+    reads the target λ from it at the start of training). Every epoch end writes
+    ``lambda_cls`` (the model's variable) and, when given, ``temperature`` into the logs.
     """
 
-    def __init__(self, validation_data=None, lambda_cls=None, temperature=None,
-                 lambda_warmup_epochs=0, eval_every=1, num_bins=15, jit_compile=False):
+    def __init__(self, lambda_cls=None, temperature=None, lambda_warmup_epochs=0):
         super().__init__()
-        self.validation_data = validation_data
         self.lambda_cls = lambda_cls
         self.temperature = temperature
         self.lambda_warmup_epochs = int(lambda_warmup_epochs)
-        self.eval_every = max(int(eval_every), 1)
-        self.num_bins = num_bins
-        self.jit_compile = jit_compile
-        self.last_metrics = None
 
     def on_train_begin(self, logs=None):
         if self.lambda_cls is None:
@@ -51,16 +42,6 @@ class CSKDCallback(keras.callbacks.Callback):
         logs["lambda_cls"] = float(self.model.lambda_cls.numpy())
         if self.temperature is not None:
             logs["temperature"] = float(self.temperature)
-        last = self.params.get("epochs") if self.params else None
-        due = (epoch + 1) % self.eval_every == 0 or (last is not None and epoch + 1 == last)
-        if self.validation_data is None or not due:
-            return
-        from cskd_tf.evaluation.predict import evaluate
-
-        result = evaluate(self.model, self.validation_data, self.jit_compile, self.num_bins,
-                          verbose=0)  # Keras' own progress bar owns the terminal here
-        self.last_metrics = result
-        log_split_metrics(logs, "val", result)
 
 
 def log_split_metrics(logs, prefix, result):
@@ -76,33 +57,103 @@ def log_split_metrics(logs, prefix, result):
         logs[f"{prefix}_recall_at_1"] = result["recall_at_1"] / 100.0
 
 
-class SplitMetricsLogger(keras.callbacks.Callback):
+class SplitMetrics(keras.callbacks.Callback):
+    """Scores one split at epoch ends and writes the paper's metrics into the epoch logs.
+
+    At the end of every ``eval_every``-th epoch (and the last one) one silent pass over
+    ``dataset`` writes ``{prefix}_loss`` (= NLL), ``_accuracy``, ``_top5_accuracy``,
+    ``_ece``, ``_nll`` and, with ``recall``, ``_recall_at_1`` (fractions, nats for NLL),
+    where TensorBoard, CSVLogger, EarlyStopping and Keras Tuner see them.
+    ``dataset=None`` logs nothing.
+    """
+
+    def __init__(self, dataset, prefix="val", recall=True, eval_every=1, num_bins=15,
+                 jit_compile=False):
+        super().__init__()
+        self.dataset = dataset
+        self.prefix = prefix
+        self.recall = bool(recall)
+        self.eval_every = max(int(eval_every), 1)
+        self.num_bins = num_bins
+        self.jit_compile = jit_compile
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self.params.get("epochs") if self.params else None
+        due = (epoch + 1) % self.eval_every == 0 or (last is not None and epoch + 1 == last)
+        if logs is None or self.dataset is None or not due:
+            return
+        from cskd_tf.evaluation.metrics import evaluate_predictions
+        from cskd_tf.evaluation.predict import predict
+
+        # verbose=0: Keras' own progress bar owns the terminal here.
+        logits, features, labels = predict(self.model, self.dataset, self.jit_compile)
+        log_split_metrics(logs, self.prefix, evaluate_predictions(
+            logits, labels, features=features if self.recall else None,
+            num_bins=self.num_bins))
+
+
+class ValidationMetrics(SplitMetrics):
+    """:class:`SplitMetrics` of the validation split: ``val_ece``, ``val_nll``,
+    ``val_accuracy``, ``val_top5_accuracy``, ``val_recall_at_1`` and ``val_loss`` (= NLL)."""
+
+    def __init__(self, validation_data, eval_every=1, num_bins=15, jit_compile=False):
+        super().__init__(validation_data, prefix="val", recall=True, eval_every=eval_every,
+                         num_bins=num_bins, jit_compile=jit_compile)
+
+
+class SplitMetricsLogger(SplitMetrics):
     """Scores one more split (the test split under ``config.protocol="paper"``) every epoch.
 
-    One silent pass over ``dataset`` at each epoch end writes ``test_loss``, ``test_nll``,
-    ``test_accuracy``, ``test_top5_accuracy`` and ``test_ece`` (for ``prefix="test"``) into
-    the epoch logs, so history.csv holds them and ``cskd-report
+    Writes ``test_loss``, ``test_nll``, ``test_accuracy``, ``test_top5_accuracy`` and
+    ``test_ece`` (for ``prefix="test"``), so history.csv holds them and ``cskd-report
     --selection=best_test_epoch`` can pick the best epoch as the reference code
     (alinlab/cs-kd train.py) did. Recall@1 is left out: its all-pairs similarity would
     cost more than the pass itself on large test sets.
     """
 
     def __init__(self, dataset, prefix="test", jit_compile=False, num_bins=15):
+        super().__init__(dataset, prefix=prefix, recall=False, num_bins=num_bins,
+                         jit_compile=jit_compile)
+
+
+class CSKDCallback(keras.callbacks.Callback):
+    """The convenience for ``model.fit``: :class:`LambdaWarmup` then :class:`ValidationMetrics`.
+
+    ``CSKDCallback(val_ds, temperature=4.0)`` logs λ and T, warms λ up over
+    ``lambda_warmup_epochs`` and scores ``validation_data`` every ``eval_every``-th epoch
+    (and the last); the arguments are those of the two callbacks it runs, in that order.
+    """
+
+    def __init__(self, validation_data=None, lambda_cls=None, temperature=None,
+                 lambda_warmup_epochs=0, eval_every=1, num_bins=15, jit_compile=False):
         super().__init__()
-        self.dataset = dataset
-        self.prefix = prefix
-        self.jit_compile = jit_compile
-        self.num_bins = num_bins
+        self.parts = (
+            LambdaWarmup(lambda_cls=lambda_cls, temperature=temperature,
+                         lambda_warmup_epochs=lambda_warmup_epochs),
+            ValidationMetrics(validation_data, eval_every=eval_every, num_bins=num_bins,
+                              jit_compile=jit_compile))
+
+    def set_model(self, model):
+        super().set_model(model)
+        for part in self.parts:
+            part.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        for part in self.parts:
+            part.set_params(params)
+
+    def on_train_begin(self, logs=None):
+        for part in self.parts:
+            part.on_train_begin(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for part in self.parts:
+            part.on_epoch_begin(epoch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        from cskd_tf.evaluation.metrics import evaluate_predictions
-        from cskd_tf.evaluation.predict import predict
-
-        logits, _, labels = predict(self.model, self.dataset, self.jit_compile)
-        log_split_metrics(logs, self.prefix,
-                          evaluate_predictions(logits, labels, num_bins=self.num_bins))
+        for part in self.parts:
+            part.on_epoch_end(epoch, logs)
 
 
 class HistoryCSVLogger(keras.callbacks.CSVLogger):
@@ -146,17 +197,22 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["lr"] = float(np.asarray(optimizer.learning_rate))
 
 
-class NonFiniteLossGuard(keras.callbacks.Callback):
-    """Stops training with NonFiniteLossError naming the epoch and step."""
+class NonFiniteLossGuard(keras.callbacks.TerminateOnNaN):
+    """keras.callbacks.TerminateOnNaN that raises NonFiniteLossError naming the epoch and step.
+
+    Raising (Keras' ``raise_error=True`` behaviour) rather than stopping keeps the later
+    callbacks from checkpointing or logging the diverged epoch; the typed error is what
+    the CLI prints as one line and what the tuner records as a failed trial.
+    """
 
     def __init__(self):
-        super().__init__()
+        super().__init__(raise_error=True)
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch, logs=None):
         value = (logs or {}).get("loss")
         if value is None:
             return

@@ -40,8 +40,9 @@ What changes under a strategy (:func:`setup` returns a :class:`Placement` descri
   auto-clustering instead. TPUStrategy compiles with XLA anyway.
 
 Batch normalization stays per replica (each replica normalizes with its own batch's
-statistics, as PyTorch's DataParallel/DDP do); :func:`sync_batch_norm` switches a model to
-global-batch statistics, which makes a distributed step equal to a single-device step.
+statistics, as PyTorch's DataParallel/DDP do); ``config.sync_batch_norm=True`` (applied by
+:func:`sync_batch_norm` in training/fit_setup.py) switches the model to global-batch
+statistics, which makes a distributed step equal to a single-device step.
 """
 
 from __future__ import annotations

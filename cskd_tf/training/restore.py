@@ -3,7 +3,7 @@
     run = restore_from_workdir("runs/digits")       # Restored(config, facts, model)
     config, facts, model = run                      # it unpacks like a tuple
 
-The model is rebuilt exactly as training built it (:func:`cskd_tf.training.trainer.build_model`
+The model is rebuilt exactly as training built it (:func:`cskd_tf.training.fit_setup.build_model`
 from ``config.json`` and the dataset facts in ``data.json``: architecture, head, input
 normalization) and the last checkpoint's model weights are restored; the optimizer's slots
 are left out. ``cskd-eval``, ``cskd-plot``, ``cskd-export`` and the KD teacher loader
@@ -40,7 +40,7 @@ def read_run(path):
 
 def restore_model(workdir: Workdir, config, facts):
     """Builds ``config``'s model for ``facts`` and restores the last checkpoint into it."""
-    from cskd_tf.training.trainer import build_model
+    from cskd_tf.training.fit_setup import build_model
 
     latest = tf.train.latest_checkpoint(workdir.checkpoint_dir)
     if latest is None:

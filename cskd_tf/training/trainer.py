@@ -1,8 +1,9 @@
 """The thin training loop: config → data → model → fit → evaluate.
 
-``train(config, workdir)`` is what ``cskd-train`` runs; ``build_model`` is
-shared with restoring a run (training/restore.py: evaluation, export, the KD
-teacher) and the tuner so a model is always constructed the same way.
+``train(config, workdir)`` is what ``cskd-train`` runs. The model, steps and
+callbacks come from training/fit_setup.py, which the tuner shares; its
+``build_model`` is also what restoring a run (training/restore.py: evaluation,
+export, the KD teacher) uses, so a model is always constructed the same way.
 """
 
 from __future__ import annotations
@@ -10,54 +11,21 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from cskd_tf import config as config_lib
 from cskd_tf import data as data_lib
-from cskd_tf import losses, models, runtime
-from cskd_tf.errors import ConfigError
-from cskd_tf.models.cskd_model import CSKDModel
-from cskd_tf.training import callbacks as cb
-from cskd_tf.training import distribute
-from cskd_tf.training.schedules import EpochSchedule
-from cskd_tf.training.teacher import teacher_for
+from cskd_tf import runtime
+from cskd_tf.training import distribute, fit_setup
+# Re-exported: restoring a run (training/restore.py) builds its model the same way.
+from cskd_tf.training.fit_setup import build_model, compile_model  # noqa: F401
 from cskd_tf.training.workdir import Workdir
 
 
 def info_to_json(info) -> dict:
     payload = dataclasses.asdict(info)
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in payload.items()}
-
-
-def build_model(config, num_classes, image_shape, mean, std, method=None):
-    """The CSKDModel for a config, built (weights created) but not compiled."""
-    method = method or losses.get_method(config.method, config)
-    backbone = models.build(config.model, num_classes=num_classes, input_shape=tuple(image_shape),
-                            width=int(config.model_width), head=method.head, init=config.init)
-    model = CSKDModel(backbone, method=method, mean=mean, std=std,
-                       lambda_cls=float(config.lambda_cls),
-                       weight_decay=float(config.weight_decay))
-    model(tf.zeros((1, *image_shape), tf.float32))
-    return model
-
-
-def make_optimizer(config, steps_per_epoch):
-    schedule = EpochSchedule(config.learning_rate, steps_per_epoch, kind=config.lr_schedule,
-                             decay_epochs=config.lr_decay_epochs,
-                             decay_factor=config.lr_decay_factor,
-                             warmup_epochs=config.warmup_epochs, total_epochs=config.num_epochs)
-    return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum,
-                                nesterov=config.nesterov)
-
-
-def compile_model(model, config, steps_per_epoch, jit_compile):
-    model.compile(optimizer=make_optimizer(config, steps_per_epoch), jit_compile=jit_compile,
-                  steps_per_execution=int(config.steps_per_execution))
-    # Create the optimizer's slots now so a checkpoint restores into them directly.
-    model.optimizer.build(model.trainable_variables)
-    return model
 
 
 def make_checkpoint(model, workdir: Workdir):
@@ -71,8 +39,7 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
     """Trains (or resumes) a run and writes DIR/metrics.json; returns the metrics."""
     config_lib.validate(config)
     # Name errors surface before anything is written or any data is read.
-    models.get_spec(config.model)
-    method = losses.get_method(config.method, config)
+    method = fit_setup.check_names(config)
     workdir = Workdir(workdir_path)
     # Before any other TensorFlow work: a multi-worker strategy configures the runtime.
     placement = distribute.setup(config)
@@ -83,16 +50,11 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
 
     # Model, method state, optimizer and metrics belong to the strategy (a no-op scope on
     # the single-device path).
+    steps_per_epoch = fit_setup.steps_per_epoch(config, info)
     with placement.scope():
-        model = build_model(config, info.num_classes, info.image_shape, info.mean, info.std,
-                            method)
-        method.prepare_training(model, teacher=teacher_for(method, model))
-        steps_per_epoch = config.steps_per_epoch or info.splits["train"] // config.batch_size
-        if steps_per_epoch < 1:
-            raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
-                              f"split ({info.splits['train']} examples); lower --config.batch_size")
-        compile_model(model, config, steps_per_epoch,
-                      distribute.resolve_jit_compile(placement, jit_compile))
+        model = fit_setup.build_for_fit(config, info, steps_per_epoch,
+                                        distribute.resolve_jit_compile(placement, jit_compile),
+                                        method)
     # Only the chief writes the workdir; other workers write to a temporary one. Nothing is
     # written before the model and the method (e.g. a KD teacher) built without error.
     out = distribute.output_workdir(placement, workdir, config, overwrite=overwrite)
@@ -114,32 +76,11 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
             placement, config, info, splits["train"], views=method.views,
             start_epoch=start_epoch)
         assert data_steps == steps_per_epoch, (data_steps, steps_per_epoch)
-        val_ds = data_lib.eval_dataset(config, info, splits["val"]) if "val" in splits else None
-        # The paper protocol logs test metrics every epoch (the reference code reports the
-        # best of them); under tune the test split stays untouched until the end.
-        per_epoch_test = (
-            [cb.SplitMetricsLogger(data_lib.eval_dataset(config, info, splits["test"]),
-                                   prefix="test", jit_compile=jit_compile)]
-            if config.protocol == "paper" and "test" in splits else [])
-        callbacks = [
-            cb.NonFiniteLossGuard(),
-            cb.LearningRateLogger(),
-            cb.CSKDCallback(val_ds, lambda_cls=float(config.lambda_cls),
-                            temperature=float(config.temperature),
-                            lambda_warmup_epochs=config.lambda_warmup_epochs,
-                            jit_compile=jit_compile),
-            *per_epoch_test,
-            # Logs before the checkpoint: a kill between the two then repeats a history row
-            # on resume instead of losing one.
-            cb.HistoryCSVLogger(out.file("history.csv"), append=True),
-            keras.callbacks.TensorBoard(out.file("tensorboard"), write_graph=False,
-                                        profile_batch=0),
-            cb.EpochCheckpoint(manager, epoch_var, every=config.checkpoint_every_epochs),
-            *extra_callbacks,
-        ]
+        callbacks = fit_setup.fit_callbacks(config, info, splits, jit_compile, out=out,
+                                            checkpoint=(manager, epoch_var))
         model.fit(train_ds, epochs=config.num_epochs, initial_epoch=start_epoch,
-                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,
-                  verbose=int(config.verbose) and (1 if os.isatty(1) else 2))
+                  steps_per_epoch=steps_per_epoch, callbacks=[*callbacks, *extra_callbacks],
+                  shuffle=False, verbose=int(config.verbose) and (1 if os.isatty(1) else 2))
 
     metrics = evaluate_splits(model, config, info, splits, jit_compile)
     if config.verbose and "val" not in splits:

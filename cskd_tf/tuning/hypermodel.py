@@ -3,7 +3,8 @@
 ``build(hp)`` makes exactly the model ``cskd-train`` would make from the
 config with the trial's λ, T (and learning rate, weight decay) filled in;
 ``fit`` trains it on the project's pair pipeline with the project's
-callbacks and returns the metrics of the last epoch on the validation split.
+callbacks (both from cskd_tf/training/fit_setup.py, as in cskd-train) and
+returns the metrics of the last epoch on the validation split.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import keras_tuner
 import tensorflow as tf
 
 from cskd_tf import data as data_lib
-from cskd_tf import losses, models, runtime
+from cskd_tf import runtime
 from cskd_tf.errors import ConfigError, NonFiniteLossError
-from cskd_tf.training import callbacks as cb
-from cskd_tf.training import trainer
-from cskd_tf.training.teacher import teacher_for
+from cskd_tf.training import fit_setup
 from cskd_tf.tuning.space import SearchSpace, add_derived_metrics
 
 # Epoch-log keys reported under another name: they are what the trial really trained with
@@ -41,8 +40,7 @@ class TrialData:
     def prepare(cls, config):
         """Builds or reuses the shard cache; ConfigError when there is no validation split."""
         # Name errors now, as one line, rather than as the same failure in every trial.
-        models.get_spec(config.model)
-        losses.get_method(config.method, config)
+        fit_setup.check_names(config)
         jit_compile = runtime.setup(config)
         info, splits = data_lib.prepare(config)
         if "val" not in splits:
@@ -51,17 +49,15 @@ class TrialData:
                 "set --config.protocol=tune (protocol=paper has no val split) and "
                 "--config.val_fraction > 0 to hold one out of train (the test split is "
                 "never used for tuning)")
-        steps = config.steps_per_epoch or info.splits["train"] // config.batch_size
-        if steps < 1:
-            raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
-                              f"split ({info.splits['train']} examples); lower --config.batch_size")
-        return cls(info=info, splits=splits, steps_per_epoch=int(steps), jit_compile=jit_compile)
+        return cls(info=info, splits=splits,
+                   steps_per_epoch=fit_setup.steps_per_epoch(config, info),
+                   jit_compile=jit_compile)
 
 
 class DerivedMetrics(keras.callbacks.Callback):
     """Adds combined objectives (val_error_plus_ece) to the epoch logs.
 
-    Listed right after CSKDCallback, so the logs already hold the validation metrics and
+    Listed right after the validation metrics (ValidationMetrics), so the logs already hold them and
     every later callback (TensorBoard, CSVLogger) sees the combined value too.
     """
 
@@ -106,13 +102,8 @@ class CSKDHyperModel(keras_tuner.HyperModel):
         # Same seed in every trial: the same initial weights and batch order, so trials
         # differ only by their hyperparameters.
         runtime.setup(config)
-        info = self.data.info
-        method = losses.get_method(config.method, config)
-        model = trainer.build_model(config, info.num_classes, info.image_shape, info.mean,
-                                    info.std, method)
-        method.prepare_training(model, teacher=teacher_for(method, model))
-        trainer.compile_model(model, config, self.data.steps_per_epoch, self.data.jit_compile)
-        return model
+        return fit_setup.build_for_fit(config, self.data.info, self.data.steps_per_epoch,
+                                       self.data.jit_compile)
 
     def fit(self, hp, model, epochs=None, initial_epoch=0, callbacks=(), **kwargs):
         """Trains epochs ``initial_epoch .. epochs - 1``; returns the last epoch's metrics.
@@ -129,18 +120,12 @@ class CSKDHyperModel(keras_tuner.HyperModel):
         train_ds, steps = data_lib.train_dataset(config, info, splits["train"],
                                                  views=model.method.views,
                                                  start_epoch=int(initial_epoch))
-        val_ds = data_lib.eval_dataset(config, info, splits["val"])
-        project_callbacks = [
-            cb.NonFiniteLossGuard(),
-            cb.LearningRateLogger(),
-            cb.CSKDCallback(val_ds, lambda_cls=float(config.lambda_cls),
-                            # The trial's T: build() made the method from this same config
-                            # (Method.from_config reads config.temperature).
-                            temperature=float(config.temperature),
-                            lambda_warmup_epochs=config.lambda_warmup_epochs,
-                            jit_compile=self.data.jit_compile),
-            DerivedMetrics(),
-        ]
+        # The trainer's callbacks (no workdir: the tuner keeps its own trial records), and
+        # the combined objectives right after the validation metrics they combine. The
+        # test split is left out: it is never looked at while tuning.
+        project_callbacks = fit_setup.fit_callbacks(
+            config, info, {name: split for name, split in splits.items() if name != "test"},
+            self.data.jit_compile, readers=[DerivedMetrics()])
         try:
             history = model.fit(train_ds, epochs=epochs, initial_epoch=int(initial_epoch),
                                 steps_per_epoch=steps,
@@ -150,7 +135,7 @@ class CSKDHyperModel(keras_tuner.HyperModel):
             # NonFiniteLossGuard sees each step's loss, which can still be finite when the
             # epoch's last update is the one that blows up (common at extreme λ); the
             # validation pass then fails on NaN logits. Report that as the divergence it is.
-            if _outputs_not_finite(model, val_ds):
+            if _outputs_not_finite(model, data_lib.eval_dataset(config, info, splits["val"])):
                 raise NonFiniteLossError(
                     "the model diverged: its outputs on the validation split are NaN or "
                     f"infinite ({error})") from error

@@ -1,0 +1,133 @@
+"""The one fit set-up of ``cskd-train`` (training/trainer.py) and the tuner (tuning/hypermodel.py).
+
+Both train the same way, so both call these in this order:
+
+1. :func:`check_names`: the model and method names, as one-line errors before any data is
+   read or anything is written.
+2. :func:`steps_per_epoch`: ``config.steps_per_epoch`` or one pass over the training split;
+   ConfigError when the batch is larger than the split.
+3. :func:`build_for_fit`: the CSKDModel (:func:`build_model`), synchronized batch norm when
+   ``config.sync_batch_norm``, the method's training state (e.g. a KD teacher) and the
+   compiled optimizer (:func:`compile_model`), inside the strategy's scope.
+4. :func:`fit_callbacks`: the callback list, always in the order NaN guard, learning rate,
+   λ warm-up (logs λ and T), validation metrics, per-epoch test metrics (``protocol=paper``
+   only), the caller's readers of those logs (the tuner's derived objectives), then the
+   writers of a workdir (history.csv, TensorBoard, checkpoint) when one is given.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from cskd_tf import data as data_lib
+from cskd_tf import losses, models
+from cskd_tf.errors import ConfigError
+from cskd_tf.models.cskd_model import CSKDModel
+from cskd_tf.training import callbacks as cb
+from cskd_tf.training import distribute
+from cskd_tf.training.schedules import EpochSchedule
+from cskd_tf.training.teacher import teacher_for
+
+
+def check_names(config):
+    """The config's method (a fresh instance); ModelError/ConfigError for unknown names."""
+    models.get_spec(config.model)
+    return losses.get_method(config.method, config)
+
+
+def steps_per_epoch(config, info) -> int:
+    """Optimizer steps per epoch: ``config.steps_per_epoch`` or ⌊train examples / batch⌋."""
+    steps = config.steps_per_epoch or info.splits["train"] // config.batch_size
+    if steps < 1:
+        raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
+                          f"split ({info.splits['train']} examples); lower --config.batch_size")
+    return int(steps)
+
+
+def build_model(config, num_classes, image_shape, mean, std, method=None):
+    """The CSKDModel for a config, built (weights created) but not compiled."""
+    method = method or losses.get_method(config.method, config)
+    backbone = models.build(config.model, num_classes=num_classes, input_shape=tuple(image_shape),
+                            width=int(config.model_width), head=method.head, init=config.init)
+    model = CSKDModel(backbone, method=method, mean=mean, std=std,
+                      lambda_cls=float(config.lambda_cls),
+                      weight_decay=float(config.weight_decay))
+    model(tf.zeros((1, *image_shape), tf.float32))
+    return model
+
+
+def make_optimizer(config, steps):
+    schedule = EpochSchedule(config.learning_rate, steps, kind=config.lr_schedule,
+                             decay_epochs=config.lr_decay_epochs,
+                             decay_factor=config.lr_decay_factor,
+                             warmup_epochs=config.warmup_epochs, total_epochs=config.num_epochs)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum,
+                                nesterov=config.nesterov)
+
+
+def compile_model(model, config, steps, jit_compile):
+    model.compile(optimizer=make_optimizer(config, steps), jit_compile=jit_compile,
+                  steps_per_execution=int(config.steps_per_execution))
+    # Create the optimizer's slots now so a checkpoint restores into them directly.
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def build_for_fit(config, info, steps, jit_compile, method=None):
+    """The compiled CSKDModel ready for ``model.fit``; call it inside the strategy's scope.
+
+    ``jit_compile`` is what the model compiles with (the trainer passes it through
+    :func:`cskd_tf.training.distribute.resolve_jit_compile`).
+    """
+    method = method or losses.get_method(config.method, config)
+    model = build_model(config, info.num_classes, info.image_shape, info.mean, info.std, method)
+    if config.sync_batch_norm and not distribute.sync_batch_norm(model):
+        raise ConfigError(f"config.sync_batch_norm=True but model {config.model!r} has no "
+                          "BatchNormalization layer; drop --config.sync_batch_norm")
+    method.prepare_training(model, teacher=teacher_for(method, model))
+    return compile_model(model, config, steps, jit_compile)
+
+
+def fit_callbacks(config, info, splits, jit_compile, readers=(), out=None, checkpoint=None):
+    """The project's callbacks for ``model.fit``, in the order the module docstring gives.
+
+    Args:
+      config: the run's config (λ, T, λ warm-up, protocol, checkpoint interval).
+      info, splits: the prepared dataset (``data.prepare``); the val split, when there is
+        one, is scored every epoch. The test split is scored every epoch only under
+        ``config.protocol="paper"`` (the reference code reports the best epoch); under
+        tune it stays untouched until the end.
+      jit_compile: whether the evaluation passes run under XLA.
+      readers: callbacks that read the metrics the earlier ones logged.
+      out: the Workdir to write history.csv and TensorBoard logs to, or None.
+      checkpoint: ``(manager, epoch_variable)`` saved every
+        ``config.checkpoint_every_epochs`` epochs, or None.
+    """
+    val_ds = data_lib.eval_dataset(config, info, splits["val"]) if "val" in splits else None
+    callbacks = [
+        cb.NonFiniteLossGuard(),
+        cb.LearningRateLogger(),
+        # The λ and T the epoch trained with: the method was made from this same config.
+        cb.LambdaWarmup(lambda_cls=float(config.lambda_cls),
+                        temperature=float(config.temperature),
+                        lambda_warmup_epochs=config.lambda_warmup_epochs),
+        cb.ValidationMetrics(val_ds, jit_compile=jit_compile),
+    ]
+    if config.protocol == "paper" and "test" in splits:
+        callbacks.append(cb.SplitMetricsLogger(data_lib.eval_dataset(config, info, splits["test"]),
+                                               prefix="test", jit_compile=jit_compile))
+    callbacks.extend(readers)
+    if out is not None:
+        callbacks += [
+            # Logs before the checkpoint: a kill between the two then repeats a history row
+            # on resume instead of losing one.
+            cb.HistoryCSVLogger(out.file("history.csv"), append=True),
+            keras.callbacks.TensorBoard(out.file("tensorboard"), write_graph=False,
+                                        profile_batch=0),
+        ]
+    if checkpoint is not None:
+        manager, epoch_variable = checkpoint
+        callbacks.append(cb.EpochCheckpoint(manager, epoch_variable,
+                                            every=config.checkpoint_every_epochs))
+    return callbacks
