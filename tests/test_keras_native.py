@@ -451,7 +451,8 @@ def test_cskd_train_writes_model_keras_that_eval_and_export_accept(tiny_config, 
     import json
 
     from cskd_tf import data as data_lib
-    from cskd_tf.serving.export import export_workdir, load_run
+    from cskd_tf.serving.export import export_workdir
+    from cskd_tf.training.restore import load_run
     from cskd_tf.training.restore import restore_from_workdir
     from cskd_tf.training.trainer import evaluate_splits, train
 

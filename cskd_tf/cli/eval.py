@@ -38,7 +38,7 @@ FLAGS = flags.FLAGS
 def _evaluate_workdir():
     from cskd_tf import data as data_lib
     from cskd_tf.errors import ConfigError
-    from cskd_tf.serving.export import load_run
+    from cskd_tf.training.restore import load_run
     from cskd_tf.training.trainer import evaluate_splits
 
     config, _, model, _ = load_run(FLAGS.workdir, need_finished=False)

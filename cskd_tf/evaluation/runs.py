@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 
 from cskd_tf import config as config_lib
-from cskd_tf.config import upgrade_deprecated_fields
 from cskd_tf.errors import ConfigError, WorkdirError
 from cskd_tf.evaluation.history import best_epoch_metrics, read_history_csv
 
@@ -83,24 +82,20 @@ class Run:
         return self.metrics is not None
 
 
-def _default_fields() -> dict:
-    return json.loads(config_lib.to_json(config_lib.default_config()))
-
-
 def load_run(path: str) -> Run:
     """The run in ``path``; metrics is None until metrics.json exists (unfinished)."""
     config = _read_json(os.path.join(path, "config.json"))
     if not isinstance(config, dict):
         raise WorkdirError(f"{path}/config.json does not hold a config object")
     # A run written before the method groups compares equal to one written after, and one
-    # written before a field existed to one written with that field's default (as resuming
-    # such a run reads it: config.from_json).
-    config = upgrade_deprecated_fields(config, warn=False)
+    # written before a field existed to one written with that field's default: read it as
+    # resuming does (config.from_json, below).
     missing = [k for k in ("dataset", "model", "method") if k not in config]
     if missing:
         raise WorkdirError(f"{path}/config.json lacks {', '.join(missing)}; "
                            "was it written by cskd-train?")
-    config = {**_default_fields(), **config}
+    # from_json fills defaults at every depth (a field added to a method group too).
+    config = json.loads(config_lib.to_json(config_lib.from_json(json.dumps(config))))
     metrics_path = os.path.join(path, "metrics.json")
     metrics = _read_json(metrics_path) if os.path.exists(metrics_path) else None
     if metrics is not None and not (isinstance(metrics, dict)

@@ -83,11 +83,6 @@ class Normalize(keras.layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
-def method_config(method: Method) -> dict:
-    """The method's ``get_config()``: its registered name and hyperparameters."""
-    return dict(method.get_config())
-
-
 def method_from_config(config: dict) -> Method:
     """Rebuilds a method by registered name (:data:`cskd_tf.losses.METHODS`)."""
     config = dict(config)
@@ -161,7 +156,7 @@ class CSKDModel(keras.Model):
                              f"({str(error).splitlines()[0] if str(error) else error!r}); "
                              "build one with cskd_tf.models.build(...) or use a method that "
                              "needs only logits, such as 'cskd' or 'ce'") from None
-        if self._plain and type(method).prepare_training is not Method.prepare_training:
+        if self._plain and method.needs_teacher:
             raise ModelError(f"method {method.name!r} reads its teacher's facts from a "
                              "cskd_tf.models backbone; build the student with "
                              "cskd_tf.models.build(...) or use 'cskd' or 'ce'")
@@ -290,9 +285,6 @@ class CSKDModel(keras.Model):
     def _unpack(self, data):
         x, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         images = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-        if sample_weight is not None and not self.method.supports_sample_weight:
-            raise ModelError(f"method {self.method.name!r} does not take sample weights; drop "
-                             "sample_weight/class_weight or use 'cskd' or 'ce'")
         return images, labels, sample_weight
 
     @staticmethod
@@ -309,6 +301,10 @@ class CSKDModel(keras.Model):
 
     def train_step(self, data):
         images, labels, sample_weight = self._unpack(data)
+        # Only training needs the method's support: evaluation's loss is a weighted CE.
+        if sample_weight is not None and not self.method.supports_sample_weight:
+            raise ModelError(f"method {self.method.name!r} does not take sample weights; drop "
+                             "sample_weight/class_weight or use 'cskd' or 'ce'")
         targets = self.method.detached_outputs(self, images, labels)
         weights = self._normalized_weights(sample_weight)
         if weights is not None:
@@ -354,7 +350,7 @@ class CSKDModel(keras.Model):
             "name": self.name,
             "trainable": self.trainable,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "method": method_config(self.method),
+            "method": dict(self.method.get_config()),
             "mean": self.normalize.mean,
             "std": self.normalize.std,
             "lambda_cls": float(keras.ops.convert_to_numpy(self.lambda_cls)),

@@ -35,8 +35,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from cskd_tf.models._common import batch_norm, channels, conv, relu
-from cskd_tf.models.preact_resnet import stack_stages
+from cskd_tf.models._common import batch_norm, channels, conv, relu, stack_stages
 from cskd_tf.models.registry import register
 
 

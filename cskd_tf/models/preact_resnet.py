@@ -28,10 +28,9 @@ from __future__ import annotations
 
 from keras import layers
 
-from cskd_tf.models._common import bn_relu, channels, conv, global_pool, stage_output
+from cskd_tf.models._common import bn_relu, channels, conv, stack_stages
 from cskd_tf.models.registry import register
 
-_STAGE_STRIDES = (1, 2, 2, 2)
 
 
 def _preact_block(x, filters, strides, name):
@@ -46,22 +45,6 @@ def _preact_block(x, filters, strides, name):
     y = bn_relu(y, f"{name}_mid")
     y = conv(y, filters, 3, f"{name}_conv2")
     return layers.Add(name=f"{name}_add")([y, shortcut])
-
-
-def stack_stages(x, width, blocks, block_fn, after_last=None):
-    """Stages of ``blocks[i]`` blocks with widths w, 2w, 4w, 8w and strides 1, 2, 2, 2.
-
-    ``block_fn(x, filters, strides, name)`` builds one block; ``after_last(x)`` (if any)
-    runs on the last stage before it is exposed as ``stageN``. Returns the pooled features.
-    """
-    for stage, (num_blocks, stride) in enumerate(zip(blocks, _STAGE_STRIDES), start=1):
-        filters = width * 2 ** (stage - 1)
-        for block in range(num_blocks):
-            x = block_fn(x, filters, stride if block == 0 else 1, f"s{stage}b{block + 1}")
-        if stage == len(blocks) and after_last is not None:
-            x = after_last(x)
-        x = stage_output(x, stage)
-    return global_pool(x)
 
 
 def preact_resnet_body(inputs, width, blocks):

@@ -36,12 +36,12 @@ from cskd_tf.models._common import (
     conv,
     global_pool,
     relu,
+    stack_stages,
     stage_output,
 )
 from cskd_tf.errors import ModelError
 from cskd_tf.models.registry import register
 
-_STAGE_STRIDES = (1, 2, 2, 2)
 
 
 def imagenet_stem(inputs, width):
@@ -71,13 +71,7 @@ def _basic_block(x, filters, strides, name):
 
 def basic_resnet_body(inputs, width, blocks):
     """Shared body of the BasicBlock ResNets; returns the pooled features."""
-    x = imagenet_stem(inputs, width)
-    for stage, (num_blocks, stride) in enumerate(zip(blocks, _STAGE_STRIDES), start=1):
-        filters = width * 2 ** (stage - 1)
-        for block in range(num_blocks):
-            x = _basic_block(x, filters, stride if block == 0 else 1, f"s{stage}b{block + 1}")
-        x = stage_output(x, stage)
-    return global_pool(x)
+    return stack_stages(imagenet_stem(inputs, width), width, blocks, _basic_block)
 
 
 @register("resnet10", style="imagenet", min_size=8, standard_width=64,

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 from keras import layers
 
-from cskd_tf.models._common import batch_norm, bn_relu, conv, global_pool, relu, stage_output
+from cskd_tf.models._common import batch_norm, bn_relu, conv, relu, stack_stages
 from cskd_tf.models.registry import register
 from cskd_tf.models.resnet import imagenet_stem, projection
 
 _BLOCKS = (3, 4, 23, 3)
-_STAGE_STRIDES = (1, 2, 2, 2)
 _GROUPS = 32
 _WIDTH_PER_GROUP = 4
 _EXPANSION = 4
@@ -47,10 +46,4 @@ def _bottleneck(x, planes, strides, name):
           torch_conv_init="kaiming_normal_fan_out")
 def resnext101_32x4d(inputs, width):
     """ResNeXt-101 32x4d (ImageNet-style, 3-4-23-3); 44,177,704 params at 1000 classes."""
-    x = imagenet_stem(inputs, 64)
-    for stage, (num_blocks, stride) in enumerate(zip(_BLOCKS, _STAGE_STRIDES), start=1):
-        planes = 64 * 2 ** (stage - 1)
-        for block in range(num_blocks):
-            x = _bottleneck(x, planes, stride if block == 0 else 1, f"s{stage}b{block + 1}")
-        x = stage_output(x, stage)
-    return global_pool(x)
+    return stack_stages(imagenet_stem(inputs, 64), 64, _BLOCKS, _bottleneck)

@@ -29,7 +29,6 @@ import uuid
 import numpy as np
 
 from cskd_tf import progress
-from cskd_tf.errors import WorkdirError
 from cskd_tf.serving import ServingError
 from cskd_tf.serving import loading, models_config
 from cskd_tf.serving import signatures as sig
@@ -194,61 +193,13 @@ def _verify(directory, functions, contract, image_shape):
                                f"model by {diff:.3g} at {h}x{w} input")
 
 
-def check_run(path, need_finished=True):
-    """(Workdir, .keras path or None) for a run folder or a .keras file saved in one."""
-    from cskd_tf.training.workdir import Workdir
-
-    keras_file = str(path).endswith(".keras")
-    run = Workdir(os.path.dirname(os.path.abspath(path)) if keras_file else path)
-    if keras_file and not os.path.isfile(path):
-        raise WorkdirError(f"{path} does not exist; pass a .keras file saved by model.save or "
-                           "cskd-train (DIR/model.keras), or a cskd-train workdir")
-    if keras_file and not os.path.exists(run.file("data.json")):
-        raise WorkdirError(f"{path} is not inside a cskd-train workdir (no data.json beside "
-                           "it); keep it in its run folder")
-    if need_finished and not run.is_finished():
-        raise WorkdirError(f"{run.path} holds no finished model (no metrics.json); train it to "
-                           "the end with cskd-train --workdir=DIR first")
-    return run, (path if keras_file else None)
-
-
-def load_run(path, need_finished=True):
-    """(config, data facts, model, workdir path) of a run, or of a .keras file saved in one.
-
-    ``path`` is a cskd-train workdir (the model is rebuilt from its last checkpoint) or a
-    ``.keras`` file in one (``DIR/model.keras``, loaded with ``keras.models.load_model``;
-    its folder gives the config and data facts).
-    """
-    from cskd_tf.training.restore import restore_from_workdir
-
-    run, keras_file = check_run(path, need_finished)
-    if keras_file is None:
-        config, facts, model = restore_from_workdir(run.path)
-        return config, facts, model, run.path
-    return run.load_config(), run.read("data.json"), load_keras_file(keras_file), run.path
-
-
-def load_keras_file(path):
-    """``keras.models.load_model(path)``, cskd_tf's objects registered; WorkdirError on failure."""
-    import keras
-
-    import cskd_tf
-
-    cskd_tf.register_keras_objects()
-    try:
-        return keras.models.load_model(path)
-    except (OSError, ValueError, TypeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WorkdirError(f"cannot load {path} as a Keras model ({reason}); pass a .keras file "
-                           "saved by model.save or cskd-train") from None
-
-
 def export_workdir(workdir, model_name, export_base="saved_models", version=None, top_k=5,
                    version_policy=None, serving_base_path="", verify=True,
                    verbose=1) -> ExportResult:
     """Exports the finished run in ``workdir`` as ``export_base/model_name/<version>``.
 
-    ``workdir`` may also be the run's ``DIR/model.keras`` file (see :func:`load_run`).
+    ``workdir`` may also be the run's ``DIR/model.keras`` file
+    (see :func:`cskd_tf.training.restore.load_run`).
 
     Args:
       version: an int >= 1, or None for the next free version.
@@ -262,6 +213,8 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
     """
     import keras
 
+    from cskd_tf.training.restore import check_run, load_checked_run
+
     model_name = check_model_name(model_name)
     if int(top_k) < 1:
         raise ServingError(f"--top_k must be >= 1 (got {top_k})")
@@ -271,7 +224,7 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
     if version_policy is not None and version_policy not in models_config.POLICIES:
         raise ServingError(f"--version_policy={version_policy!r} is not one of "
                            f"{', '.join(models_config.POLICIES)}")
-    check_run(workdir)
+    checked = check_run(workdir)
 
     export_base = os.path.abspath(os.path.expanduser(export_base))
     model_dir = os.path.join(export_base, model_name)
@@ -284,7 +237,7 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
     steps = progress.Steps(f"cskd-export {model_name}/{version}", total=3 + bool(verify),
                            verbose=verbose)
     steps.next(f"loading the run {workdir}")
-    config, facts, model, run_path = load_run(workdir)
+    config, facts, model, run_path = load_checked_run(*checked)
     augment = resolve_augment(config, facts)
     functions = sig.ServingFunctions(model, preprocess_for(facts, augment), facts["class_names"],
                                      facts["image_shape"], top_k=top_k)

@@ -46,11 +46,6 @@ HEADER = ("# TensorFlow Serving model config, maintained by cskd-export.\n"
           "--port=8500 --rest_api_port=8501\n")
 
 
-def server_config_class():
-    """TF Serving's ModelServerConfig message class."""
-    return model_server_config_pb2.ModelServerConfig
-
-
 def _refuse(path, problem):
     return ServingError(f"{path} is not a model config cskd-export can update ({problem}); "
                         "fix it by hand or move it aside and export again")
@@ -58,7 +53,7 @@ def _refuse(path, problem):
 
 def read(path):
     """The parsed config at ``path`` (an empty one if the file does not exist)."""
-    config = server_config_class()()
+    config = model_server_config_pb2.ModelServerConfig()
     if not os.path.exists(path):
         return config
     with open(path, encoding="utf-8") as f:

@@ -17,6 +17,7 @@ model the config describes.
 from __future__ import annotations
 
 import gc
+import os
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -64,22 +65,65 @@ def restore_model(workdir: Workdir, config, facts):
     return model
 
 
-def restore_from_workdir(path, *, model_name=None, setup_runtime=True) -> Restored:
-    """The run in ``path`` with its last checkpoint's weights.
-
-    Args:
-      model_name: build this architecture instead of the run's ``config.model`` (a KD
-        teacher's ``config.kd.teacher_model``); the checkpoint must fit it.
-      setup_runtime: apply the run's seed and precision policy first (what evaluation and
-        export of the run want); a loader inside another run (the KD teacher) passes False
-        so the running job keeps its own.
-    """
+def restore_from_workdir(path) -> Restored:
+    """The run in ``path`` with its last checkpoint's weights, after applying the run's
+    seed and precision policy (what evaluation and export of the run want; the KD teacher,
+    loaded inside another run, uses :func:`read_run` and :func:`restore_model` instead)."""
     workdir, config, facts = read_run(path)
-    if model_name:
-        config.model = model_name
-    if setup_runtime:
-        runtime.setup(config)
+    runtime.setup(config)
     return Restored(config, facts, restore_model(workdir, config, facts))
+
+
+# ------------------------------------------------------- a workdir or its DIR/model.keras
+def check_run(path, need_finished=True):
+    """(Workdir, .keras path or None) for a run folder or a .keras file saved in one."""
+    keras_file = str(path).endswith(".keras")
+    run = Workdir(os.path.dirname(os.path.abspath(path)) if keras_file else path)
+    if keras_file and not os.path.isfile(path):
+        raise WorkdirError(f"{path} does not exist; pass a .keras file saved by model.save or "
+                           "cskd-train (DIR/model.keras), or a cskd-train workdir")
+    if keras_file and not os.path.exists(run.file("data.json")):
+        raise WorkdirError(f"{path} is not inside a cskd-train workdir (no data.json beside "
+                           "it); keep it in its run folder")
+    if need_finished and not run.is_finished():
+        raise WorkdirError(f"{run.path} holds no finished model (no metrics.json); train it to "
+                           "the end with cskd-train --workdir=DIR first")
+    return run, (path if keras_file else None)
+
+
+def load_run(path, need_finished=True):
+    """(config, data facts, model, workdir path) of a run, or of a .keras file saved in one.
+
+    ``path`` is a cskd-train workdir (the model is rebuilt from its last checkpoint) or a
+    ``.keras`` file in one (``DIR/model.keras``, loaded with ``keras.models.load_model``;
+    its folder gives the config and data facts).
+    """
+    return load_checked_run(*check_run(path, need_finished))
+
+
+def load_checked_run(run: Workdir, keras_file=None):
+    """:func:`load_run` for what :func:`check_run` returned."""
+    if keras_file is None:
+        config, facts, model = restore_from_workdir(run.path)
+        return config, facts, model, run.path
+    _, config, facts = read_run(run.path)
+    runtime.setup(config)
+    return config, facts, load_keras_file(keras_file), run.path
+
+
+def load_keras_file(path):
+    """``keras.models.load_model(path)``, cskd_tf's objects registered; WorkdirError on failure."""
+    import keras
+
+    import cskd_tf
+
+    cskd_tf.register_keras_objects()
+    try:
+        return keras.models.load_model(path)
+    except (OSError, ValueError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WorkdirError(f"cannot load {path} as a Keras model ({reason}); pass a .keras file "
+                           "saved by model.save or cskd-train") from None
 
 
 def _drop_quietly():
