@@ -241,6 +241,39 @@ def test_speed_command_reports_every_figure(tmp_path):
     assert "--xla takes a list of off and on" in one_line_error(bad)
 
 
+def test_speed_end_to_end_times_the_training_path(tmp_path):
+    """cskd-speed --end_to_end (training/speed.py): model.fit on digits, one process per
+    variant, every figure positive and finite; a bad flag value is one line."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(root)}
+    command = [sys.executable, "-m", "cskd_tf.cli.speed", "--end_to_end",
+               "--model=preact_resnet10", "--width=2", "--batch_size=16", "--image_size=8",
+               "--num_classes=5", "--steps=2", "--warmup=1", "--pipeline_batches=2"]
+    bad = subprocess.run([*command, "--precision=float64"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert "precision: 'float64' is not one of" in one_line_error(bad)
+
+    result = subprocess.run([*command, f"--output={tmp_path / 'speed.json'}"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.load(open(tmp_path / "speed.json"))
+    assert report["setup"]["dataset"] == "digits" and report["setup"]["num_classes"] == 5
+    assert {"platform", "cpus", "gpu", "tensorflow", "cpu_bf16_flags"} <= set(report["machine"])
+    rows = report["train_steps"]
+    assert [(r["method"], r["precision"], r["pairing"]) for r in rows] == [
+        ("ce", "float32", None), ("cskd", "float32", "reference")]
+    for row in rows:
+        assert row["steps_timed"] == 2
+        for field in ("step_seconds", "step_seconds_median", "anchor_images_per_s",
+                      "cpu_seconds_per_step", "pipeline_cpu_seconds_per_batch",
+                      "pipeline_cpu_share", "peak_memory_mib"):
+            assert 0 < row[field] < float("inf"), (field, row)
+        assert row["anchor_images_per_s"] == pytest.approx(16 / row["step_seconds"])
+    ratio = report["cskd_over_ce_step_time"]["xla=off,float32,pairing=reference"]
+    assert ratio == pytest.approx(rows[1]["step_seconds"] / rows[0]["step_seconds"])
+    assert "| cskd | reference | float32 | off |" in result.stdout
+
+
 def test_eval_of_a_missing_run_is_one_line(tmp_path):
     assert "no training run" in one_line_error(cli("cskd-eval", f"--workdir={tmp_path}"))
 

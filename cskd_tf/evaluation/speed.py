@@ -61,17 +61,7 @@ def time_train_steps(setup: SpeedSetup, method_name, jit_compile, policy="float3
     element = (images if len(images) > 1 else images[0], labels)
     dataset = tf.data.Dataset.from_tensors(element).repeat()
 
-    class Clock(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.marks = []
-
-        def on_train_batch_end(self, batch, logs=None):
-            # Reading the loss waits for the step to finish, so marks are honest.
-            float(logs["loss"])
-            self.marks.append(time.perf_counter())
-
-    clock = Clock()
+    clock = step_clock()
     model.fit(dataset, steps_per_epoch=setup.warmup + setup.steps, epochs=1, verbose=0,
               shuffle=False, callbacks=[clock])
     timed = clock.marks[setup.warmup:]
@@ -80,6 +70,28 @@ def time_train_steps(setup: SpeedSetup, method_name, jit_compile, policy="float3
     return {"method": method_name, "xla": bool(jit_compile), "precision": policy,
             "step_seconds": seconds, "anchor_images_per_s": setup.batch_size / seconds,
             "model": model}
+
+
+def step_clock():
+    """A Keras callback marking the end of every train batch.
+
+    ``marks[i]`` is ``time.perf_counter()`` and ``cpu_marks[i]`` this process's
+    ``time.process_time()`` (all its threads) when batch ``i`` has finished: reading
+    ``logs["loss"]`` waits for the step's result, so a mark is never taken early.
+    """
+    import keras
+
+    class StepClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.marks, self.cpu_marks = [], []
+
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])
+            self.marks.append(time.perf_counter())
+            self.cpu_marks.append(time.process_time())
+
+    return StepClock()
 
 
 def time_eval(setup: SpeedSetup, model) -> float:
@@ -129,10 +141,6 @@ def measure(setup: SpeedSetup, xla=("off",), precision=(), log=print) -> dict:
     ``xla``: settings to measure ("off", "on"); ``precision``: policies besides float32
     (mixed_float16 needs a GPU). ``log`` receives one line per measured train step.
     """
-    import tensorflow as tf
-
-    from cskd_tf.runtime import gpu_present
-
     rows = []
     models_by_key = {}
     policies = ["float32", *precision]
@@ -158,8 +166,7 @@ def measure(setup: SpeedSetup, xla=("off",), precision=(), log=print) -> dict:
     setup_row = {k: v for k, v in asdict(setup).items()
                  if k in ("model", "width", "batch_size", "image_size", "num_classes")}
     return {
-        "machine": {"platform": platform.platform(), "cpus": _cpu_count(),
-                    "gpu": gpu_present(), "tensorflow": tf.__version__},
+        "machine": machine_facts(),
         "setup": {**setup_row, "timed_steps": setup.steps},
         "train_steps": rows,
         "cskd_over_ce_step_time": ratios,
@@ -170,8 +177,15 @@ def measure(setup: SpeedSetup, xla=("off",), precision=(), log=print) -> dict:
     }
 
 
-def _cpu_count():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+def machine_facts() -> dict:
+    """Platform, usable CPU cores, whether a GPU is present, TensorFlow version."""
+    import tensorflow as tf
+
+    from cskd_tf.runtime import gpu_present
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"platform": platform.platform(), "cpus": cpus, "gpu": gpu_present(),
+            "tensorflow": tf.__version__}
 
 
 def format_table(report) -> str:
