@@ -103,7 +103,9 @@ _FREE_FIELDS = {"seed", "verbose", "data_dir", "cache_dir", "jit_compile", "mixe
 
 
 def method_name(method: str) -> str:
-    return METHOD_NAMES.get(method, method)
+    """Row title; a variant suffix such as " (pairing=in_batch)" is kept."""
+    base, sep, variant = method.partition(" (")
+    return METHOD_NAMES.get(base, base) + sep + variant
 
 
 def dataset_name(dataset: str) -> str:
@@ -118,7 +120,8 @@ def _dataset_order(dataset: str):
 
 
 def _method_order(method: str):
-    return (_METHOD_RANK.get(method, len(_METHOD_RANK)), method)
+    base = method.partition(" (")[0]
+    return (_METHOD_RANK.get(base, len(_METHOD_RANK)), method)
 
 
 # --------------------------------------------------------------------------

@@ -65,6 +65,13 @@ def dataset_label(config: dict) -> str:
     return str(config["dataset"]) + (f" ({', '.join(subset)})" if subset else "")
 
 
+def method_label(config: dict) -> str:
+    """``config.method``, plus ``(pairing=in_batch)`` for in-batch CS-KD: a different
+    experiment from the reference sampler's, so a row of its own in the tables."""
+    pairing = config.get("pairing", "reference")
+    return str(config["method"]) + (f" (pairing={pairing})" if pairing != "reference" else "")
+
+
 @dataclass
 class Run:
     """One run directory: the fields that group it, and its metrics if finished."""
@@ -102,7 +109,7 @@ def load_run(path: str) -> Run:
                                     and all(isinstance(v, dict) for v in metrics.values())):
         raise WorkdirError(f"{metrics_path} is not a {{split: {{metric: value}}}} object")
     return Run(path=path, dataset=dataset_label(config), model=str(config["model"]),
-               method=str(config["method"]), seed=int(config.get("seed", 0)), config=config,
+               method=method_label(config), seed=int(config.get("seed", 0)), config=config,
                metrics=metrics)
 
 
