@@ -20,7 +20,8 @@ from cskd_tf.errors import ConfigError
 CHOICES = {
     "init": ("he_normal", "torch"),
     "lr_schedule": ("step", "cosine", "constant"),
-    "mixed_precision": ("", "mixed_float16", "mixed_bfloat16"),
+    # "" = float32, kept for configs and workdirs written before "auto" became the default.
+    "mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16", ""),
     "jit_compile": ("auto", "on", "off"),
     "pair_mode": ("memory", "stream"),
     "pairing": ("reference", "in_batch"),
@@ -122,7 +123,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Execution.
     c.seed = 0
     c.jit_compile = "auto"  # auto = on where a GPU is present
-    c.mixed_precision = ""
+    # Keras dtype policy: auto = mixed_bfloat16 on a CPU with bfloat16 hardware and no GPU,
+    # else float32 ($CSKD_PRECISION overrides auto); see cskd_tf/runtime.py. The policy a run
+    # used is recorded in DIR/data.json ("runtime": {"precision": ...}).
+    c.mixed_precision = "auto"
     c.deterministic = False  # tf.config.experimental.enable_op_determinism
     c.distribution = "auto"
     c.steps_per_execution = 1
@@ -324,15 +328,33 @@ def _check_keys(config, reference, prefix):
             _check_keys(config[key], reference[key], prefix=f"{prefix}{key}.")
 
 
+def fixed_precision(setting: str) -> str | None:
+    """The Keras policy a ``config.mixed_precision`` value names by itself.
+
+    ``""`` (the default before ``auto``) is float32; ``auto`` is None, decided on the machine
+    that runs (:func:`cskd_tf.runtime.resolve_precision`).
+    """
+    if setting == "auto":
+        return None
+    return setting or "float32"
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:
     """The config a ``to_json`` text describes; a run written before the method groups
-    (flat ``kd_temperature``, ...) loads with its values moved to the groups, silently."""
+    (flat ``kd_temperature``, ...) loads with its values moved to the groups, silently.
+
+    A text without ``mixed_precision`` predates the field, when float32 was the only
+    precision: it reads as ``""`` (float32), not as today's default ``auto``.
+    """
+    fields = upgrade_deprecated_fields(_tuples(json.loads(text)), warn=False)
+    if isinstance(fields, dict):
+        fields.setdefault("mixed_precision", "")
     config = default_config()
-    config.update(upgrade_deprecated_fields(_tuples(json.loads(text)), warn=False))
+    config.update(fields)
     return config
 
 

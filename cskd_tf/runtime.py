@@ -1,7 +1,7 @@
 """Process-wide settings a run needs before any model exists.
 
-Low in the stack (it imports only :mod:`cskd_tf.errors`) so that training,
-evaluation (the speed benchmark) and the command-line tools share one
+Low in the stack (it imports only :mod:`cskd_tf.errors`) so that
+training, evaluation (the speed benchmark) and the command-line tools share one
 ``gpu_present`` and one ``setup`` without importing each other.
 """
 
@@ -13,6 +13,17 @@ import keras
 import tensorflow as tf
 
 from cskd_tf.errors import ConfigError
+
+# ``config.mixed_precision="auto"`` takes this environment variable's policy when it is set,
+# like ``cache_dir=""`` takes $CSKD_CACHE_DIR: one machine or one test session can pin a
+# precision without editing configs. An explicit config value wins over it.
+PRECISION_ENV = "CSKD_PRECISION"
+# /proc/cpuinfo flags of x86 CPUs with bfloat16 arithmetic in hardware: AVX512-BF16 dot
+# products (Cooper Lake, Zen 4 and later) or AMX-BF16 tile matrix multiplies (Sapphire
+# Rapids and later). Without them TensorFlow emulates bfloat16 and it is slower than float32.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# The Keras policies a run may use (config.mixed_precision also takes "auto" and "").
+POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def gpu_present() -> bool:
@@ -30,16 +41,84 @@ def resolve_jit_compile(setting: str) -> bool:
     return setting == "on"
 
 
+def cpu_flags() -> frozenset:
+    """The CPU feature flags Linux lists in /proc/cpuinfo; empty where there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16_flags() -> tuple:
+    """Which of :data:`NATIVE_BF16_FLAGS` this CPU has (empty: no bfloat16 hardware)."""
+    flags = cpu_flags()
+    return tuple(flag for flag in NATIVE_BF16_FLAGS if flag in flags)
+
+
+def resolve_precision(setting: str) -> str:
+    """The Keras dtype policy ``config.mixed_precision = setting`` runs under.
+
+    * ``float32`` (or ``""``, its alias from before ``auto`` existed), ``mixed_bfloat16``,
+      ``mixed_float16``: that policy, on any machine.
+    * ``auto``: ``$CSKD_PRECISION`` if set; else ``mixed_bfloat16`` when no GPU is present
+      and the CPU computes bfloat16 natively (Linux /proc/cpuinfo lists ``avx512_bf16`` or
+      ``amx_bf16``); else ``float32``. With a GPU ``auto`` stays float32: bfloat16 and
+      float16 were only measured on CPU in this project, not on a GPU.
+
+    Under a mixed policy the layers compute in 16 bits with float32 weights; the heads'
+    logits and features, batch-norm statistics and every loss term stay in float32
+    (cskd_tf/models/heads.py, Keras' BatchNormalization, cskd_tf/losses/).
+    """
+    return _resolve(setting)[0]
+
+
+def describe_precision(setting: str) -> str:
+    """One line saying which policy ``setting`` resolves to here, and why."""
+    policy, reason = _resolve(setting)
+    return f"{policy} ({reason})"
+
+
+def _resolve(setting):
+    """(policy, the reason in words) for a ``config.mixed_precision`` value."""
+    if setting != "auto":
+        # "" is float32's alias (cskd_tf.config.fixed_precision).
+        return setting or "float32", f"config.mixed_precision={setting!r}"
+    override = os.environ.get(PRECISION_ENV, "")
+    if override:
+        if override not in POLICIES:
+            raise ConfigError(f"${PRECISION_ENV}={override!r} is not one of "
+                              f"{', '.join(POLICIES)}; set it to one of them or unset it")
+        return override, f"config.mixed_precision='auto' and ${PRECISION_ENV}"
+    if gpu_present():
+        return "float32", "auto: a GPU is present, where bfloat16 was not measured"
+    flags = native_bf16_flags()
+    if flags:
+        return "mixed_bfloat16", f"auto: the CPU computes bfloat16 natively ({', '.join(flags)})"
+    return "float32", "auto: the CPU has no bfloat16 arithmetic"
+
+
 def setup(config) -> bool:
-    """Seeds, determinism and precision policy; returns whether to use XLA."""
+    """Seeds, determinism and precision policy; returns whether to use XLA.
+
+    The policy in effect afterwards is :func:`precision` (what the trainer records).
+    """
     keras.utils.set_random_seed(int(config.seed))
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    policy = config.mixed_precision or "float32"
+    policy = resolve_precision(config.mixed_precision)
     if policy == "mixed_float16" and not gpu_present():
-        raise ConfigError("config.mixed_precision='mixed_float16' needs a GPU; use "
-                          "'mixed_bfloat16' on CPU or leave it empty")
+        raise ConfigError(f"the precision {describe_precision(config.mixed_precision)} needs "
+                          "a GPU; use 'mixed_bfloat16' or 'float32' on CPU")
     keras.mixed_precision.set_global_policy(policy)
     # Keep TensorFlow's C++ log chatter out of the CLI's output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return resolve_jit_compile(config.jit_compile)
+
+
+def precision() -> str:
+    """The name of the Keras dtype policy new layers are built with now."""
+    return keras.mixed_precision.global_policy().name

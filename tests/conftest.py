@@ -30,6 +30,21 @@ def console_script(name):
     return os.path.join(BIN, name)
 
 
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+    """Resets Keras' global dtype policy to float32 after every test.
+
+    ``runtime.setup`` (every ``train()``) sets the policy for the whole process, and the
+    default ``config.mixed_precision="auto"`` makes it mixed_bfloat16 on a CPU with bfloat16
+    hardware; without the reset, the next test's models (built without ``runtime.setup``)
+    would silently compute in bfloat16 too.
+    """
+    yield
+    import keras
+
+    keras.config.set_dtype_policy("float32")
+
+
 @pytest.fixture
 def tiny_config():
     """Digits, a narrow PreAct ResNet-18, a few steps: seconds per epoch on 2 cores."""

@@ -34,7 +34,10 @@ WAIT = 420  # seconds any one subprocess may take on a busy 2-core machine
 BASE = dict(dataset="digits", model="dist_test_net", model_width=8, max_train_per_class=8,
             augment="digits", batch_size=16, num_epochs=3, learning_rate=0.05,
             lr_decay_epochs=(2,), weight_decay=5e-4, verbose=0, jit_compile="off", seed=3,
-            eval_splits=("test",))
+            eval_splits=("test",),
+            # float32 (not "auto", which is bfloat16 on a CPU with bfloat16 hardware): the
+            # distributed runs must match one device to 1e-5; the "bf16" run sets its own.
+            mixed_precision="float32")
 # 10 classes x 8 = 80 training examples: 5 steps of 16 per epoch, no example dropped.
 STEPS_PER_EPOCH = 5
 

@@ -196,17 +196,28 @@ def test_config_round_trip_with_cosine_head():
     assert clone.get_layer("stage3") is not None
 
 
+@pytest.mark.parametrize("head", models.HEADS)
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 @pytest.mark.parametrize("name", ["preact_resnet10", "resnet10"])
-def test_float32_outputs_under_mixed_precision(name):
+def test_float32_outputs_under_mixed_precision(name, policy, head):
+    """The body computes in 16 bits; the head's logits and features are float32 (the
+    softmax/KL of every method and Recall@k read them), and so are BN's statistics.
+
+    Every other backbone ends in the same head (registry.build -> heads.attach_head)."""
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_float16")
+    keras.config.set_dtype_policy(policy)
     try:
-        model = models.build(name, 5, input_shape=(16, 16, 3), width=8, head="cosine")
-        out = model(_images((16, 16, 3)), training=False)
-        assert model.get_layer("stage2").compute_dtype == "float16"
+        model = models.build(name, 5, input_shape=(16, 16, 3), width=8, head=head)
+        out = model(_images((16, 16, 3)), training=True)
     finally:
         keras.config.set_dtype_policy(previous)
+    assert model.get_layer("stage2").compute_dtype == policy.split("_")[1]
     assert out["logits"].dtype == "float32" and out["features"].dtype == "float32"
+    assert model.get_layer("classifier").compute_dtype == "float32"
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(out["logits"])))
+    batch_norms = [l for l in model.layers if isinstance(l, layers.BatchNormalization)]
+    assert batch_norms and all(v.dtype == "float32" for l in batch_norms
+                               for v in (l.moving_mean, l.moving_variance))
     assert keras.config.dtype_policy().name == previous.name
 
 

@@ -5,7 +5,9 @@
 
 RUN_DIR may be a run directory (it holds config.json) or any folder above
 runs; runs are grouped by dataset x model x method and their seeds averaged
-(mean ± std). Unfinished runs make their group show as incomplete. The split
+(mean ± std); a run trained in another precision than float32 is labelled so
+beside its model (e.g. "resnet18 (mixed_bfloat16)") and never averaged with
+float32 runs. Unfinished runs make their group show as incomplete. The split
 defaults to test when every finished run has it, else val.
 
 --selection=final (default) reports each run's final model (metrics.json);

@@ -2,8 +2,9 @@
 
 A run directory holds ``config.json`` and, once training finished,
 ``metrics.json`` (see :mod:`cskd_tf.training.workdir`). Runs are grouped by
-``dataset x model x method`` and their seeds aggregated as mean ± std. Two
-tables come out (Yun et al., CVPR 2020):
+``dataset x model x method`` (a precision other than float32 is part of the
+model, :func:`.runs.model_label`) and their seeds aggregated as mean ± std.
+Two tables come out (Yun et al., CVPR 2020):
 
 * Table 1 style, one per model: top-1 error per method (rows) and dataset
   (columns), with the relative change from cross-entropy in parentheses,
@@ -96,7 +97,8 @@ SELECTIONS = {
 }
 
 # Config fields that may differ between seeds of one group without making
-# them different experiments: where data lives, how fast it runs, logging.
+# them different experiments: where data lives, how fast it runs, logging
+# (mixed_precision: the policy it resolved to is in the model label).
 _FREE_FIELDS = {"seed", "verbose", "data_dir", "cache_dir", "jit_compile", "mixed_precision",
                 "distribution", "steps_per_execution", "deterministic", "eval_batch_size",
                 "eval_splits", "checkpoint_every_epochs", "search"}

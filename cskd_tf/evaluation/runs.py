@@ -72,17 +72,43 @@ def method_label(config: dict) -> str:
     return str(config["method"]) + (f" (pairing={pairing})" if pairing != "reference" else "")
 
 
+def recorded_precision(path: str, mixed_precision: str) -> str | None:
+    """The Keras policy the run in ``path`` trained under.
+
+    ``data.json``'s ``"runtime": {"precision": ...}``, written when training starts; for a
+    run from before that record, what its ``config.mixed_precision`` (``mixed_precision``)
+    names: ``""`` or ``float32`` -> float32. None: ``auto`` without a record yet, i.e. a run
+    that has not started training.
+    """
+    facts_path = os.path.join(path, "data.json")
+    facts = _read_json(facts_path) if os.path.exists(facts_path) else {}
+    runtime = facts.get("runtime") if isinstance(facts, dict) else None
+    if isinstance(runtime, dict) and runtime.get("precision"):
+        return str(runtime["precision"])
+    return config_lib.fixed_precision(mixed_precision)
+
+
+def model_label(config: dict, precision: str) -> str:
+    """``config.model``, plus the precision unless float32, e.g. ``preact_resnet18
+    (mixed_bfloat16)``: runs of different precision are different experiments, never
+    averaged together (a run with ``auto`` that has not started training: ``(auto)``)."""
+    model = str(config["model"])
+    return model if precision == "float32" else f"{model} ({precision})"
+
+
 @dataclass
 class Run:
     """One run directory: the fields that group it, and its metrics if finished."""
 
     path: str
     dataset: str
-    model: str
+    model: str  # model_label: the architecture, with the precision unless float32
     method: str
     seed: int
     config: dict
     metrics: dict | None  # None: metrics.json not written yet, i.e. unfinished
+    # The Keras policy it trained under (recorded_precision); "auto": not started yet.
+    precision: str = "float32"
 
     @property
     def finished(self) -> bool:
@@ -108,9 +134,10 @@ def load_run(path: str) -> Run:
     if metrics is not None and not (isinstance(metrics, dict)
                                     and all(isinstance(v, dict) for v in metrics.values())):
         raise WorkdirError(f"{metrics_path} is not a {{split: {{metric: value}}}} object")
-    return Run(path=path, dataset=dataset_label(config), model=str(config["model"]),
+    precision = recorded_precision(path, config["mixed_precision"]) or "auto"
+    return Run(path=path, dataset=dataset_label(config), model=model_label(config, precision),
                method=method_label(config), seed=int(config.get("seed", 0)), config=config,
-               metrics=metrics)
+               metrics=metrics, precision=precision)
 
 
 def select_best_test_epoch(run: Run) -> Run:

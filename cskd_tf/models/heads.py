@@ -7,9 +7,10 @@ contract the rest of ``cskd_tf`` relies on::
 
 with the pooled features produced by a layer named ``features`` and the
 classifier by a layer named ``classifier``. Both run in float32 even under a
-``mixed_float16`` global policy: the softmax / KL terms of CS-KD and the
-Recall@k distances are computed from these tensors and float16 logits lose
-too much precision once a temperature divides them.
+``mixed_float16`` or ``mixed_bfloat16`` global policy (``auto`` on a CPU with
+bfloat16 hardware, cskd_tf/runtime.py): the softmax / KL terms of CS-KD and the
+Recall@k distances are computed from these tensors and 16-bit logits lose too
+much precision once a temperature divides them.
 
 Three heads are available:
 

@@ -341,8 +341,11 @@ def check_agree(placement: Placement, value: int, what: str):
                            f"the chief's checkpoints")
 
 
-def output_workdir(placement: Placement, workdir: Workdir, config, overwrite=False) -> Workdir:
+def output_workdir(placement: Placement, workdir: Workdir, config, overwrite=False,
+                   precision=None) -> Workdir:
     """The Workdir this process writes: the run's own on the chief, a temporary one elsewhere.
+
+    ``precision``: the Keras policy the run trains under (see Workdir.prepare_for_training).
 
     Every worker must still run checkpoint saving and the callbacks (the steps are
     collective); only the chief's files are kept. Returns after all workers got here, so
@@ -350,7 +353,7 @@ def output_workdir(placement: Placement, workdir: Workdir, config, overwrite=Fal
     its checkpoints.
     """
     if placement.is_chief:
-        workdir.prepare_for_training(config, overwrite=overwrite)
+        workdir.prepare_for_training(config, overwrite=overwrite, precision=precision)
         out = workdir
     else:
         # The chief refuses too; failing here keeps this worker from waiting for it.

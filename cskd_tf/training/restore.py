@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from cskd_tf import runtime
 from cskd_tf.errors import WorkdirError
+from cskd_tf.evaluation.runs import recorded_precision
 from cskd_tf.training.workdir import Workdir
 
 
@@ -70,8 +71,18 @@ def restore_from_workdir(path) -> Restored:
     seed and precision policy (what evaluation and export of the run want; the KD teacher,
     loaded inside another run, uses :func:`read_run` and :func:`restore_model` instead)."""
     workdir, config, facts = read_run(path)
-    runtime.setup(config)
+    setup_as_trained(workdir, config)
     return Restored(config, facts, restore_model(workdir, config, facts))
+
+
+def setup_as_trained(workdir: Workdir, config):
+    """``runtime.setup`` with the precision the run recorded (data.json), not what
+    ``auto`` would resolve to on this machine, so its metrics are recomputed as trained."""
+    recorded = recorded_precision(workdir.path, config.mixed_precision)
+    if recorded:
+        config = config.copy_and_resolve_references()  # the caller's config stays as written
+        config.mixed_precision = recorded
+    runtime.setup(config)
 
 
 # ------------------------------------------------------- a workdir or its DIR/model.keras
@@ -107,7 +118,7 @@ def load_checked_run(run: Workdir, keras_file=None):
         config, facts, model = restore_from_workdir(run.path)
         return config, facts, model, run.path
     _, config, facts = read_run(run.path)
-    runtime.setup(config)
+    setup_as_trained(run, config)
     return config, facts, load_keras_file(keras_file), run.path
 
 

@@ -44,6 +44,9 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
     # Before any other TensorFlow work: a multi-worker strategy configures the runtime.
     placement = distribute.setup(config)
     jit_compile = runtime.setup(config)
+    precision = runtime.precision()
+    if config.verbose:
+        print(f"Precision: {runtime.describe_precision(config.mixed_precision)}")
     info, splits = data_lib.prepare(config)
     # Refused before the (possibly slow) model build; output_workdir checks again.
     workdir.refuse_if_finished(overwrite)
@@ -57,8 +60,11 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
                                         method)
     # Only the chief writes the workdir; other workers write to a temporary one. Nothing is
     # written before the model and the method (e.g. a KD teacher) built without error.
-    out = distribute.output_workdir(placement, workdir, config, overwrite=overwrite)
-    out.write("data.json", info_to_json(info))
+    out = distribute.output_workdir(placement, workdir, config, overwrite=overwrite,
+                                    precision=precision)
+    # The policy the run trains under, for reports (runs of different precision are
+    # different experiments) and for resuming (under the same policy only).
+    out.write("data.json", {**info_to_json(info), "runtime": {"precision": precision}})
     checkpoint, manager, epoch_var = make_checkpoint(model, out)
     # Every worker resumes from the chief's checkpoints.
     latest = (manager.latest_checkpoint if out is workdir

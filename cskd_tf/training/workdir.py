@@ -1,7 +1,8 @@
 """The files of one training run and the rules that protect them.
 
     DIR/config.json     the full config the run was started with
-    DIR/data.json       dataset facts the model needs later (classes, shape, mean/std)
+    DIR/data.json       dataset facts the model needs later (classes, shape, mean/std), and
+                        "runtime": {"precision": the Keras policy the run trains under}
     DIR/checkpoints/    model + optimizer + completed epochs, one per epoch (last 2 kept)
     DIR/history.csv     one row of logs per epoch (appended across resumes)
     DIR/tensorboard/    TensorBoard event files
@@ -34,9 +35,12 @@ import time
 
 from cskd_tf import config as config_lib
 from cskd_tf.errors import WorkdirError
+from cskd_tf.evaluation.runs import recorded_precision
 
-# Fields that may differ between an interrupted run and its resumption.
-RESUME_FREE_FIELDS = ("verbose",)
+# Fields that may differ between an interrupted run and its resumption. mixed_precision is
+# compared by the policy it resolves to instead ("auto" may mean another one elsewhere, and
+# "" and "float32" are the same): see prepare_for_training.
+RESUME_FREE_FIELDS = ("verbose", "mixed_precision")
 
 
 LOCK_NAME = "train.lock"
@@ -78,10 +82,14 @@ class Workdir:
             raise WorkdirError(f"{self.path} already holds a finished run; pass --overwrite to "
                                "replace it or choose another --workdir")
 
-    def prepare_for_training(self, config, overwrite=False):
+    def prepare_for_training(self, config, overwrite=False, precision=None):
         """Creates the workdir, or checks that a run in it may be resumed.
 
         Takes the workdir's lock first (WorkdirError if another live process holds it).
+        ``precision`` is the Keras policy this process trains under (the trainer passes
+        ``runtime.precision()``; None: what ``config.mixed_precision`` names, no check for
+        ``auto``). A run that trained under another policy is not resumed under this one:
+        its epochs would mix two precisions.
         """
         self.lock()
         self.refuse_if_finished(overwrite)
@@ -96,6 +104,14 @@ class Workdir:
                     f"{self.path} holds an unfinished run with a different config "
                     f"(fields: {', '.join(sorted(changed))}); rerun with the same config to resume, "
                     "or pass --overwrite to start over")
+            before = recorded_precision(self.path, previous.mixed_precision)
+            now = precision or config_lib.fixed_precision(config.mixed_precision)
+            if before and now and before != now:
+                raise WorkdirError(
+                    f"{self.path} holds an unfinished run trained under {before} but this "
+                    f"run would continue under {now} (config.mixed_precision="
+                    f"{config.mixed_precision!r}); pass --config.mixed_precision={before} to "
+                    "resume it, or --overwrite to start over")
         os.makedirs(self.path, exist_ok=True)
         write_json_atomic(self.file("config.json"), config_lib.to_json(config))
 
