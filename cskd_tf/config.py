@@ -20,8 +20,8 @@ from cskd_tf.errors import ConfigError
 CHOICES = {
     "init": ("he_normal", "torch"),
     "lr_schedule": ("step", "cosine", "constant"),
-    # "" = float32, kept for configs and workdirs written before "auto" became the default.
-    "mixed_precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16", ""),
+    # "" = float32, the name of the default in configs and workdirs written before "float32".
+    "mixed_precision": ("float32", "auto", "mixed_bfloat16", "mixed_float16", ""),
     "jit_compile": ("auto", "on", "off"),
     "pair_mode": ("memory", "stream"),
     "pairing": ("reference", "in_batch"),
@@ -123,10 +123,12 @@ def default_config() -> ml_collections.ConfigDict:
     # Execution.
     c.seed = 0
     c.jit_compile = "auto"  # auto = on where a GPU is present
-    # Keras dtype policy: auto = mixed_bfloat16 on a CPU with bfloat16 hardware and no GPU,
-    # else float32 ($CSKD_PRECISION overrides auto); see cskd_tf/runtime.py. The policy a run
-    # used is recorded in DIR/data.json ("runtime": {"precision": ...}).
-    c.mixed_precision = "auto"
+    # Keras dtype policy. float32 stays the default: on the budgeted TinyImageNet protocol
+    # mixed_bfloat16 cost CS-KD about 1.4 points of top-1 (benchmarks/README.md, section 3).
+    # auto = mixed_bfloat16 on a CPU with bfloat16 hardware and no GPU, else float32
+    # ($CSKD_PRECISION overrides auto); see cskd_tf/runtime.py. The policy a run used is
+    # recorded in DIR/data.json ("runtime": {"precision": ...}).
+    c.mixed_precision = "float32"
     c.deterministic = False  # tf.config.experimental.enable_op_determinism
     c.distribution = "auto"
     c.steps_per_execution = 1
@@ -331,7 +333,7 @@ def _check_keys(config, reference, prefix):
 def fixed_precision(setting: str) -> str | None:
     """The Keras policy a ``config.mixed_precision`` value names by itself.
 
-    ``""`` (the default before ``auto``) is float32; ``auto`` is None, decided on the machine
+    ``""`` (the old name of the float32 default) is float32; ``auto`` is None, decided on the machine
     that runs (:func:`cskd_tf.runtime.resolve_precision`).
     """
     if setting == "auto":
@@ -348,7 +350,7 @@ def from_json(text: str) -> ml_collections.ConfigDict:
     (flat ``kd_temperature``, ...) loads with its values moved to the groups, silently.
 
     A text without ``mixed_precision`` predates the field, when float32 was the only
-    precision: it reads as ``""`` (float32), not as today's default ``auto``.
+    precision: it reads as ``""`` (float32), whatever today's default is.
     """
     fields = upgrade_deprecated_fields(_tuples(json.loads(text)), warn=False)
     if isinstance(fields, dict):

@@ -228,7 +228,8 @@ def test_speed_command_reports_every_figure(tmp_path):
     command = [sys.executable, "-m", "cskd_tf.cli.speed", "--model=preact_resnet10",
                "--width=4", "--batch_size=8", "--image_size=8", "--num_classes=5", "--steps=2",
                "--warmup=1", "--pipeline_batches=2"]
-    result = subprocess.run([*command, f"--output={tmp_path / 'speed.json'}"],
+    result = subprocess.run([*command, "--pairing=reference,in_batch",
+                             f"--output={tmp_path / 'speed.json'}"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(tmp_path / "speed.json"))
@@ -253,7 +254,8 @@ def test_speed_end_to_end_times_the_training_path(tmp_path):
                          timeout=300, env=env)
     assert "precision: 'float64' is not one of" in one_line_error(bad)
 
-    result = subprocess.run([*command, f"--output={tmp_path / 'speed.json'}"],
+    result = subprocess.run([*command, "--pairing=reference,in_batch",
+                             f"--output={tmp_path / 'speed.json'}"],
                             capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(tmp_path / "speed.json"))
@@ -261,7 +263,8 @@ def test_speed_end_to_end_times_the_training_path(tmp_path):
     assert {"platform", "cpus", "gpu", "tensorflow", "cpu_bf16_flags"} <= set(report["machine"])
     rows = report["train_steps"]
     assert [(r["method"], r["precision"], r["pairing"]) for r in rows] == [
-        ("ce", "float32", None), ("cskd", "float32", "reference")]
+        ("ce", "float32", None), ("cskd", "float32", "reference"),
+        ("cskd", "float32", "in_batch")]
     for row in rows:
         assert row["steps_timed"] == 2
         for field in ("step_seconds", "step_seconds_median", "anchor_images_per_s",
@@ -271,7 +274,10 @@ def test_speed_end_to_end_times_the_training_path(tmp_path):
         assert row["anchor_images_per_s"] == pytest.approx(16 / row["step_seconds"])
     ratio = report["cskd_over_ce_step_time"]["xla=off,float32,pairing=reference"]
     assert ratio == pytest.approx(rows[1]["step_seconds"] / rows[0]["step_seconds"])
+    in_batch = report["cskd_over_ce_step_time"]["xla=off,float32,pairing=in_batch"]
+    assert in_batch == pytest.approx(rows[2]["step_seconds"] / rows[0]["step_seconds"])
     assert "| cskd | reference | float32 | off |" in result.stdout
+    assert "| cskd | in_batch | float32 | off |" in result.stdout
 
 
 def test_eval_of_a_missing_run_is_one_line(tmp_path):

@@ -116,8 +116,7 @@ def variant_config(setup: EndToEndSetup, variant: Variant):
 
     TinyImageNet starts from the paper's recipe (recipes.paper_config) under
     ``protocol="tune"`` as configs/tinyimagenet_lowshot_cpu.py does; digits from
-    default_config(). ``config.pairing`` is set only for a pairing other than the
-    reference one, so the default path needs no such field.
+    default_config(). A variant without a partner view (CE) keeps the default pairing.
     """
     from cskd_tf import config as config_lib
     from cskd_tf.recipes import paper_config
@@ -129,11 +128,11 @@ def variant_config(setup: EndToEndSetup, variant: Variant):
     config.update(dict(
         model=setup.model, model_width=int(setup.width), batch_size=int(setup.batch_size),
         image_size=int(setup.image_size), max_classes=int(setup.num_classes),
-        method=variant.method, mixed_precision="" if variant.precision == "float32"
-        else variant.precision, jit_compile=variant.xla, verbose=0))
+        method=variant.method, mixed_precision=variant.precision, jit_compile=variant.xla,
+        verbose=0))
     if setup.augment:
         config.augment = setup.augment
-    if variant.pairing not in (None, DEFAULT_PAIRING):
+    if variant.pairing is not None:
         config.pairing = variant.pairing
     return config_lib.validate(config)
 
