@@ -229,6 +229,9 @@ def test_distributed_chief_and_two_workers(tmp_path, cache_dir):
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
     assert summary["trials"] == {"COMPLETED": 1, "FAILED": 1} and summary["best_trial"] == "1"
+    # The policy each worker trained under reaches the chief's table and summary.
+    assert [r["precision"] for r in rows] == ["float32", "float32"]
+    assert summary["precision"] == ["float32"]
 
 
 def test_chief_address_in_use_is_a_config_error(monkeypatch):

@@ -31,12 +31,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field
 
 from cskd_tf.errors import ConfigError
 from cskd_tf.evaluation import table_format
 from cskd_tf.evaluation.runs import Run, find_run_dirs, load_run, select_best_test_epoch
+from cskd_tf.evaluation.seed_stats import Stat, mean_std, relative_change
 
 __all__ = ["Group", "Run", "SELECTIONS", "Stat", "build_report", "choose_split", "csv_report",
            "find_run_dirs", "group_runs", "load_run", "mean_std", "relative_change",
@@ -132,24 +132,6 @@ def _method_order(method: str):
 
 
 @dataclass
-class Stat:
-    mean: float
-    std: float
-    n: int
-
-
-def mean_std(values) -> Stat | None:
-    """Mean and sample standard deviation (ddof=1; 0 for a single run)."""
-    values = [float(v) for v in values if v is not None]
-    if not values:
-        return None
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return Stat(mean, std, n)
-
-
-@dataclass
 class Group:
     dataset: str
     model: str
@@ -218,13 +200,6 @@ def choose_split(runs, requested: str = "") -> str:
         return "test"
     raise ConfigError("the finished runs share neither test nor val metrics; "
                       "pick a split with --split")
-
-
-def relative_change(value: float, baseline: float) -> float | None:
-    """Percent change from the baseline, e.g. 21.99 vs 24.11 -> -8.8."""
-    if baseline is None or baseline == 0:
-        return None
-    return 100.0 * (value - baseline) / baseline
 
 
 # --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ METRICS = ("val_accuracy", "val_top5_accuracy", "val_ece", "val_nll", "val_recal
            "val_error_plus_ece", "used_lambda_cls", "used_temperature")
 COLUMNS = ("trial_id", "status", "lambda_cls", "temperature", "learning_rate", "weight_decay",
            "epochs", "initial_epoch", "from_trial", "bracket", "round", "objective", *METRICS,
-           "seconds", "tuner_id", "best", "error")
+           "seconds", "tuner_id", "precision", "best", "error")
 
 
 def write_record(trial_dir: str, payload: dict):
@@ -102,6 +102,7 @@ def trial_rows(oracle, project_dir, space, direction):
                 row[name] = trial.metrics.get_last_value(name)
         row["seconds"] = record.get("seconds", "")
         row["tuner_id"] = record.get("tuner_id", "")
+        row["precision"] = record.get("precision", "")
         row["best"] = 1 if trial.trial_id == best_id else 0
         if trial.status != "COMPLETED":
             row["error"] = record.get("error") or last_line(trial.message)

@@ -230,6 +230,7 @@ def finish(tuner, space, options, direction, workdir, role, retrain_hint=""):
         counts[trial.status] = counts.get(trial.status, 0) + 1
     summary = {"tuner": options.tuner, "objective": options.objective, "direction": direction,
                "trials": counts, "stopped": getattr(oracle, "stop_reason", None),
+               "precision": sorted({row["precision"] for row in rows if row["precision"]}),
                "best_trial": None, "best_value": None, "best": None}
     _say("")
     _say(f"Trials ({', '.join(f'{n} {s.lower()}' for s, n in sorted(counts.items()))}; "

@@ -12,7 +12,7 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from cskd_tf import compat, progress
+from cskd_tf import compat, progress, runtime
 from cskd_tf.errors import ConfigError, NonFiniteLossError
 from cskd_tf.tuning import results as results_lib
 
@@ -220,8 +220,10 @@ class CSKDTuner(keras_tuner.Tuner):
         epochs = int(values.get("tuner/epochs", config.num_epochs))
         initial_epoch = int(values.get("tuner/initial_epoch", 0))
         trial_dir = self.get_trial_dir(trial.trial_id)
+        # The policy the trial trains under (config.mixed_precision resolved on this worker),
+        # so trials.csv says which runs were not float32.
         record = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, "epochs": epochs,
-                  "initial_epoch": initial_epoch}
+                  "initial_epoch": initial_epoch, "precision": runtime.precision()}
         self.ran_trials.append(trial.trial_id)
         shown = ", ".join(f"{k}={v:.6g}" for k, v in values.items()
                           if not k.startswith("tuner/"))
