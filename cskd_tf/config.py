@@ -24,7 +24,6 @@ CHOICES = {
     "mixed_precision": ("float32", "auto", "mixed_bfloat16", "mixed_float16", ""),
     "jit_compile": ("auto", "on", "off"),
     "pair_mode": ("memory", "stream"),
-    "pairing": ("reference", "in_batch"),
     "distribution": ("auto", "one_device", "mirrored", "multi_worker", "tpu"),
     "protocol": ("paper", "tune"),
 }
@@ -99,11 +98,6 @@ def default_config() -> ml_collections.ConfigDict:
     c.max_classes = 0  # keep only the first N classes (0 = all): budgeted protocols
     c.max_train_per_class = 0  # cap training examples per class (0 = all)
     c.pair_mode = "memory"  # memory: exact sampler over cached shards; stream: interleave shards
-    # reference: each anchor's partner drawn from its class, one extra forward pass (the
-    # paper's sampler); in_batch (method cskd only): a batch of B images is B/2 same-class
-    # pairs, each image's KL target its mate's prediction from the same pass; B must be even.
-    # See docs/pairing.md.
-    c.pairing = "reference"
     c.shuffle_buffer = 0  # stream mode only; 0 = one epoch
 
     # Optimisation (the paper's recipe; SGD with momentum is the only optimizer).
@@ -166,10 +160,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in ("batch_size", "eval_batch_size", "num_epochs", "temperature", "learning_rate"):
         check_range(field, config[field], low=0, low_open=True)
     check_range("lambda_cls", config.lambda_cls, low=0)
-    if config.pairing == "in_batch" and int(config.batch_size) % 2:
-        raise ConfigError(f"config.batch_size={config.batch_size} must be even with "
-                          f"config.pairing='in_batch' (a batch is B/2 pairs of mates); set "
-                          f"--config.batch_size to {int(config.batch_size) + 1}")
     check_range("val_fraction", config.val_fraction, low=0, high=1, high_open=True)
     check_search(config.search)
     return config

@@ -21,7 +21,7 @@ FROM_DEFAULTS = {
     "ce": {},
     "adacos": {},
     "virtual_softmax": {},
-    "cskd": {"temperature": 4.0, "pairing": "reference"},
+    "cskd": {"temperature": 4.0},
     "cskd_e": {"temperature": 4.0, "lambda_sample": 1.0},
     "label_smoothing": {"epsilon": 0.1},
     "max_entropy": {"beta": 0.1},
@@ -65,7 +65,7 @@ def test_from_config_reads_the_method_groups_and_the_shared_fields():
     config.ddgsd.update(dict(mmd_weight=0.1, temperature=1.5))
     kd = {"temperature": 5.0, "alpha": 0.25, "teacher_workdir": "t", "teacher_model": "m"}
     want = {
-        "cskd": {"temperature": 2.0, "pairing": "reference"},
+        "cskd": {"temperature": 2.0},
         "cskd_e": {"temperature": 2.0, "lambda_sample": 0.5},
         "label_smoothing": {"epsilon": 0.3},
         "max_entropy": {"beta": 0.4},

@@ -198,21 +198,15 @@ class IndexSource(sources.Source):
                                splits={"train": split, "val": split})
 
 
-def index_data(cache_dir, counts):
-    """(DatasetInfo, cached train split) of an IndexSource with these class counts."""
-    _, splits = shards.prepare_cache(IndexSource(counts), cache_dir=str(cache_dir))
-    info = pipeline.DatasetInfo(name="index", num_classes=len(counts),
-                                class_names=[str(c) for c in range(len(counts))],
-                                image_shape=(2, 2, 1), mean=(0.5,), std=(0.5,),
-                                splits={"train": int(sum(counts))},
-                                train_counts=np.array(counts), augment="none")
-    return info, splits["train"]
-
-
 @pytest.fixture
 def index_split(tmp_path):
     counts = [5, 7, 6, 6]
-    return (*index_data(tmp_path, counts), np.repeat(np.arange(4), counts))
+    _, splits = shards.prepare_cache(IndexSource(counts), cache_dir=str(tmp_path))
+    info = pipeline.DatasetInfo(name="index", num_classes=4, class_names=list("0123"),
+                                image_shape=(2, 2, 1), mean=(0.5,), std=(0.5,),
+                                splits={"train": 24}, train_counts=np.array(counts),
+                                augment="none")
+    return info, splits["train"], np.repeat(np.arange(4), counts)
 
 
 def _config(**kw):

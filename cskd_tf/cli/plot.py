@@ -68,7 +68,6 @@ def _panel_names(workdirs, labels):
     """--labels, or the runs' method names made unique with the folder name."""
     from cskd_tf.errors import ConfigError
     from cskd_tf.evaluation.report import method_name
-    from cskd_tf.evaluation.runs import method_label
 
     if labels:
         if len(labels) != len(workdirs):
@@ -77,7 +76,7 @@ def _panel_names(workdirs, labels):
     names = []
     for path in workdirs:
         with open(os.path.join(path, "config.json")) as f:
-            names.append(method_name(method_label({"method": "?", **json.load(f)})))
+            names.append(method_name(str(json.load(f).get("method", "?"))))
     for i, name in enumerate(names):
         if names.count(name) > 1:
             names[i] = f"{name} ({os.path.basename(os.path.normpath(workdirs[i]))})"

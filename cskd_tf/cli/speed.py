@@ -14,7 +14,7 @@ seconds, the CS-KD/CE step-time ratio, the pipeline's share of the CPU and peak 
 
     cskd-speed --end_to_end [--data_dir=/tmp/tiny-imagenet-200-lowshot] [--num_classes=50]
                [--augment=lowshot_cifar] [--methods=ce,cskd] [--precision=float32,mixed_bfloat16]
-               [--pairing=reference,in_batch] [--output=speed_e2e.json]
+               [--output=speed_e2e.json]
 
 There --num_classes keeps the dataset's first N classes (config.max_classes), --precision
 lists every policy to measure (float32 alone by default) and --xla, when given, replaces
@@ -48,14 +48,12 @@ flags.DEFINE_integer("pipeline_batches", 60, "Batches timed for the pair pipelin
 flags.DEFINE_bool("end_to_end", False, "Time model.fit on the real cskd-train path instead "
                   "of the model alone.")
 flags.DEFINE_list("methods", ["ce", "cskd"], "--end_to_end: methods to measure.")
-flags.DEFINE_list("pairing", ["reference"], "--end_to_end: partner pairings to measure for "
-                  "CS-KD (config.pairing); CE is measured once.")
 flags.DEFINE_string("augment", "", "--end_to_end: training augmentation (config.augment); "
                     "default the dataset's own (tinyimagenet, digits).")
 flags.DEFINE_string("output", "", "Write the results as JSON here too.")
 FLAGS = flags.FLAGS
 
-END_TO_END_ONLY = ("methods", "pairing", "augment")
+END_TO_END_ONLY = ("methods", "augment")
 
 
 def main(argv):
@@ -104,10 +102,10 @@ def end_to_end():
         augment=FLAGS.augment)
     report = speed.measure_end_to_end(
         setup, methods=tuple(FLAGS.methods), precision=tuple(FLAGS.precision) or ("float32",),
-        pairing=tuple(FLAGS.pairing), xla=tuple(FLAGS.xla) if FLAGS["xla"].present else ("auto",),
+        xla=tuple(FLAGS.xla) if FLAGS["xla"].present else ("auto",),
         log=lambda line: print(line, flush=True),
         # Each variant's process imports TensorFlow without its start-up notices too.
-        initializer=common._import_tensorflow_quietly)
+        initializer=common.import_tensorflow_quietly)
     return report, speed.format_table(report)
 
 

@@ -4,8 +4,6 @@
   registered source per layout) and the split rules;
 * :mod:`cskd_tf.data.shards`: each split written once as per-class TFRecord files;
 * :mod:`cskd_tf.data.pairs`: the class-wise pair sampler (exact in memory, or streaming);
-* :mod:`cskd_tf.data.in_batch`: in-batch pairing (``config.pairing="in_batch"``), mates
-  side by side in one batch;
 * :mod:`cskd_tf.data.augment`: per-dataset augmentation (``config.augment``);
 * :mod:`cskd_tf.data.pipeline`: the API below;
 * :mod:`cskd_tf.data.from_dataset`: pairs from the user's own tf.data.Dataset.

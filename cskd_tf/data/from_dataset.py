@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from cskd_tf.data import augment as augment_lib
-from cskd_tf.data import in_batch, pairs
+from cskd_tf.data import pairs
 from cskd_tf.data.pipeline import _memory_fetch
 from cskd_tf.data.shards import prepare_cache
 from cskd_tf.data.sources import Listing, Source, SplitData
@@ -191,7 +191,7 @@ class _DatasetSource(Source):
 
 def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fingerprint=None,
                        image_size=None, channels=None, num_classes=None,
-                       views=None, max_examples=DEFAULT_MAX_EXAMPLES, pairing="reference"):
+                       views=("anchor", "partner"), max_examples=DEFAULT_MAX_EXAMPLES):
     """The CS-KD pair stream ``((anchor, partner), label)`` over a finite (image, label) dataset.
 
     Args:
@@ -205,13 +205,8 @@ def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fi
         square for a named augmentation).
       channels: output channels; None = the dataset's own (RGBA and unknown counts: 3).
       num_classes: labels must be < num_classes; None = max label + 1.
-      views: ("anchor", "partner") for CS-KD (None: that); ("anchor",) yields plain
-        (image, label).
+      views: ("anchor", "partner") for CS-KD; ("anchor",) yields plain (image, label).
       max_examples: a dataset of unknown size that yields more is refused.
-      pairing: "reference", or "in_batch": ``(images, labels)`` batches of ``batch_size``
-        (even) images, images 2k and 2k + 1 being same-class mates
-        (:mod:`cskd_tf.data.in_batch`), for method ``cskd`` built with
-        ``pairing="in_batch"``; views must then be None or ("anchor",).
 
     Returns:
       A ``tf.data.Dataset`` of ``((anchor, partner), label)`` float32 images in the input's
@@ -224,14 +219,6 @@ def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fi
                         "use cskd_tf.data.pair_dataset for in-memory arrays")
     if int(batch_size) < 1:
         raise DataError(f"batch_size must be >= 1 (got {batch_size})")
-    if pairing == "in_batch":
-        in_batch.check_batch_size(batch_size)
-        sampler, views = in_batch.memory_in_batch, views or ("anchor",)
-    elif pairing == "reference":
-        sampler, views = pairs.memory_pairs, views or ("anchor", "partner")
-    else:
-        raise DataError(f"pairs_from_dataset: pairing={pairing!r} is not 'reference' or "
-                        "'in_batch'")
     if int(ds.cardinality()) == tf.data.INFINITE_CARDINALITY:
         raise DataError("pairs_from_dataset got an infinite dataset (repeat()?); pass a finite "
                         "one, e.g. ds.take(n) or the dataset without .repeat()")
@@ -249,7 +236,7 @@ def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fi
     native = meta.get("native_shape")
     transform = _transform(augment, image_size, native, channels)
     fetch = _memory_fetch(split)
-    stream, steps = sampler(
+    stream, steps = pairs.memory_pairs(
         fetch, split.counts, views=views, augment=transform, seed=int(seed), num_epochs=1,
         batch_size=int(batch_size), drop_remainder=False, reshuffle_each_iteration=True)
     if scale != 1.0:

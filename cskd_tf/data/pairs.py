@@ -33,9 +33,6 @@ from one shuffled, repeated stream per class picked by ``choose_from_datasets``,
 are drawn through a shuffle buffer — approximately uniform, and without replacement within
 a pass over the class — rather than exactly with replacement. Its random streams use
 tf.data's seeded shuffles, so they also depend on a global ``tf.random.set_seed``.)
-
-``config.pairing="in_batch"`` replaces this sampler by :mod:`cskd_tf.data.in_batch`, which
-builds on the keys, plan and epoch helpers here.
 """
 
 from __future__ import annotations
@@ -45,7 +42,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from cskd_tf.errors import ConfigError, DataError
+from cskd_tf.errors import DataError
 
 VIEWS = ("anchor", "partner", "view2")
 # Fixed ids: the anchor's augmentation is the same whichever other views are requested.
@@ -169,41 +166,20 @@ def memory_pairs(fetch, counts, *, views=("anchor", "partner"), augment=None, se
             images.append(image)
         return _emit(views, images, e["label"])
 
-    def per_epoch(key):
-        idx = epoch_indices(counts, key, rounds=rounds, length=length,
+    def per_epoch(epoch, nonce=None):
+        idx = epoch_indices(counts, epoch_key(seed, epoch, nonce), rounds=rounds, length=length,
                             num_shards=num_shards, shard_index=shard_index)
         return (tf.data.Dataset.from_tensor_slices(idx)
                 .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .batch(batch_size, drop_remainder=drop_remainder))
 
-    return over_epochs(per_epoch, seed, start_epoch, num_epochs, reshuffle_each_iteration), steps
-
-
-def over_epochs(per_epoch, seed, start_epoch, num_epochs, reshuffle_each_iteration=False):
-    """``per_epoch(epoch_key)`` datasets chained over epochs start_epoch..num_epochs-1.
-
-    With ``reshuffle_each_iteration`` each iteration keys its epochs with a fresh nonce
-    from ``Dataset.random(seed)`` (see :func:`memory_pairs`).
-    """
     epochs = tf.data.Dataset.range(int(start_epoch), int(num_epochs))
     if reshuffle_each_iteration:
         ds = (tf.data.Dataset.random(seed=int(seed), rerandomize_each_iteration=True).take(1)
-              .flat_map(lambda nonce: epochs.flat_map(
-                  lambda e: per_epoch(epoch_key(seed, e, nonce)))))
+              .flat_map(lambda nonce: epochs.flat_map(lambda e: per_epoch(e, nonce))))
     else:
-        ds = epochs.flat_map(lambda e: per_epoch(epoch_key(seed, e)))
-    return _deterministic(ds.prefetch(tf.data.AUTOTUNE))
-
-
-READ_BUFFER = 64 * 1024  # streaming opens many class files at once; keep read buffers small
-
-
-def class_buffer_sizes(counts, shuffle_buffer):
-    """Each class stream's shuffle buffer: ``shuffle_buffer // classes`` records (at least 1,
-    at most the class), or the whole class when ``shuffle_buffer`` is 0."""
-    counts = np.asarray(counts, np.int64)
-    share = int(shuffle_buffer) // len(counts)
-    return [int(c) if not shuffle_buffer else max(1, min(int(c), share)) for c in counts]
+        ds = epochs.flat_map(per_epoch)
+    return _deterministic(ds.prefetch(tf.data.AUTOTUNE)), steps
 
 
 def stream_pairs(split, *, views=("anchor", "partner"), augment=None, seed=0, start_epoch=0,
@@ -223,7 +199,9 @@ def stream_pairs(split, *, views=("anchor", "partner"), augment=None, seed=0, st
                         f"in {split.directory}; delete the cache folder and rerun")
     rounds, length, steps = plan(n, batch_size, num_shards, steps_per_epoch, drop_remainder)
     buffer = int(shuffle_buffer) or n
-    class_buffers = class_buffer_sizes(counts, shuffle_buffer)
+    class_buffers = [int(c) if not shuffle_buffer else max(1, min(int(c), buffer // num_classes))
+                     for c in counts]
+    read_buffer = 64 * 1024  # many files are open at once; keep their read buffers small
 
     def to_float(payload):
         return tf.image.convert_image_dtype(split.decode(payload), tf.float32)
@@ -246,7 +224,7 @@ def stream_pairs(split, *, views=("anchor", "partner"), augment=None, seed=0, st
             # Round-robin over all class files, then a seeded shuffle; two calls give the
             # same stream, one for the images and one for the labels that pick partners.
             return (tf.data.Dataset.from_tensor_slices(files)
-                    .interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=READ_BUFFER),
+                    .interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=read_buffer),
                                 cycle_length=num_classes, block_length=1)
                     .shuffle(buffer, seed=anchor_seed, reshuffle_each_iteration=True)
                     .repeat(rounds).enumerate().shard(num_shards, shard_index).take(length))
@@ -254,7 +232,7 @@ def stream_pairs(split, *, views=("anchor", "partner"), augment=None, seed=0, st
         streams = [anchors()]
         if "partner" in views:
             labels = anchors().map(lambda p, r: split.parse(r)[1])
-            per_class = [tf.data.TFRecordDataset(files[c], buffer_size=READ_BUFFER)
+            per_class = [tf.data.TFRecordDataset(files[c], buffer_size=read_buffer)
                          .shuffle(class_buffers[c], seed=class_seeds[c]).repeat()
                          for c in range(num_classes)]
             streams.append(tf.data.Dataset.choose_from_datasets(per_class, labels))
@@ -278,30 +256,18 @@ def stream_pairs(split, *, views=("anchor", "partner"), augment=None, seed=0, st
         return (ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .batch(batch_size, drop_remainder=drop_remainder))
 
-    return chain_epochs(per_epoch, start_epoch, num_epochs), steps
-
-
-def chain_epochs(per_epoch, start_epoch, num_epochs):
-    """``per_epoch(epoch)`` datasets, built eagerly, concatenated over the epochs.
-
-    For the streaming samplers, whose epochs need Python-int seeds; a handful of epochs to a
-    few hundred keeps the chain shallow enough for tf.data.
-    """
+    # Epochs are built eagerly (see per_epoch) and chained; a handful of epochs to a few
+    # hundred keeps the chain shallow enough for tf.data.
     epochs = [per_epoch(e) for e in range(int(start_epoch), int(num_epochs))]
     ds = epochs[0] if epochs else per_epoch(int(start_epoch)).take(0)
     for more in epochs[1:]:
         ds = ds.concatenate(more)
-    return _deterministic(ds.prefetch(tf.data.AUTOTUNE))
+    return _deterministic(ds.prefetch(tf.data.AUTOTUNE)), steps
 
 
 def pair_dataset(images, labels, batch_size, seed, augment=None, epochs=1, *,
-                 drop_remainder=False, reshuffle_each_iteration=True,
-                 pairing="reference") -> tf.data.Dataset:
+                 drop_remainder=False, reshuffle_each_iteration=True) -> tf.data.Dataset:
     """CS-KD pairs from in-memory arrays: yields ``((x, x_partner), y)`` batches.
-
-    ``pairing="in_batch"`` yields ``(x, y)`` batches of ``batch_size`` (even) images
-    instead, images 2k and 2k + 1 being same-class mates (:mod:`cskd_tf.data.in_batch`),
-    for method ``cskd`` built with ``pairing="in_batch"``.
 
     ``images``: (N, H, W[, C]) uint8 (scaled to [0, 1]) or float (used as is); ``labels``:
     (N,) ints >= 0. ``augment``: None or ``(image, seed[2]) -> image``. One iteration covers
@@ -333,15 +299,7 @@ def pair_dataset(images, labels, batch_size, seed, augment=None, epochs=1, *,
     def fetch(index):
         return tf.image.convert_image_dtype(tf.gather(data, index), tf.float32)
 
-    sampler = memory_pairs
-    if pairing == "in_batch":
-        from cskd_tf.data import in_batch  # it builds on this module
-
-        sampler = in_batch.memory_in_batch
-    elif pairing != "reference":
-        raise ConfigError(f"pair_dataset: pairing={pairing!r} is not 'reference' or "
-                          "'in_batch'")
-    ds, _ = sampler(fetch, counts, augment=augment, seed=seed, num_epochs=epochs,
-                    batch_size=batch_size, drop_remainder=drop_remainder,
-                    reshuffle_each_iteration=reshuffle_each_iteration)
+    ds, _ = memory_pairs(fetch, counts, augment=augment, seed=seed, num_epochs=epochs,
+                         batch_size=batch_size, drop_remainder=drop_remainder,
+                         reshuffle_each_iteration=reshuffle_each_iteration)
     return ds

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from cskd_tf.data import augment as augment_lib
-from cskd_tf.data import in_batch, pairs
+from cskd_tf.data import pairs
 from cskd_tf.data.shards import PreparedSplit, prepare_cache
 from cskd_tf.data.sources import get_source
 from cskd_tf.errors import ConfigError
@@ -64,9 +64,6 @@ def _check(config):
                  "steps_per_epoch"):
         if int(config[name]) < 0:
             raise ConfigError(f"config.{name} must be >= 0 (got {config[name]!r})")
-    if config.get("pairing", "reference") not in ("reference", "in_batch"):
-        raise ConfigError(f"config.pairing={config.pairing!r} is not 'reference' or "
-                          f"'in_batch'; set --config.pairing to one of them")
     if config.pair_mode not in ("memory", "stream"):
         raise ConfigError(f"config.pair_mode={config.pair_mode!r} is not 'memory' or 'stream'; "
                           f"set --config.pair_mode to one of them")
@@ -156,25 +153,18 @@ def _memory_fetch(split: PreparedSplit):
     return fetch
 
 
-def train_dataset(config, info: DatasetInfo, split, views=None, start_epoch=0,
+def train_dataset(config, info: DatasetInfo, split, views=("anchor", "partner"), start_epoch=0,
                   num_shards=1, shard_index=0, batch_size=None):
     """The training pair stream over epochs ``start_epoch .. config.num_epochs - 1``.
 
     Elements are ``(x, y)`` when ``views == ("anchor",)``, else ``((img per view...), y)``;
     views are names from ("anchor", "partner", "view2"), view2 being a second independent
-    augmentation of the anchor (None: ("anchor", "partner")). Images are float32 (S, S, C)
-    in [0, 1]; y is int32. ``batch_size`` defaults to ``config.batch_size`` (pass the
-    per-worker size when sharding). Returns (dataset, steps_per_epoch);
-    ``config.steps_per_epoch > 0`` sets the number of batches per epoch. ``config.pair_mode``
-    picks the exact in-memory sampler or the streaming one (see cskd_tf.data.pairs).
-
-    ``config.pairing = "in_batch"`` gives the in-batch sampler instead
-    (cskd_tf.data.in_batch): ``(x, y)`` batches whose images 2k and 2k + 1 are same-class
-    mates; views must be ("anchor",) (None means that there).
+    augmentation of the anchor. Images are float32 (S, S, C) in [0, 1]; y is int32.
+    ``batch_size`` defaults to ``config.batch_size`` (pass the per-worker size when
+    sharding). Returns (dataset, steps_per_epoch); ``config.steps_per_epoch > 0`` sets the
+    number of batches per epoch. ``config.pair_mode`` picks the exact in-memory sampler or
+    the streaming one (see cskd_tf.data.pairs).
     """
-    in_batch_pairing = config.get("pairing", "reference") == "in_batch"
-    if views is None:
-        views = ("anchor",) if in_batch_pairing else ("anchor", "partner")
     split = _split(config, split)
     size, channels = int(info.image_shape[0]), int(info.image_shape[2])
     aug = None if info.augment is None else augment_lib.train_transform(info.augment, size,
@@ -183,11 +173,6 @@ def train_dataset(config, info: DatasetInfo, split, views=None, start_epoch=0,
                   num_epochs=int(config.num_epochs), batch_size=int(batch_size or config.batch_size),
                   num_shards=int(num_shards), shard_index=int(shard_index),
                   steps_per_epoch=int(config.steps_per_epoch))
-    if in_batch_pairing:
-        if config.pair_mode == "stream":
-            return in_batch.stream_in_batch(split, shuffle_buffer=int(config.shuffle_buffer),
-                                            **common)
-        return in_batch.memory_in_batch(_memory_fetch(split), split.counts, **common)
     if config.pair_mode == "stream":
         return pairs.stream_pairs(split, shuffle_buffer=int(config.shuffle_buffer), **common)
     return pairs.memory_pairs(_memory_fetch(split), split.counts, **common)

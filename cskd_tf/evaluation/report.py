@@ -105,9 +105,7 @@ _FREE_FIELDS = {"seed", "verbose", "data_dir", "cache_dir", "jit_compile", "mixe
 
 
 def method_name(method: str) -> str:
-    """Row title; a variant suffix such as " (pairing=in_batch)" is kept."""
-    base, sep, variant = method.partition(" (")
-    return METHOD_NAMES.get(base, base) + sep + variant
+    return METHOD_NAMES.get(method, method)
 
 
 def dataset_name(dataset: str) -> str:
@@ -122,8 +120,7 @@ def _dataset_order(dataset: str):
 
 
 def _method_order(method: str):
-    base = method.partition(" (")[0]
-    return (_METHOD_RANK.get(base, len(_METHOD_RANK)), method)
+    return (_METHOD_RANK.get(method, len(_METHOD_RANK)), method)
 
 
 # --------------------------------------------------------------------------

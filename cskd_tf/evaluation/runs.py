@@ -65,13 +65,6 @@ def dataset_label(config: dict) -> str:
     return str(config["dataset"]) + (f" ({', '.join(subset)})" if subset else "")
 
 
-def method_label(config: dict) -> str:
-    """``config.method``, plus ``(pairing=in_batch)`` for in-batch CS-KD: a different
-    experiment from the reference sampler's, so a row of its own in the tables."""
-    pairing = config.get("pairing", "reference")
-    return str(config["method"]) + (f" (pairing={pairing})" if pairing != "reference" else "")
-
-
 def recorded_precision(path: str, mixed_precision: str) -> str | None:
     """The Keras policy the run in ``path`` trained under.
 
@@ -136,7 +129,7 @@ def load_run(path: str) -> Run:
         raise WorkdirError(f"{metrics_path} is not a {{split: {{metric: value}}}} object")
     precision = recorded_precision(path, config["mixed_precision"]) or "auto"
     return Run(path=path, dataset=dataset_label(config), model=model_label(config, precision),
-               method=method_label(config), seed=int(config.get("seed", 0)), config=config,
+               method=str(config["method"]), seed=int(config.get("seed", 0)), config=config,
                metrics=metrics, precision=precision)
 
 

@@ -24,9 +24,7 @@ What changes under a strategy (:func:`setup` returns a :class:`Placement` descri
   ``distribute_datasets_from_function`` (no auto-sharding): the W shards of an epoch are
   disjoint and cover every training example once; the union of the replicas' batches at a
   step is exactly the single-device batch at that step, and partners are drawn from the
-  whole class (see cskd_tf.data.pairs). With ``config.pairing="in_batch"`` a replica's
-  slice must be even: mates sit side by side (cskd_tf.data.in_batch), so every pair and
-  its KL targets stay on one replica.
+  whole class (see cskd_tf.data.pairs).
 * Loss: ``CSKDModel.train_step`` divides each replica's batch-mean objective by R, because
   Keras' TensorFlow optimizer *sums* the replicas' gradients (an all-reduce SUM); the sum
   is then the gradient of the mean over the global batch, for the cross-entropy and for
@@ -246,20 +244,12 @@ def resolve_jit_compile(placement: Placement, jit_compile: bool) -> bool:
     return jit_compile
 
 
-def check_global_batch(placement: Placement, global_batch: int, pairing="reference"):
-    """ConfigError unless every replica gets an equal slice (an even one with in-batch
-    pairing, so that each replica's slice holds whole pairs of mates)."""
+def check_global_batch(placement: Placement, global_batch: int):
     replicas = placement.num_replicas
     if global_batch % replicas:
         raise ConfigError(f"config.batch_size={global_batch} is the global batch and must be a "
                           f"multiple of the {replicas} replicas; set --config.batch_size to "
                           f"{max(replicas, global_batch // replicas * replicas)}")
-    if pairing == "in_batch" and (global_batch // replicas) % 2:
-        fit = 2 * replicas * max(1, global_batch // (2 * replicas))
-        raise ConfigError(f"config.batch_size={global_batch} gives each of the {replicas} "
-                          f"replicas {global_batch // replicas} images, an odd number; with "
-                          f"config.pairing='in_batch' each replica needs whole pairs: set "
-                          f"--config.batch_size to {fit}")
 
 
 def pipeline_dataset(config, info, split, views, start_epoch, global_batch: int,
@@ -293,7 +283,7 @@ def train_dataset(placement: Placement, config, info, split, views, start_epoch=
         return data_lib.train_dataset(config, info, split, views=views,
                                       start_epoch=start_epoch)
     global_batch = int(config.batch_size)
-    check_global_batch(placement, global_batch, config.pairing)
+    check_global_batch(placement, global_batch)
     steps = []
 
     def make(context):

@@ -22,7 +22,6 @@ import tensorflow as tf
 
 from cskd_tf import data as data_lib
 from cskd_tf import losses, models
-from cskd_tf.data import in_batch
 from cskd_tf.errors import ConfigError
 from cskd_tf.models.cskd_model import CSKDModel
 from cskd_tf.training import callbacks as cb
@@ -38,20 +37,11 @@ def check_names(config):
 
 
 def steps_per_epoch(config, info) -> int:
-    """Optimizer steps per epoch: ``config.steps_per_epoch`` or ⌊train examples / batch⌋;
-    with ``config.pairing="in_batch"`` ⌊P / (batch / 2)⌋ for the P same-class pairs of a pass
-    (cskd_tf.data.in_batch), which is what the training dataset plans."""
-    if config.pairing == "in_batch":
-        in_batch.check_batch_size(config.batch_size)
-        total = in_batch.pairs_per_epoch(info.train_counts)
-        steps = config.steps_per_epoch or total // (config.batch_size // 2)
-        what = f"{total} in-batch pairs"
-    else:
-        steps = config.steps_per_epoch or info.splits["train"] // config.batch_size
-        what = f"{info.splits['train']} examples"
+    """Optimizer steps per epoch: ``config.steps_per_epoch`` or ⌊train examples / batch⌋."""
+    steps = config.steps_per_epoch or info.splits["train"] // config.batch_size
     if steps < 1:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
-                          f"split ({what}); lower --config.batch_size")
+                          f"split ({info.splits['train']} examples); lower --config.batch_size")
     return int(steps)
 
 

@@ -10,7 +10,7 @@ callbacks of ``fit_callbacks`` without a workdir and without the val split, so n
 evaluation runs in the timed window) after ``runtime.setup`` (seed, precision policy,
 XLA) — then ``model.fit``.
 
-Each variant (method × precision × pairing × XLA setting) runs in a fresh spawned process,
+Each variant (method × precision × XLA setting) runs in a fresh spawned process,
 so its precision policy, traced graphs and peak resident memory are its own. Per variant,
 with B the anchor batch, N timed steps after W warm-up steps, t_i the end of step i
 (``logs["loss"]`` read, so the step has finished) and c_i the process CPU time then:
@@ -51,7 +51,6 @@ from cskd_tf.evaluation.speed import SpeedSetup, machine_facts, step_clock
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 XLA_SETTINGS = ("auto", "off", "on")
-DEFAULT_PAIRING = "reference"
 PIPELINE_WARMUP_BATCHES = 5
 
 
@@ -66,27 +65,20 @@ class EndToEndSetup(SpeedSetup):
 
 @dataclass(frozen=True)
 class Variant:
-    """One measured training set-up; ``pairing`` is None for methods without a partner view."""
+    """One measured training set-up."""
 
     method: str
     precision: str = "float32"
-    pairing: str | None = None
     xla: str = "auto"
 
 
-def variants(methods=("ce", "cskd"), precision=("float32",), pairing=(DEFAULT_PAIRING,),
-             xla=("auto",)) -> list[Variant]:
-    """Every variant to measure, CE first; ConfigError for an unknown or repeated value.
-
-    A method whose input pipeline has a partner view (CS-KD and its combinations) is
-    measured once per pairing; any other (CE) once.
-    """
+def variants(methods=("ce", "cskd"), precision=("float32",), xla=("auto",)) -> list[Variant]:
+    """Every variant to measure, CE first; ConfigError for an unknown or repeated value."""
     from cskd_tf.losses import METHODS
     from cskd_tf.runtime import gpu_present
 
     _check_list("methods", methods, sorted(METHODS))
     _check_list("precision", precision, PRECISIONS)
-    _check_list("pairing", pairing, None)
     _check_list("xla", xla, XLA_SETTINGS)
     if "mixed_float16" in precision and not gpu_present():
         raise ConfigError("precision mixed_float16 needs a GPU; use mixed_bfloat16 on CPU")
@@ -94,9 +86,7 @@ def variants(methods=("ce", "cskd"), precision=("float32",), pairing=(DEFAULT_PA
     for setting in xla:
         for policy in precision:
             for method in methods:
-                has_partner = "partner" in METHODS[method].views
-                for way in (pairing if has_partner else (None,)):
-                    out.append(Variant(method, policy, way, setting))
+                out.append(Variant(method, policy, setting))
     return out
 
 
@@ -116,7 +106,7 @@ def variant_config(setup: EndToEndSetup, variant: Variant):
 
     TinyImageNet starts from the paper's recipe (recipes.paper_config) under
     ``protocol="tune"`` as configs/tinyimagenet_lowshot_cpu.py does; digits from
-    default_config(). A variant without a partner view (CE) keeps the default pairing.
+    default_config().
     """
     from cskd_tf import config as config_lib
     from cskd_tf.recipes import paper_config
@@ -132,8 +122,6 @@ def variant_config(setup: EndToEndSetup, variant: Variant):
         verbose=0))
     if setup.augment:
         config.augment = setup.augment
-    if variant.pairing is not None:
-        config.pairing = variant.pairing
     return config_lib.validate(config)
 
 
@@ -172,7 +160,7 @@ def run_variant(setup: EndToEndSetup, variant: Variant):
     cpu_per_step = (clock.cpu_marks[-1] - clock.cpu_marks[first]) / setup.steps
     durations = [b - a for a, b in zip(clock.marks[first:], clock.marks[first + 1:])]
     row = {
-        "method": variant.method, "precision": variant.precision, "pairing": variant.pairing,
+        "method": variant.method, "precision": variant.precision,
         "xla": bool(jit_compile), "distribution": placement.kind,
         "step_seconds": seconds, "step_seconds_median": statistics.median(durations),
         "anchor_images_per_s": config.batch_size / seconds,
@@ -230,7 +218,7 @@ def cpu_bf16_flags() -> list[str]:
 
 
 def measure_end_to_end(setup: EndToEndSetup, methods=("ce", "cskd"), precision=("float32",),
-                       pairing=(DEFAULT_PAIRING,), xla=("auto",), log=print,
+                       xla=("auto",), log=print,
                        initializer=None) -> dict:
     """Every variant timed in its own spawned process, as one JSON-able report.
 
@@ -248,7 +236,7 @@ def measure_end_to_end(setup: EndToEndSetup, methods=("ce", "cskd"), precision=(
                           "step needs a warm-up step before it)")
     if setup.augment:
         _check_list("augment", [setup.augment], AUGMENTS)
-    plan = variants(methods, precision, pairing, xla)
+    plan = variants(methods, precision, xla)
     for variant in plan:
         fit_setup.check_names(variant_config(setup, variant))
     rows, facts = [], {}
@@ -258,7 +246,7 @@ def measure_end_to_end(setup: EndToEndSetup, methods=("ce", "cskd"), precision=(
                                  initializer=initializer) as pool:
             row, facts = pool.submit(run_variant, setup, variant).result()
         rows.append(row)
-        log(f"  {variant.method:5s} {variant.precision:14s} pairing={variant.pairing or '-':9s} "
+        log(f"  {variant.method:5s} {variant.precision:14s} "
             f"xla={'on' if row['xla'] else 'off':3s} {row['anchor_images_per_s']:8.1f} "
             f"anchor img/s, pipeline CPU share {row['pipeline_cpu_share']:.2f}")
     setup_row = {k: v for k, v in asdict(setup).items()
@@ -273,15 +261,14 @@ def measure_end_to_end(setup: EndToEndSetup, methods=("ce", "cskd"), precision=(
 
 
 def step_time_ratios(plan, rows) -> dict:
-    """{"xla=off,float32,pairing=reference": CS-KD step s / CE step s, ...}, for each CS-KD
+    """{"xla=off,float32": CS-KD step s / CE step s, ...}, for each CS-KD
     variant that has a CE variant at the same precision and XLA setting."""
     by_variant = dict(zip(plan, rows))
     ratios = {}
     for variant, row in by_variant.items():
-        ce = by_variant.get(Variant("ce", variant.precision, None, variant.xla))
+        ce = by_variant.get(Variant("ce", variant.precision, variant.xla))
         if variant.method == "cskd" and ce is not None:
-            key = (f"xla={'on' if row['xla'] else 'off'},{variant.precision},"
-                   f"pairing={variant.pairing}")
+            key = f"xla={'on' if row['xla'] else 'off'},{variant.precision}"
             ratios[key] = row["step_seconds"] / ce["step_seconds"]
     return ratios
 
@@ -293,12 +280,12 @@ def format_table(report) -> str:
              f"{s['augment']}), {s['model']} width {s['width'] or 'standard'}, batch "
              f"{s['batch_size']}, {s['image_size']} px, {s['timed_steps']} timed steps after "
              f"{s['warmup']}",
-             "", "| method | pairing | precision | XLA | step (s) | median (s) | anchor img/s "
+             "", "| method | precision | XLA | step (s) | median (s) | anchor img/s "
              "| CPU s/step | pipeline CPU s/batch | pipeline CPU share | peak MiB |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["train_steps"]:
         lines.append(
-            f"| {r['method']} | {r['pairing'] or '—'} | {r['precision']} | "
+            f"| {r['method']} | {r['precision']} | "
             f"{'on' if r['xla'] else 'off'} | {r['step_seconds']:.3f} | "
             f"{r['step_seconds_median']:.3f} | {r['anchor_images_per_s']:.1f} | "
             f"{r['cpu_seconds_per_step']:.3f} | {r['pipeline_cpu_seconds_per_batch']:.4f} | "

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from cskd_tf.errors import ConfigError, ModelError
+from cskd_tf.errors import ModelError
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -61,12 +61,6 @@ def get_method(name, config):
     if name not in METHODS:
         raise ModelError(f"unknown method {name!r}; set --config.method to one of: "
                          f"{', '.join(sorted(METHODS))}")
-    pairing = config.get("pairing", "reference")
-    if pairing not in METHODS[name].pairings:
-        takers = sorted(n for n, cls in METHODS.items() if pairing in cls.pairings)
-        raise ConfigError(f"config.pairing={pairing!r} is not supported by method {name!r} "
-                          f"(methods that take it: {', '.join(takers) or 'none'}); set "
-                          "--config.pairing=reference or change --config.method")
     return METHODS[name].from_config(config)
 
 
@@ -108,9 +102,6 @@ class Method:
     needs_teacher = False
     # Whether loss() honours detached["sample_weight"] (see the module docstring).
     supports_sample_weight = False
-    # The values of config.pairing the method trains with: "reference" (the pipeline's
-    # views as declared) and, for CS-KD, "in_batch" (mates side by side in one batch).
-    pairings: tuple[str, ...] = ("reference",)
 
     @classmethod
     def from_config(cls, config):
