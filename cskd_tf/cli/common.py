@@ -13,7 +13,7 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _import_tensorflow_quietly():
+def import_tensorflow_quietly():
     """TF 2.21 prints oneDNN/CUDA notices to fd 2 before its log level applies.
 
     They are swallowed at import; if the import fails they are replayed so
@@ -47,15 +47,18 @@ def run(main, needs_tensorflow=True):
     """absl's app.run with CSKDError and Ctrl-C turned into one-line messages.
 
     Tools that only read JSON (cskd-report) pass ``needs_tensorflow=False`` and
-    start without paying for the TensorFlow import.
+    start without paying for the TensorFlow import; so does cskd-train, whose main
+    validates the config first and then imports it.
     """
     from absl import app
 
-    if needs_tensorflow:
-        _import_tensorflow_quietly()
-
     def guarded(argv):
         try:
+            # Flags are parsed and the config files loaded before the TensorFlow import
+            # (several seconds), so a bad flag or config file fails at once; a tool's main
+            # may check more first and import it itself (import_tensorflow_quietly).
+            if needs_tensorflow:
+                import_tensorflow_quietly()
             return main(argv)
         except CSKDError as error:
             print(f"error: {error}", file=sys.stderr)

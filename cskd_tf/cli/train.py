@@ -28,17 +28,19 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     from cskd_tf.errors import ConfigError
-    from cskd_tf.training.trainer import train
 
     if not FLAGS.workdir:
         raise ConfigError("--workdir is required: the directory for checkpoints and metrics.json")
     config = common.load_config(FLAGS.config, FLAGS.config_overrides)
+    common.import_tensorflow_quietly()  # only once the config is known to be valid
+    from cskd_tf.training.trainer import train
+
     metrics = train(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
     print(json.dumps(metrics, indent=2, sort_keys=True))
 
 
 def run():
-    common.run(main)
+    common.run(main, needs_tensorflow=False)  # main imports it after validating the config
 
 
 if __name__ == "__main__":
