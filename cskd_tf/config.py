@@ -118,7 +118,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.jit_compile = "auto"  # auto = on where a GPU is present
     # Keras dtype policy. float32 stays the default: on the budgeted TinyImageNet protocol
-    # mixed_bfloat16 cost CS-KD about 1.4 points of top-1 (benchmarks/README.md, section 3).
+    # top-1 error was 0.4-1.4 points higher with mixed_bfloat16 for CE and CS-KD, not shown
+    # to hold over two seeds (benchmarks/README.md, section 3.4).
     # auto = mixed_bfloat16 on a CPU with bfloat16 hardware and no GPU, else float32
     # ($CSKD_PRECISION overrides auto); see cskd_tf/runtime.py. The policy a run used is
     # recorded in DIR/data.json ("runtime": {"precision": ...}).

@@ -87,7 +87,7 @@ def test_cpu_flags_reads_proc_cpuinfo():
 
 
 def test_float32_is_the_default_and_bad_values_are_config_errors():
-    # float32 by evidence: bf16 cost CS-KD top-1 on the budgeted protocol (benchmarks/README.md).
+    # float32 by evidence: bf16 accuracy not shown to hold (benchmarks/README.md, 3.4).
     config = config_lib.default_config()
     assert config.mixed_precision == "float32"
     for good in ("auto", "float32", "mixed_bfloat16", "mixed_float16", ""):
