@@ -53,7 +53,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
     (``FusedBatchNormV3``, oneDNN on CPU, cuDNN on GPU, and supported by XLA) does the
     forward in one op and the backward in one op, about 5x faster per layer here
     (benchmarks/README.md). Outputs, gradients and running statistics agree with
-    Keras' layer to float rounding (tests/test_models.py).
+    Keras' layer to float rounding (tests/test_fused_batch_norm.py).
 
     The kernel returns Bessel-corrected batch variances for the running average; they
     are scaled back by (n − 1)/n so the running statistics follow Keras' rule. The

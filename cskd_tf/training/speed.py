@@ -45,12 +45,11 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
+from cskd_tf.config import CHOICES
 from cskd_tf.data.augment import AUGMENTS
 from cskd_tf.errors import ConfigError
 from cskd_tf.evaluation.speed import SpeedSetup, machine_facts, step_clock
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-XLA_SETTINGS = ("auto", "off", "on")
 PIPELINE_WARMUP_BATCHES = 5
 
 
@@ -75,11 +74,11 @@ class Variant:
 def variants(methods=("ce", "cskd"), precision=("float32",), xla=("auto",)) -> list[Variant]:
     """Every variant to measure, CE first; ConfigError for an unknown or repeated value."""
     from cskd_tf.losses import METHODS
-    from cskd_tf.runtime import gpu_present
+    from cskd_tf.runtime import POLICIES, gpu_present
 
     _check_list("methods", methods, sorted(METHODS))
-    _check_list("precision", precision, PRECISIONS)
-    _check_list("xla", xla, XLA_SETTINGS)
+    _check_list("precision", precision, POLICIES)
+    _check_list("xla", xla, CHOICES["jit_compile"])
     if "mixed_float16" in precision and not gpu_present():
         raise ConfigError("precision mixed_float16 needs a GPU; use mixed_bfloat16 on CPU")
     out = []
@@ -203,20 +202,6 @@ def settled_process_time(window=0.1, idle_fraction=0.05, limit=20.0) -> float:
         last = now
 
 
-def cpu_bf16_flags() -> list[str]:
-    """The CPU's bfloat16 instruction flags from /proc/cpuinfo (avx512_bf16, amx_bf16, ...);
-    [] where there are none or the file does not exist (not Linux)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return sorted(flag for flag in line.split(":", 1)[1].split()
-                                  if "bf16" in flag)
-    except OSError:
-        pass
-    return []
-
-
 def measure_end_to_end(setup: EndToEndSetup, methods=("ce", "cskd"), precision=("float32",),
                        xla=("auto",), log=print,
                        initializer=None) -> dict:
@@ -229,6 +214,7 @@ def measure_end_to_end(setup: EndToEndSetup, methods=("ce", "cskd"), precision=(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from cskd_tf.runtime import cpu_flags
     from cskd_tf.training import fit_setup
 
     if setup.steps < 1 or setup.warmup < 1 or setup.pipeline_batches < 1:
@@ -253,7 +239,8 @@ def measure_end_to_end(setup: EndToEndSetup, methods=("ce", "cskd"), precision=(
                  if k in ("model", "width", "batch_size", "image_size", "data_dir", "warmup",
                           "pipeline_batches")}
     return {
-        "machine": {**machine_facts(), "cpu_bf16_flags": cpu_bf16_flags()},
+        "machine": {**machine_facts(), "cpu_bf16_flags": sorted(flag for flag in cpu_flags()
+                                                            if "bf16" in flag)},
         "setup": {**setup_row, **facts, "timed_steps": setup.steps},
         "train_steps": rows,
         "cskd_over_ce_step_time": step_time_ratios(plan, rows),
