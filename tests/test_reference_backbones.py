@@ -7,6 +7,14 @@ the logits PyTorch computed for them in eval mode. Loading those weights into
 ``cskd_preact_resnet18`` must give the same logits: that pins the layer order,
 the pre-activated identity shortcut, the stem BN, the missing final BN and the
 symmetric padding of the strided convolutions all at once.
+
+The 224 px networks have golden files made the same way (``tests/data/*_torch.npz``,
+from the reference's ``ResNet`` with its width made a parameter and its unchanged
+``DenseNet``, on 56 / 40 px inputs and 5 classes): ResNet-10/18 at width 4,
+ResNet-50/101 at width 2, DenseNet-121 at growth rate 2 (stem 4), and ResNeXt-101's
+grouped bottleneck at width 4 with 4 groups x 16 channels per group (the code path of
+32x4d; the full width would not fit a small file). The maps reach odd sizes on the
+way (7 at 56 px, 5 at 40 px), so PyTorch's flooring is pinned as well as its padding.
 """
 
 import math
@@ -18,9 +26,10 @@ import pytest
 
 from cskd_tf import models
 from cskd_tf.errors import ModelError
-from cskd_tf.models import registry
+from cskd_tf.models import heads, registry, resnet
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "data", "cskd_preact_resnet18_w2_torch.npz")
+DATA = os.path.join(os.path.dirname(__file__), "data")
+GOLDEN = os.path.join(DATA, "cskd_preact_resnet18_w2_torch.npz")
 
 
 def _keras_name(torch_prefix):
@@ -33,14 +42,40 @@ def _keras_name(torch_prefix):
     return f"s{stage}b{int(block) + 1}_{part}"
 
 
-def _load_torch_weights(model, state):
+def _torchvision_resnet_name(torch_prefix):
+    """torchvision ``ResNet`` module names -> this project's layer names."""
+    if torch_prefix in ("conv1", "bn1", "fc"):
+        return {"conv1": "stem_conv", "bn1": "stem_bn", "fc": "classifier"}[torch_prefix]
+    stage, block, part = torch_prefix[len("layer"):].split(".", 2)
+    part = {"downsample.0": "shortcut_conv", "downsample.1": "shortcut_bn"}.get(part, part)
+    if part.startswith("bn"):
+        part = f"{part[2:]}_bn"
+    return f"s{stage}b{int(block) + 1}_{part}"
+
+
+def _torchvision_densenet_name(torch_prefix):
+    """torchvision ``DenseNet`` module names -> this project's layer names."""
+    if torch_prefix == "classifier":
+        return "classifier"
+    parts = torch_prefix.split(".")[1:]  # drop "features"
+    fixed = {"conv0": "stem_conv", "norm0": "stem_bn", "norm5": "post_bn"}
+    if len(parts) == 1:
+        return fixed[parts[0]]
+    if parts[0].startswith("transition"):
+        return f"t{parts[0][len('transition'):]}_{'bn' if parts[1] == 'norm' else 'conv'}"
+    block, layer, part = parts[0][len("denseblock"):], parts[1][len("denselayer"):], parts[2]
+    part = {"norm1": "0_bn", "norm2": "1_bn"}.get(part, part)
+    return f"d{block}l{layer}_{part}"
+
+
+def _load_torch_weights(model, state, keras_name=_keras_name):
     groups = {}
     for key, value in state.items():
         prefix, leaf = key.rsplit(".", 1)
         groups.setdefault(prefix, {})[leaf] = value
     loaded = set()
     for prefix, leaves in groups.items():
-        layer = model.get_layer(_keras_name(prefix))
+        layer = model.get_layer(keras_name(prefix))
         if "running_mean" in leaves:
             layer.set_weights([leaves[k] for k in ("weight", "bias", "running_mean", "running_var")])
         elif leaves["weight"].ndim == 4:  # (out, in, kh, kw) -> (kh, kw, in, out)
@@ -60,6 +95,54 @@ def test_matches_reference_forward_pass():
     assert loaded == {layer.name for layer in model.layers if layer.weights}
     logits = model(golden["x"].transpose(0, 2, 3, 1), training=False)["logits"]
     np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), golden["y"], atol=1e-5)
+
+
+def _bottleneck_g4x16(num_classes, input_shape, width):
+    """ResNeXt-101's body (3-4-23-3 grouped bottlenecks) at 4 groups x 16, small enough to commit."""
+    inputs = keras.Input(shape=input_shape)
+    pooled = resnet.bottleneck_body(inputs, width, (3, 4, 23, 3), groups=4, width_per_group=16)
+    return heads.attach_head(inputs, pooled, num_classes)
+
+
+# golden file -> (how to build this project's net, torch-name mapping)
+REFERENCE_224 = {
+    "resnet10_w4": (lambda **kw: models.build("resnet10", width=4, **kw), _torchvision_resnet_name),
+    "resnet18_w4": (lambda **kw: models.build("resnet18", width=4, **kw), _torchvision_resnet_name),
+    "resnet50_w2": (lambda **kw: models.build("resnet50", width=2, **kw), _torchvision_resnet_name),
+    "resnet101_w2": (lambda **kw: models.build("resnet101", width=2, **kw),
+                     _torchvision_resnet_name),
+    "resnext101_g4x16_w4": (lambda **kw: _bottleneck_g4x16(width=4, **kw), _torchvision_resnet_name),
+    "densenet121_k2": (lambda **kw: models.build("densenet121", width=2, **kw),
+                       _torchvision_densenet_name),
+}
+
+
+@pytest.mark.parametrize("golden_name", sorted(REFERENCE_224))
+def test_224px_nets_match_reference_forward_pass(golden_name):
+    golden = np.load(os.path.join(DATA, f"{golden_name}_torch.npz"))
+    state = {k[2:]: golden[k] for k in golden.files if k.startswith("w/")}
+    make, keras_name = REFERENCE_224[golden_name]
+    x = golden["x"].transpose(0, 2, 3, 1)
+    model = make(num_classes=golden["y"].shape[1], input_shape=x.shape[1:])
+    loaded = _load_torch_weights(model, state, keras_name)
+    assert loaded == {layer.name for layer in model.layers if layer.weights}
+    logits = keras.ops.convert_to_numpy(model(x, training=False)["logits"])
+    np.testing.assert_allclose(logits, golden["y"], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "densenet121"])
+def test_224px_nets_pad_like_pytorch(name):
+    model = models.build(name, num_classes=10, input_shape=(32, 32, 3), width=2)
+    assert model.get_layer("stem_conv_pad").padding == ((3, 3), (3, 3))
+    assert model.get_layer("stem_conv").padding == "valid"
+    assert model.get_layer("stem_pool_pad").padding == ((1, 1), (1, 1))
+    assert model.get_layer("stem_pool").padding == "valid"
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert {(bn.momentum, bn.epsilon) for bn in bns} == {(0.9, 1e-5)}  # PyTorch's 0.1 and 1e-5
+    if name != "densenet121":  # the strided 3x3 conv of the first block of stage 2
+        strided = "s2b1_conv1" if name == "resnet18" else "s2b1_conv2"
+        assert model.get_layer(f"{strided}_pad").padding == ((1, 1), (1, 1))
+        assert model.get_layer(strided).strides == (2, 2)
 
 
 @pytest.mark.parametrize("name, expected", [("cskd_preact_resnet18", 11_217_444),

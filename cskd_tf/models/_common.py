@@ -9,6 +9,32 @@ from keras import layers
 from cskd_tf.layers import BN_EPSILON, BN_MOMENTUM, batch_norm, bn_relu, conv, relu  # noqa: F401
 
 
+def conv_symmetric(x, filters, kernel_size, name, strides=1, groups=1):
+    """A conv padded like PyTorch's ``padding=kernel_size // 2`` at any stride.
+
+    PyTorch pads ``k // 2`` on every side and drops what does not fit, so a
+    stride-2 3x3 conv samples rows/columns ``-1, 1, 3, ...``; Keras' "same"
+    pads only after the last row when the total is odd and samples ``0, 2, 4,
+    ...``: same shapes, a one-pixel shift against the 1x1 shortcut.
+    """
+    if strides == 1 or kernel_size == 1:
+        # Stride 1: "same" pads symmetrically for odd kernels. 1x1: no padding at all.
+        return conv(x, filters, kernel_size, name, strides=strides, groups=groups)
+    x = layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+    return conv(x, filters, kernel_size, name, strides=strides, groups=groups, padding="valid")
+
+
+def max_pool_symmetric(x, name):
+    """PyTorch's ``MaxPool2d(3, stride=2, padding=1)`` on a non-negative (post-ReLU) map.
+
+    PyTorch pads a max-pool with -inf. Every 3x3/2 window of the padded map
+    holds the real pixel at its centre, and the input is >= 0, so padding
+    with zeros selects the same maxima.
+    """
+    x = layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, padding="valid", name=name)(x)
+
+
 def stage_output(x, index):
     """Expose ``x`` as the output of stage ``index`` (layer ``stage{index}``).
 

@@ -35,18 +35,8 @@ from __future__ import annotations
 
 from keras import layers
 
-from cskd_tf.models._common import batch_norm, channels, conv, relu, stack_stages
+from cskd_tf.models._common import batch_norm, channels, conv, conv_symmetric, relu, stack_stages
 from cskd_tf.models.registry import register
-
-
-def _conv_symmetric(x, filters, kernel_size, name, strides=1):
-    """A conv padded like PyTorch's ``padding=kernel_size // 2`` at any stride."""
-    if strides == 1 or kernel_size == 1:
-        # Stride 1: "same" pads symmetrically for odd kernels. 1x1: no padding at all.
-        return conv(x, filters, kernel_size, name, strides=strides)
-    pad = kernel_size // 2
-    x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-    return conv(x, filters, kernel_size, name, strides=strides, padding="valid")
 
 
 def _reference_block(x, filters, strides, name):
@@ -55,9 +45,9 @@ def _reference_block(x, filters, strides, name):
         shortcut = conv(pre, filters, 1, f"{name}_shortcut_conv", strides=strides)
     else:
         shortcut = pre  # (c): the identity carries the pre-activated input
-    y = _conv_symmetric(pre, filters, 3, f"{name}_conv1", strides=strides)
+    y = conv_symmetric(pre, filters, 3, f"{name}_conv1", strides=strides)
     y = relu(batch_norm(y, f"{name}_bn2"), f"{name}_relu2")
-    y = _conv_symmetric(y, filters, 3, f"{name}_conv2")
+    y = conv_symmetric(y, filters, 3, f"{name}_conv2")
     return layers.Add(name=f"{name}_add")([y, shortcut])
 
 

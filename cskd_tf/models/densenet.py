@@ -12,11 +12,18 @@ CVPR 2017), in the BC variant (bottleneck + compression).
   ``[new, old]`` channels where this concatenates ``[old, new]``, an equivalent
   permutation). Its torchvision-style ``densenet121`` (7x7 stem, max-pool;
   7,056,356 at 100 classes) is the 224 px ``densenet121`` below.
-* ``densenet121``: ``keras.applications.DenseNet121`` (ImageNet layout,
-  bias-free convolutions, same layer structure as torchvision): 7,978,856
-  trainable parameters at 1000 classes. ``width`` is not supported and the
-  input must be at least 32x32 (its valid-padded pooling needs it). Kernels
-  are initialised He-normal like the PyTorch reference.
+* ``densenet121``: torchvision's ``DenseNet`` as the CS-KD code copies it
+  (``models/densenet.py``, ``densenet121``): a 7x7/2 stem convolution with 2k
+  channels, BN-ReLU, a 3x3/2 max-pool, the same dense blocks and transitions
+  (whose 2x2/2 average pool floors odd maps, as PyTorch's does), a final
+  BN-ReLU. Bias-free convolutions, PyTorch's BN momentum (0.1, i.e. Keras 0.9)
+  and ε 1e-5, symmetric padding as PyTorch's. k = 32; ``width`` sets k (the
+  stem keeps 2k). 7,978,856 trainable parameters at 1000 classes
+  (= torchvision). The input must be at least 32x32 (four halvings after the
+  stem leave a 1x1 map).
+* ``keras_densenet121``: ``keras.applications.DenseNet121`` for users who want
+  Keras' own (same parameter count; BN momentum 0.99, ε 1.001e-5, Keras
+  padding); not what the paper cells train. ``width`` is not supported.
 
 Stages ``stage1``..``stage3`` are the outputs of dense blocks 1-3 (before
 the transition); ``stage4`` is the last block after the final BN-ReLU, so
@@ -30,7 +37,7 @@ from keras import layers
 
 from cskd_tf.models._common import bn_relu, channels, conv, global_pool, stage_output
 from cskd_tf.models.registry import register
-from cskd_tf.models.resnet import wrap_application
+from cskd_tf.models.resnet import imagenet_stem, wrap_application
 
 _BLOCKS_121 = (6, 12, 24, 16)
 _BOTTLENECK = 4
@@ -45,32 +52,45 @@ def _dense_layer(x, growth_rate, name):
     return layers.Concatenate(name=f"{name}_concat")([x, y])
 
 
-def _transition(x, name):
+def _transition(x, name, pool_padding):
     y = bn_relu(x, name)
     y = conv(y, int(channels(x) * _COMPRESSION), 1, f"{name}_conv")
-    # "same" keeps odd-sized maps (e.g. 8 -> 4 -> 2 -> 1 for 8x8 inputs)
-    # from shrinking to zero.
-    return layers.AveragePooling2D(2, strides=2, padding="same", name=f"{name}_pool")(y)
+    return layers.AveragePooling2D(2, strides=2, padding=pool_padding, name=f"{name}_pool")(y)
 
 
-@register("densenet121_cifar", style="cifar", min_size=8, standard_width=32)
-def densenet121_cifar(inputs, width):
-    """DenseNet-BC-121 for 32px inputs (k=32, 6-12-24-16); 7,048,548 params at 100 classes."""
-    growth_rate = width
-    x = conv(inputs, 2 * growth_rate, 3, "stem_conv")
+def _dense_stages(x, growth_rate, pool_padding):
+    """Dense blocks 6-12-24-16 with transitions, final BN-ReLU; returns the pooled features."""
     for stage, num_layers in enumerate(_BLOCKS_121, start=1):
         for i in range(num_layers):
             x = _dense_layer(x, growth_rate, f"d{stage}l{i + 1}")
         if stage < len(_BLOCKS_121):
             x = stage_output(x, stage)
-            x = _transition(x, f"t{stage}")
+            x = _transition(x, f"t{stage}", pool_padding)
         else:
             x = stage_output(bn_relu(x, "post"), stage)
     return global_pool(x)
 
 
-@register("densenet121", style="imagenet", min_size=32, torch_conv_init="kaiming_normal_fan_in")
+@register("densenet121_cifar", style="cifar", min_size=8, standard_width=32)
+def densenet121_cifar(inputs, width):
+    """DenseNet-BC-121 for 32px inputs (k=32, 6-12-24-16); 7,048,548 params at 100 classes."""
+    x = conv(inputs, 2 * width, 3, "stem_conv")
+    # "same" pooling keeps odd-sized maps (e.g. 8 -> 4 -> 2 -> 1 for 8x8 inputs)
+    # from shrinking to zero.
+    return _dense_stages(x, width, "same")
+
+
+@register("densenet121", style="imagenet", min_size=32, standard_width=32,
+          torch_conv_init="kaiming_normal_fan_in")
 def densenet121(inputs, width):
+    """DenseNet-121 in torchvision's layout (k=32, 6-12-24-16); 7,978,856 params at 1000 classes."""
+    # torchvision's AvgPool2d(2, 2) floors odd maps ("valid").
+    return _dense_stages(imagenet_stem(inputs, 2 * width), width, "valid")
+
+
+@register("keras_densenet121", style="imagenet", min_size=32,
+          torch_conv_init="kaiming_normal_fan_in")
+def keras_densenet121(inputs, width):
     """DenseNet-121 via keras.applications (ImageNet layout); 7,978,856 params at 1000 classes."""
     return wrap_application(
         keras.applications.DenseNet121,

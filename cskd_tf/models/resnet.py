@@ -1,26 +1,32 @@
 """ImageNet-style ResNets (He et al., "Deep Residual Learning for Image
-Recognition", CVPR 2016).
+Recognition", CVPR 2016) in torchvision's layout, the one the CS-KD code's
+224 px networks copy (github.com/alinlab/cs-kd, ``models/resnet.py``, class
+``ResNet``).
 
 Layout: 7x7 stride-2 stem convolution, BN-ReLU, 3x3 stride-2 max-pool, four
 stages of post-activation residual blocks (widths w, 2w, 4w, 8w; strides 1,
-2, 2, 2), global average pooling, shared head.
+2, 2, 2), global average pooling, shared head. Convolutions are bias-free,
+shortcuts that change shape are 1x1 conv + BN, and every strided convolution
+and the max-pool pad symmetrically as PyTorch's ``padding=k // 2`` does (see
+:func:`~cskd_tf.models._common.conv_symmetric`); Keras' "same" would shift
+the residual branch one pixel against the shortcut.
 
-* ``resnet10`` / ``resnet18``: hand-written BasicBlock networks (blocks
-  1-1-1-1 / 2-2-2-2) in the torchvision layout (bias-free convolutions,
-  1x1 conv + BN projection shortcuts). Trainable parameters at 1000 classes:
-  resnet10 5,418,792; resnet18 11,689,512 (= torchvision). ``width`` scales
-  w (standard 64).
-* ``resnet50`` / ``resnet101``: ``keras.applications.ResNet50/101`` (Bottleneck
-  blocks 3-4-6-3 / 3-4-23-3). These use the original "v1" bottleneck with
-  the stride on the first 1x1 convolution, whereas torchvision ("v1.5")
-  strides the 3x3; the layers and shapes are otherwise the same. The
-  Keras convolutions carry biases, so they have slightly more trainable
-  parameters than torchvision (25,583,592 vs 25,557,032 and 44,601,832 vs
-  44,549,160 at 1000 classes, +0.1%). ``width`` is not supported.
-  Their kernels are initialised He-normal like the PyTorch reference
-  (see :func:`wrap_application`).
+* ``resnet10`` / ``resnet18``: BasicBlock (two 3x3 convs), blocks 1-1-1-1 /
+  2-2-2-2. Trainable parameters at 1000 classes: resnet10 5,418,792 (the
+  CS-KD code's ``resnet10``); resnet18 11,689,512 (= torchvision).
+* ``resnet50`` / ``resnet101``: Bottleneck ``1x1(p) - 3x3(p, stride) -
+  1x1(4p)`` blocks 3-4-6-3 / 3-4-23-3 with the stride on the 3x3 conv
+  (torchvision's "v1.5"): 25,557,032 and 44,549,160 at 1000 classes
+  (= torchvision).
+* ``keras_resnet50`` / ``keras_resnet101``: ``keras.applications.ResNet50/101``
+  for users who want Keras' own: the original "v1" bottleneck (stride on the
+  first 1x1 conv), conv biases (25,583,592 / 44,601,832 parameters), Keras'
+  "same" padding and BN momentum 0.99. Not what the paper cells train.
+  Kernels are initialised He-normal (see :func:`wrap_application`); ``width``
+  is not supported.
 
-Stages ``stage1``..``stage4`` are the outputs of the last block of each stage
+``width`` scales w (standard 64) for the hand-written nets. Stages
+``stage1``..``stage4`` are the outputs of the last block of each stage
 (post-ReLU), so ``features`` is the global average of ``stage4``.
 """
 
@@ -34,7 +40,9 @@ from cskd_tf.models._common import (
     bn_relu,
     channels,
     conv,
+    conv_symmetric,
     global_pool,
+    max_pool_symmetric,
     relu,
     stack_stages,
     stage_output,
@@ -45,10 +53,10 @@ from cskd_tf.models.registry import register
 
 
 def imagenet_stem(inputs, width):
-    """7x7/2 convolution, BN-ReLU and 3x3/2 max-pool (4x downsampling)."""
-    x = conv(inputs, width, 7, "stem_conv", strides=2)
+    """7x7/2 convolution (padding 3), BN-ReLU and 3x3/2 max-pool (padding 1), as PyTorch pads them."""
+    x = conv_symmetric(inputs, width, 7, "stem_conv", strides=2)
     x = bn_relu(x, "stem")
-    return layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    return max_pool_symmetric(x, "stem_pool")
 
 
 def projection(x, filters, strides, name):
@@ -61,7 +69,7 @@ def projection(x, filters, strides, name):
 
 def _basic_block(x, filters, strides, name):
     shortcut = projection(x, filters, strides, name)
-    y = conv(x, filters, 3, f"{name}_conv1", strides=strides)
+    y = conv_symmetric(x, filters, 3, f"{name}_conv1", strides=strides)
     y = bn_relu(y, f"{name}_1")
     y = conv(y, filters, 3, f"{name}_conv2")
     y = batch_norm(y, f"{name}_2_bn")
@@ -72,6 +80,33 @@ def _basic_block(x, filters, strides, name):
 def basic_resnet_body(inputs, width, blocks):
     """Shared body of the BasicBlock ResNets; returns the pooled features."""
     return stack_stages(imagenet_stem(inputs, width), width, blocks, _basic_block)
+
+
+_EXPANSION = 4
+
+
+def bottleneck_body(inputs, width, blocks, groups=1, width_per_group=64):
+    """Body of torchvision's Bottleneck ResNets and ResNeXts; returns the pooled features.
+
+    Block on ``p`` planes: ``conv1x1(d)-BN-ReLU-conv3x3(d, groups, stride)-BN-ReLU-
+    conv1x1(4p)-BN`` plus the shortcut, then ReLU, with the inner width
+    ``d = floor(p · width_per_group / 64) · groups`` as torchvision computes it
+    (ResNet-50: d = p; ResNeXt 32x4d: d = 2p).
+    """
+    def block(x, planes, strides, name):
+        inner = planes * width_per_group // 64 * groups
+        out = planes * _EXPANSION
+        shortcut = projection(x, out, strides, name)
+        y = conv(x, inner, 1, f"{name}_conv1")
+        y = bn_relu(y, f"{name}_1")
+        y = conv_symmetric(y, inner, 3, f"{name}_conv2", strides=strides, groups=groups)
+        y = bn_relu(y, f"{name}_2")
+        y = conv(y, out, 1, f"{name}_conv3")
+        y = batch_norm(y, f"{name}_3_bn")
+        y = layers.Add(name=f"{name}_add")([y, shortcut])
+        return relu(y, f"{name}_out")
+
+    return stack_stages(imagenet_stem(inputs, width), width, blocks, block)
 
 
 @register("resnet10", style="imagenet", min_size=8, standard_width=64,
@@ -145,8 +180,22 @@ def wrap_application(app_fn, inputs, stage_layers):
     return global_pool(clone.output)
 
 
-@register("resnet50", style="imagenet", min_size=8, torch_conv_init="kaiming_normal_fan_out")
+@register("resnet50", style="imagenet", min_size=8, standard_width=64,
+          torch_conv_init="kaiming_normal_fan_out")
 def resnet50(inputs, width):
+    """ResNet-50 in torchvision's v1.5 layout (Bottleneck 3-4-6-3); 25,557,032 params at 1000 classes."""
+    return bottleneck_body(inputs, width, (3, 4, 6, 3))
+
+
+@register("resnet101", style="imagenet", min_size=8, standard_width=64,
+          torch_conv_init="kaiming_normal_fan_out")
+def resnet101(inputs, width):
+    """ResNet-101 in torchvision's v1.5 layout (Bottleneck 3-4-23-3); 44,549,160 params at 1000 classes."""
+    return bottleneck_body(inputs, width, (3, 4, 23, 3))
+
+
+@register("keras_resnet50", style="imagenet", min_size=8, torch_conv_init="kaiming_normal_fan_out")
+def keras_resnet50(inputs, width):
     """ResNet-50 v1 via keras.applications (Bottleneck 3-4-6-3); 25,583,592 params at 1000 classes."""
     return wrap_application(
         keras.applications.ResNet50,
@@ -155,8 +204,8 @@ def resnet50(inputs, width):
     )
 
 
-@register("resnet101", style="imagenet", min_size=8, torch_conv_init="kaiming_normal_fan_out")
-def resnet101(inputs, width):
+@register("keras_resnet101", style="imagenet", min_size=8, torch_conv_init="kaiming_normal_fan_out")
+def keras_resnet101(inputs, width):
     """ResNet-101 v1 via keras.applications (Bottleneck 3-4-23-3); 44,601,832 params at 1000 classes."""
     return wrap_application(
         keras.applications.ResNet101,
