@@ -211,6 +211,26 @@ def test_imagenet_resnet_torch_init_uses_fan_out():
     assert abs(_kernel_std(conv) - expected) < 0.05 * expected
 
 
+@pytest.mark.parametrize("name, conv_name, fan", [
+    ("resnet50", "s3b1_conv2", "out"),  # torchvision ResNet: kaiming_normal_(fan_out)
+    ("resnet101", "s3b5_conv3", "out"),
+    ("densenet121", "d3l10_conv2", "in"),  # torchvision DenseNet: kaiming_normal_ (fan_in)
+])
+def test_224px_torch_init_follows_torchvision(name, conv_name, fan):
+    keras.utils.set_random_seed(0)
+    model = models.build(name, num_classes=10, input_shape=(32, 32, 3), width=16, init="torch")
+    kh, kw, fan_in_channels, out = model.get_layer(conv_name).kernel.shape
+    expected = math.sqrt(2.0 / (kh * kw * (out if fan == "out" else fan_in_channels)))
+    assert abs(_kernel_std(model.get_layer(conv_name)) - expected) < 0.05 * expected
+    bn = model.get_layer("stem_bn")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(bn.gamma), 1.0)
+    bias = keras.ops.convert_to_numpy(model.get_layer("classifier").bias)
+    if name == "densenet121":  # torchvision's DenseNet zeroes the classifier bias
+        np.testing.assert_array_equal(bias, 0.0)
+    else:  # nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert 0 < np.abs(bias).max() <= 1.0 / math.sqrt(model.get_layer("classifier").kernel.shape[0])
+
+
 def test_unknown_init_is_a_clear_error():
     with pytest.raises(ModelError, match="unknown init 'xavier'; use one of: he_normal, torch"):
         models.build("cskd_preact_resnet10", num_classes=10, init="xavier")

@@ -9,7 +9,9 @@ contract other modules rely on. See :mod:`cskd_tf.models.registry`.
 Registered names: preact_resnet10, preact_resnet18, cskd_preact_resnet10,
 cskd_preact_resnet18 (the CS-KD code's layout), densenet121_cifar
 (CIFAR-style, 32x32 default) and resnet10, resnet18, resnet50, resnet101,
-densenet121, resnext101_32x4d (ImageNet-style, 224x224 default).
+densenet121, resnext101_32x4d (ImageNet-style, 224x224 default, torchvision's
+layout as the CS-KD code uses it), keras_resnet50, keras_resnet101,
+keras_densenet121 (``keras.applications``' own).
 """
 
 from cskd_tf.models.heads import CosineClassifier, HEADS, attach_head

@@ -15,8 +15,8 @@ arguments declared in its signature.
 
 ``style`` decides the default input shape: ``"cifar"`` -> (32, 32, 3),
 ``"imagenet"`` -> (224, 224, 3). ``min_size`` is the smallest spatial size
-the architecture accepts (8 for padding="same" networks; 32 where
-``keras.applications``' valid-padded pooling would shrink a map to zero).
+the architecture accepts (8 for most; 32 for the ImageNet DenseNets, whose
+flooring transition pools would shrink a smaller map to zero).
 """
 
 from __future__ import annotations

@@ -51,7 +51,6 @@ from cskd_tf.errors import ModelError
 from cskd_tf.models.registry import register
 
 
-
 def imagenet_stem(inputs, width):
     """7x7/2 convolution (padding 3), BN-ReLU and 3x3/2 max-pool (padding 1), as PyTorch pads them."""
     x = conv_symmetric(inputs, width, 7, "stem_conv", strides=2)
