@@ -34,6 +34,11 @@ does not, so they do not reach the losses or the weights):
   ``running_var``, Keras the biased one, n = batch × H × W (8·4·4 = 128 per channel in
   the last stage: 0.1·σ²_B/127 per pass there).
 
+On this fixture, after two steps, the two together leave the running means up to 2.2e-3
+(1% of the tensor's largest value) and the running variances up to 1.5e-3 (0.14%) from
+the reference's; CE, which has one pass per step, differs by the variance rule only
+(up to 9e-4).
+
 The running-statistics test therefore checks that each of this project's passes computes
 the reference's batch statistics (recovered from the reference's snapshots) and combines
 them by the project's rule; ``test_running_statistics_difference_is_small`` bounds how
@@ -110,7 +115,7 @@ _RUNS = {}
 
 
 def _trained(method_name):
-    """(model, history) after two fit epochs of the one golden batch (cached per method)."""
+    """(model, history, initial state) after two fit epochs of the golden batch (cached)."""
     if method_name not in _RUNS:
         keras.config.set_dtype_policy("float32")
         golden = _golden()
@@ -126,7 +131,7 @@ def _trained(method_name):
             batch = (anchors, labels)
         ds = tf.data.Dataset.from_tensors(batch)
         # One batch per epoch: the per-epoch logs are the per-step loss terms.
-        history = model.fit(ds, epochs=STEPS, verbose=0)
+        history = model.fit(ds, epochs=STEPS, verbose=0, shuffle=False)
         _RUNS[method_name] = model, history.history, state
     return _RUNS[method_name]
 
@@ -210,7 +215,9 @@ def test_running_statistics_follow_project_rule_on_reference_batch_stats(method_
     actual = _torch_layout_state(model.backbone, list(golden["bn_keys"]))
     for key in golden["bn_keys"]:
         # Recovering a batch statistic divides snapshot differences by 0.1: ~1e-6 rounding.
-        np.testing.assert_allclose(actual[key], expected[key], rtol=0, atol=2e-5, err_msg=key)
+        # The reference's order of passes would be off by up to ~2e-3 here, PyTorch's
+        # unbiased variance by up to ~1.5e-3.
+        np.testing.assert_allclose(actual[key], expected[key], rtol=0, atol=5e-6, err_msg=key)
 
 
 def test_running_statistics_difference_is_small():
