@@ -7,7 +7,6 @@ CONSOLE_SCRIPTS = [
     "cskd-eval = cskd_tf.cli.eval:run",
     "cskd-report = cskd_tf.cli.report:run",
     "cskd-plot = cskd_tf.cli.plot:run",
-    "cskd-speed = cskd_tf.cli.speed:run",
     "cskd-build-cache = cskd_tf.cli.build_cache:run",
     "cskd-export = cskd_tf.cli.export:run",
     "cskd-predict = cskd_tf.cli.predict:run",

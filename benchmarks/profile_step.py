@@ -4,8 +4,9 @@
     tensorboard --logdir=/tmp/prof     # Profile tab, "tensorflow_stats": self time per op type
 
 PreAct ResNet-18 (width 64 unless --width), 200 classes, batch 128, 32 px, random images on
-one in-memory batch: the step cskd-speed times, with the paper's weight decay. The first
-steps (tracing, oneDNN primitive creation) run before the trace starts.
+one in-memory batch: the step `python -m benchmarks.speed model_alone` times, with the
+paper's weight decay. The first steps (tracing, oneDNN primitive creation) run before the
+trace starts.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Process-wide settings a run needs before any model exists.
 
 Low in the stack (it imports only :mod:`cskd_tf.errors`) so that
-training, evaluation (the speed benchmark) and the command-line tools share one
+training, evaluation, the command-line tools and benchmarks/ share one
 ``gpu_present`` and one ``setup`` without importing each other.
 """
 
@@ -30,15 +30,36 @@ def gpu_present() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def resolve_jit_compile(setting: str) -> bool:
-    """``auto`` turns XLA on only where a GPU is present.
+def resolve_jit_compile(setting, placement=None) -> bool:
+    """The ``jit_compile`` to give ``model.compile``.
 
-    On the 2-core CPU machines this project is developed on, XLA made a
-    ResNet-18 train step about 2x slower than plain graph mode.
+    ``setting`` is ``config.jit_compile`` ("auto", "on", "off") or an already resolved
+    bool; ``auto`` turns XLA on only where a GPU is present (on the 2-core CPU machines
+    this project is developed on, XLA made a ResNet-18 train step slower than plain graph
+    mode).
+
+    ``placement`` (a :class:`cskd_tf.training.distribute.Placement`; None = the single
+    device) matters only under a ``tf.distribute`` strategy. Keras 3 compiles its whole
+    step function, ``strategy.run`` and the cross-replica gradient merge included, which
+    XLA rejects for multi-replica strategies (keras-team/keras#19005, #20763); there XLA is
+    applied by auto-clustering instead (compiling the clusters it can, which on CPU is none
+    unless ``TF_XLA_FLAGS=--tf_xla_cpu_global_jit``) and this returns False. TPUStrategy
+    always compiles with XLA, so False there too.
     """
-    if setting == "auto":
-        return gpu_present()
-    return setting == "on"
+    if isinstance(setting, bool):
+        jit_compile = setting
+    elif setting == "auto":
+        jit_compile = gpu_present()
+    else:
+        jit_compile = setting == "on"
+    if placement is None or not placement.distributed:
+        return jit_compile
+    if placement.kind == "tpu":
+        return False
+    if jit_compile and placement.num_replicas > 1:
+        tf.config.optimizer.set_jit("autoclustering")
+        return False
+    return jit_compile
 
 
 def cpu_flags() -> frozenset:

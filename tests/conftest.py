@@ -30,6 +30,16 @@ def console_script(name):
     return os.path.join(BIN, name)
 
 
+def one_line_error(result):
+    """The ``error: ...`` line a failed command (a CompletedProcess) ends with; asserts it
+    failed without a traceback."""
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    return lines[-1]
+
+
 @pytest.fixture(autouse=True)
 def float32_policy_after_each_test():
     """Resets Keras' global dtype policy to float32 after every test.

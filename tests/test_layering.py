@@ -5,6 +5,9 @@ lower layer, and inside one layer only the edges named in PEER_EDGES. Imports in
 functions count as much as module-level ones (a deferred import is still a dependency),
 and only cli/ may define command-line flags or ``__main__`` entry points.
 
+The tools beside the library (benchmarks/, e.g. the speed benchmarks) may import cskd_tf;
+cskd_tf never imports them.
+
 The checker runs on the real package and, to show it can fail, on small synthetic
 packages in tmp_path holding a deliberate bad import.
 """
@@ -18,6 +21,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "cskd_tf"
+# Top-level packages of tools beside the library: they may import it, it never imports them.
+TOOLS = ("benchmarks",)
 
 # Lowest first. A part is a sub-package (cskd_tf/data/) or a top-level module
 # (cskd_tf/runtime.py) named without ".py"; "" is the package's own __init__.py.
@@ -30,7 +35,7 @@ LAYERS = [
     {"config", "runtime", "progress", "layers"},
     # The three libraries a run is made of, and the paper's recipes (configs from config).
     {"data", "models", "losses", "recipes"},
-    # Measuring: metrics, prediction, reports, plots, the speed benchmark's library.
+    # Measuring: metrics, numpy inference, reports, plots.
     {"evaluation"},
     # The fit loop, workdirs, restoring a run, the KD teacher loader.
     {"training"},
@@ -131,6 +136,11 @@ def find_violations(root: Path, known=frozenset()) -> tuple[list[str], set]:
                                      for m in FLAG_MODULES):
                 messages.append(f"{rel}:{line} imports {dotted}: only cli/ defines flags "
                                 "and command lines; take arguments instead")
+            if any(dotted == tool or dotted.startswith(tool + ".") for tool in TOOLS):
+                messages.append(f"{rel}:{line} imports {dotted}: the library never imports "
+                                "the tools beside it (benchmarks/); move what both need into "
+                                "cskd_tf")
+                continue
             target = part_of(dotted, root.name, parts)
             if target is None or target == part or own is None:
                 continue
@@ -219,6 +229,10 @@ def test_a_clean_synthetic_package_passes(tmp_path):
      "training/speed.py:1 imports absl.flags: only cli/ defines flags"),
     ({"data/build.py": "if __name__ == '__main__':\n    main()\n"},
      "data/build.py has an `if __name__ == \"__main__\"` block"),
+    # the library never imports the tools beside it, at any depth;
+    ({"training/fit.py": "def f():\n    from benchmarks.speed import flops\n"},
+     "training/fit.py:2 imports benchmarks.speed.flops: the library never imports the tools"),
+    ({"runtime.py": "import benchmarks\n"}, "runtime.py:1 imports benchmarks: the library"),
     # and a new part must be given a layer.
     ({"plugins/__init__.py": ""}, "cskd_tf/plugins is in no layer"),
 ])
@@ -232,3 +246,17 @@ def test_known_exceptions_are_skipped_and_reported_as_seen(tmp_path):
         "data/pipeline.py": "def f():\n    from cskd_tf.training import trainer\n"})
     known = {(os.path.join("data", "pipeline.py"), "cskd_tf.training.trainer")}
     assert find_violations(package, known) == ([], known)
+
+
+# ------------------------------------------------------------------ the tools beside it
+def test_the_tools_exist_and_import_the_library():
+    """The TOOLS packages are real, and the speed benchmarks are built on cskd_tf (so the
+    one-way rule above guards a real edge)."""
+    root = PACKAGE.parent
+    imported = set()
+    for tool in TOOLS:
+        assert (root / tool / "__init__.py").exists(), tool
+        for path in (root / tool).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            imported |= {dotted.split(".")[0] for _, dotted in imported_modules(root, path, tree)}
+    assert "cskd_tf" in imported

@@ -93,9 +93,9 @@ def test_steps_number_each_step(clock):
 def test_evaluation_progress_counts_batches(capsys):
     import tensorflow as tf
 
-    from cskd_tf.evaluation.predict import evaluate, predict
+    from cskd_tf.evaluation.inference import evaluate, logits_and_features
 
-    class TinyModel:  # predict() only needs forward()
+    class TinyModel:  # logits_and_features() only needs forward()
         def forward(self, x, training=False):
             logits = tf.concat([x, -x, tf.zeros_like(x)], axis=1)
             return {"logits": logits, "features": x}
@@ -103,9 +103,9 @@ def test_evaluation_progress_counts_batches(capsys):
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.range(10, dtype=tf.float32)[:, None], tf.zeros(10, tf.int64))).batch(4)
     model = TinyModel()
-    logits, _, labels = predict(model, dataset)
+    logits, _, labels = logits_and_features(model, dataset)
     assert logits.shape == (10, 3) and labels.shape == (10,)
-    assert capsys.readouterr().err == ""  # predict is quiet by default (speed, plots)
+    assert capsys.readouterr().err == ""  # quiet by default (per-epoch validation, plots)
     result = evaluate(model, dataset, label="evaluating test")
     err = capsys.readouterr().err
     assert result["num_examples"] == 10

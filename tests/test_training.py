@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import console_script
+from conftest import console_script, one_line_error
 
 TINY = ["--config.model_width=8", "--config.max_train_per_class=40", "--config.batch_size=32",
         "--config.learning_rate=0.1", "--config.lr_decay_epochs=(2,)", "--config.verbose=0"]
@@ -23,14 +23,6 @@ PAPER_METRICS = {"top1_error", "top5_error", "ece", "recall_at_1", "nll"}
 def cli(name, *args, timeout=300):
     return subprocess.run([console_script(name), *args], capture_output=True, text=True,
                           timeout=timeout)
-
-
-def one_line_error(result):
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("error: "), result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    return lines[-1]
 
 
 def test_cli_trains_evaluates_and_protects_a_finished_run(tmp_path):
@@ -219,59 +211,6 @@ def test_workdir_lock_names_the_holder_and_is_released(tmp_path):
     assert not workdir_lib._alive_elsewhere({"pid": os.getpid(), "host": host})
     assert workdir_lib._alive_elsewhere({"pid": os.getppid(), "host": host})
     assert workdir_lib._alive_elsewhere({"pid": 1, "host": host + "-elsewhere"})
-
-
-def test_speed_command_reports_every_figure(tmp_path):
-    """cskd-speed (cli/speed.py over evaluation/speed.py), at a toy size; bad flags are one line."""
-    root = os.path.join(os.path.dirname(__file__), "..")
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(root)}
-    command = [sys.executable, "-m", "cskd_tf.cli.speed", "--model=preact_resnet10",
-               "--width=4", "--batch_size=8", "--image_size=8", "--num_classes=5", "--steps=2",
-               "--warmup=1", "--pipeline_batches=2"]
-    result = subprocess.run([*command, f"--output={tmp_path / 'speed.json'}"],
-                            capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.load(open(tmp_path / "speed.json"))
-    assert [(r["method"], r["xla"]) for r in report["train_steps"]] == [("ce", False),
-                                                                          ("cskd", False)]
-    assert report["eval_images_per_s"] > 0 and report["pipeline"]["pairs_per_s"] > 0
-    assert "CS-KD / CE step time (xla=off,float32)" in result.stdout
-    bad = subprocess.run([*command, "--xla=maybe"], capture_output=True, text=True,
-                         timeout=300, env=env)
-    assert "--xla takes a list of off and on" in one_line_error(bad)
-
-
-def test_speed_end_to_end_times_the_training_path(tmp_path):
-    """cskd-speed --end_to_end (training/speed.py): model.fit on digits, one process per
-    variant, every figure positive and finite; a bad flag value is one line."""
-    root = os.path.join(os.path.dirname(__file__), "..")
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(root)}
-    command = [sys.executable, "-m", "cskd_tf.cli.speed", "--end_to_end",
-               "--model=preact_resnet10", "--width=2", "--batch_size=16", "--image_size=8",
-               "--num_classes=5", "--steps=2", "--warmup=1", "--pipeline_batches=2"]
-    bad = subprocess.run([*command, "--precision=float64"], capture_output=True, text=True,
-                         timeout=300, env=env)
-    assert "precision: 'float64' is not one of" in one_line_error(bad)
-
-    result = subprocess.run([*command, f"--output={tmp_path / 'speed.json'}"],
-                            capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.load(open(tmp_path / "speed.json"))
-    assert report["setup"]["dataset"] == "digits" and report["setup"]["num_classes"] == 5
-    assert {"platform", "cpus", "gpu", "tensorflow", "cpu_bf16_flags"} <= set(report["machine"])
-    rows = report["train_steps"]
-    assert [(r["method"], r["precision"]) for r in rows] == [("ce", "float32"),
-                                                             ("cskd", "float32")]
-    for row in rows:
-        assert row["steps_timed"] == 2
-        for field in ("step_seconds", "step_seconds_median", "anchor_images_per_s",
-                      "cpu_seconds_per_step", "pipeline_cpu_seconds_per_batch",
-                      "pipeline_cpu_share", "peak_memory_mib"):
-            assert 0 < row[field] < float("inf"), (field, row)
-        assert row["anchor_images_per_s"] == pytest.approx(16 / row["step_seconds"])
-    ratio = report["cskd_over_ce_step_time"]["xla=off,float32"]
-    assert ratio == pytest.approx(rows[1]["step_seconds"] / rows[0]["step_seconds"])
-    assert "| cskd | float32 | off |" in result.stdout
 
 
 def test_eval_of_a_missing_run_is_one_line(tmp_path):

@@ -93,12 +93,12 @@ def _data_facts(path):
         return json.load(f)
 
 
-def _predict(path, split, fit_split=None):
+def _run_outputs(path, split, fit_split=None):
     """(data facts, logits, features, labels) of a trained run on one split, and the
     temperature fitted on ``fit_split`` when it is given (else None)."""
     from cskd_tf import data as data_lib
     from cskd_tf.errors import ConfigError
-    from cskd_tf.evaluation.predict import predict
+    from cskd_tf.evaluation.inference import logits_and_features
     from cskd_tf.training.restore import load_run
 
     config, facts, model, _ = load_run(path, need_finished=False)
@@ -106,7 +106,8 @@ def _predict(path, split, fit_split=None):
     if split not in splits:
         raise ConfigError(f"--split={split} is not a split of {config.dataset}; choose one of: "
                           f"{', '.join(sorted(splits))}")
-    logits, features, labels = predict(model, data_lib.eval_dataset(config, info, splits[split]))
+    logits, features, labels = logits_and_features(
+        model, data_lib.eval_dataset(config, info, splits[split]))
     temperature = None
     if fit_split:
         from cskd_tf.evaluation.calibration import fit_temperature
@@ -118,7 +119,7 @@ def _predict(path, split, fit_split=None):
         if fit_split == split:
             fit_logits, fit_labels = logits, labels
         else:
-            fit_logits, _, fit_labels = predict(
+            fit_logits, _, fit_labels = logits_and_features(
                 model, data_lib.eval_dataset(config, info, splits[fit_split]))
         temperature = fit_temperature(fit_logits, fit_labels)
     return facts, logits, features, labels, temperature
@@ -165,7 +166,7 @@ def main(argv):
         raise ConfigError("--temperature_scaling is an option of cskd-plot reliability only")
     panels, temperatures = [], []
     for name, path in zip(names, workdirs):
-        facts, logits, features, labels, temperature = _predict(
+        facts, logits, features, labels, temperature = _run_outputs(
             path, FLAGS.split, "val" if FLAGS.temperature_scaling else None)
         panels.append((name, facts, logits, features, labels))
         temperatures.append(temperature)

@@ -50,7 +50,7 @@ def uint8_batches(split, batch_size):
         yield np.stack(images), np.asarray(labels, np.int32)
 
 
-def predict_split(exported, split, batch_size):
+def export_logits_and_features(exported, split, batch_size):
     """(logits, embeddings, labels) of a split through the export's signatures."""
     import tensorflow as tf
 
@@ -86,8 +86,8 @@ def evaluate_export(exported, config, split_names=None) -> dict:
         if name not in splits:
             raise ConfigError(f"--split={name} is not a split of {config.dataset}; choose one "
                               f"of: {', '.join(sorted(splits))}")
-        logits, features, labels = predict_split(exported, splits[name],
-                                                 int(config.eval_batch_size))
+        logits, features, labels = export_logits_and_features(
+            exported, splits[name], int(config.eval_batch_size))
         metrics = evaluate_predictions(logits, labels, features=features)
         metrics["num_examples"] = int(labels.shape[0])
         results[name] = metrics

@@ -83,10 +83,10 @@ class SplitMetrics(keras.callbacks.Callback):
         if logs is None or self.dataset is None or not due:
             return
         from cskd_tf.evaluation.metrics import evaluate_predictions
-        from cskd_tf.evaluation.predict import predict
+        from cskd_tf.evaluation.inference import logits_and_features
 
         # verbose=0: Keras' own progress bar owns the terminal here.
-        logits, features, labels = predict(self.model, self.dataset, self.jit_compile)
+        logits, features, labels = logits_and_features(self.model, self.dataset, self.jit_compile)
         log_split_metrics(logs, self.prefix, evaluate_predictions(
             logits, labels, features=features if self.recall else None,
             num_bins=self.num_bins))

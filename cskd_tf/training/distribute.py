@@ -35,7 +35,7 @@ What changes under a strategy (:func:`setup` returns a :class:`Placement` descri
   the workdir; other workers write checkpoints/logs to a temporary folder deleted at the
   end, and resume from the chief's checkpoints, so the workdir must be on a filesystem
   every worker sees.
-* XLA (:func:`resolve_jit_compile`): Keras 3 compiles its whole distributed step, which
+* XLA (:func:`cskd_tf.runtime.resolve_jit_compile`): Keras 3 compiles its whole distributed step, which
   fails under multi-replica strategies; there, ``jit_compile`` turns on XLA
   auto-clustering instead. TPUStrategy compiles with XLA anyway.
 
@@ -223,25 +223,6 @@ def _create(kind: str) -> Placement:
         # still gets its own input pipeline), so it is the only, chief, worker.
         return Placement(kind, tf.distribute.TPUStrategy(resolver))
     raise ConfigError(f"unknown distribution kind {kind!r}")
-
-
-def resolve_jit_compile(placement: Placement, jit_compile: bool) -> bool:
-    """The ``jit_compile`` to give ``model.compile`` under this placement.
-
-    Unchanged on the single-device path. Keras 3 compiles its whole step function,
-    ``strategy.run`` and the cross-replica gradient merge included, which XLA rejects for
-    multi-replica strategies (keras-team/keras#19005, #20763); there XLA is applied by
-    auto-clustering instead (compiling the clusters it can, which on CPU is none unless
-    ``TF_XLA_FLAGS=--tf_xla_cpu_global_jit``). TPUStrategy always compiles with XLA.
-    """
-    if not placement.distributed:
-        return jit_compile
-    if placement.kind == "tpu":
-        return False
-    if jit_compile and placement.num_replicas > 1:
-        tf.config.optimizer.set_jit("autoclustering")
-        return False
-    return jit_compile
 
 
 def check_global_batch(placement: Placement, global_batch: int):

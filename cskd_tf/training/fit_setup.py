@@ -78,7 +78,7 @@ def build_for_fit(config, info, steps, jit_compile, method=None):
     """The compiled CSKDModel ready for ``model.fit``; call it inside the strategy's scope.
 
     ``jit_compile`` is what the model compiles with (the trainer passes it through
-    :func:`cskd_tf.training.distribute.resolve_jit_compile`).
+    :func:`cskd_tf.runtime.resolve_jit_compile` with the run's placement).
     """
     method = method or losses.get_method(config.method, config)
     model = build_model(config, info.num_classes, info.image_shape, info.mean, info.std, method)

@@ -56,7 +56,7 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
     steps_per_epoch = fit_setup.steps_per_epoch(config, info)
     with placement.scope():
         model = fit_setup.build_for_fit(config, info, steps_per_epoch,
-                                        distribute.resolve_jit_compile(placement, jit_compile),
+                                        runtime.resolve_jit_compile(jit_compile, placement),
                                         method)
     # Only the chief writes the workdir; other workers write to a temporary one. Nothing is
     # written before the model and the method (e.g. a KD teacher) built without error.
@@ -122,7 +122,7 @@ def evaluate_splits(model, config, info, splits, jit_compile=False):
     """
     from cskd_tf.evaluation.calibration import FIT_SPLIT, temperature_scaling_metrics
     from cskd_tf.evaluation.metrics import evaluate_predictions
-    from cskd_tf.evaluation.predict import predict
+    from cskd_tf.evaluation.inference import logits_and_features
 
     reported = [name for name in config.eval_splits if name in splits]
     needed = list(reported)
@@ -130,7 +130,7 @@ def evaluate_splits(model, config, info, splits, jit_compile=False):
         needed.append(FIT_SPLIT)
     results, arrays = {}, {}
     for name in needed:
-        logits, features, labels = predict(
+        logits, features, labels = logits_and_features(
             model, data_lib.eval_dataset(config, info, splits[name]), jit_compile,
             verbose=int(config.verbose > 0), label=f"evaluating {name}")
         arrays[name] = (logits, labels)

@@ -1,4 +1,10 @@
-"""Runs a trained model over an evaluation dataset and scores it."""
+"""Numpy inference: a trained model's logits and features over a dataset, and its metrics.
+
+Not ``model.predict``: ``CSKDModel.call`` returns the logits alone (so Keras tools and
+exports see a plain classifier), while the metrics need the logits, the penultimate
+features (Recall@1) and the labels of the same pass, under an XLA setting chosen for
+evaluation rather than the one ``model.compile`` got.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +15,23 @@ import tensorflow as tf
 
 from cskd_tf import progress
 
+# model -> {jit_compile: traced forward}. The per-epoch validation calls
+# logits_and_features once per epoch on the same model; keeping its tf.function avoids a
+# retrace each time, and a weak key lets the model (and its graph) be freed.
 _FORWARD = weakref.WeakKeyDictionary()
 
 
 def _forward_fn(model, jit_compile):
-    """One traced inference function per model, reused across epochs."""
-    key = (bool(jit_compile),)
-    cache = _FORWARD.setdefault(model, {})
-    if key not in cache:
-        @tf.function(jit_compile=bool(jit_compile), reduce_retracing=True)
+    """The model's inference forward as a tf.function, traced once per model and setting."""
+    functions = _FORWARD.setdefault(model, {})
+    jit_compile = bool(jit_compile)
+    if jit_compile not in functions:
+        @tf.function(jit_compile=jit_compile, reduce_retracing=True)
         def forward(x):
             out = model.forward(x, training=False)
             return tf.cast(out["logits"], tf.float32), tf.cast(out["features"], tf.float32)
-        cache[key] = forward
-    return cache[key]
+        functions[jit_compile] = forward
+    return functions[jit_compile]
 
 
 def _known_batches(dataset):
@@ -30,11 +39,12 @@ def _known_batches(dataset):
     return cardinality if cardinality > 0 else None
 
 
-def predict(model, dataset, jit_compile=False, verbose=0, label="evaluating"):
-    """(logits, features, labels) as numpy arrays over a dataset of (x, y).
+def logits_and_features(model, dataset, jit_compile=False, verbose=0, label="evaluating"):
+    """(logits, features, labels) as float32/numpy arrays over a dataset of (x, y).
 
-    ``verbose=1`` prints progress (batches, rate, ETA) to stderr; off by default
-    because the per-epoch validation and the speed benchmark call this too.
+    ``model`` is anything with ``forward(x, training=False) -> {"logits", "features"}``
+    (a :class:`cskd_tf.models.CSKDModel`). ``verbose=1`` prints progress (batches, rate,
+    ETA) to stderr; off by default because the per-epoch validation calls this too.
     """
     forward = _forward_fn(model, jit_compile)
     logits, features, labels = [], [], []
@@ -59,8 +69,8 @@ def evaluate(model, dataset, jit_compile=False, num_bins=15, verbose=1, label="e
     """
     from cskd_tf.evaluation.metrics import evaluate_predictions
 
-    logits, features, labels = predict(model, dataset, jit_compile, verbose=verbose,
-                                       label=label)
+    logits, features, labels = logits_and_features(model, dataset, jit_compile,
+                                                   verbose=verbose, label=label)
     result = evaluate_predictions(logits, labels, features=features, num_bins=num_bins)
     result["num_examples"] = int(labels.shape[0])
     return result
