@@ -457,6 +457,98 @@ def test_digits_transform_never_flips():
         assert (np.diff(inner) > 0).all()
 
 
+def torchvision_rrc_boxes(height, width, n, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """A NumPy transcription of torchvision's RandomResizedCrop.get_params: n boxes (i, j, h, w)
+    and whether each came from the centre-crop fallback."""
+    boxes, fallback = [], []
+    for _ in range(n):
+        for _ in range(10):
+            target = height * width * rng.uniform(*scale)
+            r = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+            w, h = int(round(np.sqrt(target * r))), int(round(np.sqrt(target / r)))
+            if 0 < w <= width and 0 < h <= height:
+                boxes.append((rng.integers(0, height - h + 1), rng.integers(0, width - w + 1),
+                              h, w))
+                fallback.append(False)
+                break
+        else:
+            in_ratio = width / height
+            if in_ratio < min(ratio):
+                w, h = width, int(round(width / min(ratio)))
+            elif in_ratio > max(ratio):
+                w, h = int(round(height * max(ratio))), height
+            else:
+                w, h = width, height
+            boxes.append(((height - h) // 2, (width - w) // 2, h, w))
+            fallback.append(True)
+    return np.array(boxes), np.array(fallback)
+
+
+def crop_statistics(boxes, height, width):
+    """Per-draw values whose means the test compares: area fraction, area < 0.3, w/h,
+    vertical and horizontal position of the crop in its free range."""
+    i, j, h, w = boxes.T.astype(np.float64)
+    area = h * w / (height * width)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pos_i = np.where(h < height, i / np.maximum(height - h, 1), 0.5)
+        pos_j = np.where(w < width, j / np.maximum(width - w, 1), 0.5)
+    return {"area": area, "area<0.3": area < 0.3, "w/h": w / h, "i": pos_i, "j": pos_j}
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (20, 80), (90, 30)])
+def test_random_resized_crop_has_torchvision_distribution(height, width):
+    # 64x64: TinyImageNet (no fallback in practice); 20x80 and 90x30: outside the aspect
+    # range, where some draws (about 14 % and 3 %) exhaust the 10 tries and take the
+    # centre crop.
+    from cskd_tf.data.augment import random_resized_crop_box
+
+    n = 4000
+    seeds = tf.random.experimental.stateless_split(tf.constant([7, 11], tf.int64), n)
+    draw = tf.function(lambda seeds: tf.map_fn(
+        lambda s: tf.stack(random_resized_crop_box(tf.constant([height, width, 3]), s)),
+        seeds, fn_output_signature=tf.int32))
+    ours = draw(seeds).numpy()
+    i, j, h, w = ours.T
+    assert (h > 0).all() and (w > 0).all() and (i >= 0).all() and (j >= 0).all()
+    assert (i + h <= height).all() and (j + w <= width).all()
+    reference, ref_fallback = torchvision_rrc_boxes(height, width, 4 * n,
+                                                    np.random.default_rng(0))
+    # The fallback box is deterministic: every draw whose box equals it (and no valid
+    # candidate could be that exact box with a non-centred offset) is a fallback.
+    fallback_box = reference[ref_fallback][0] if ref_fallback.any() else None
+    ours_fallback = ((ours == fallback_box).all(axis=1) if fallback_box is not None
+                     else np.zeros(n, bool))
+    ref_stats = crop_statistics(reference, height, width)
+    our_stats = crop_statistics(ours, height, width)
+    ref_stats["fallback"], our_stats["fallback"] = ref_fallback, ours_fallback
+    for key, ref_values in ref_stats.items():
+        ref_values = np.asarray(ref_values, np.float64)
+        # Four standard errors of the difference of the two means.
+        tol = 4 * np.sqrt(ref_values.var() * (1 / n + 1 / len(ref_values))) + 1e-9
+        diff = abs(np.mean(our_stats[key]) - ref_values.mean())
+        assert diff <= tol, (key, np.mean(our_stats[key]), ref_values.mean(), tol)
+    if height == width:
+        # TinyImageNet: the figures issue 21 quotes for torchvision (area 0.48, w/h 1.016).
+        assert abs(our_stats["area"].mean() - 0.48) < 0.02
+        assert abs(our_stats["w/h"].mean() - 1.016) < 0.01
+    else:
+        assert ours_fallback.mean() > 0.02  # the fallback is exercised
+
+
+def test_random_resized_crop_is_seeded():
+    from cskd_tf.data.augment import random_resized_crop_box
+
+    shape = tf.constant([64, 48, 3])
+    a = [int(v) for v in random_resized_crop_box(shape, tf.constant([1, 2]))]
+    assert a == [int(v) for v in random_resized_crop_box(shape, tf.constant([1, 2]))]
+    others = {tuple(int(v) for v in random_resized_crop_box(shape, tf.constant([1, s])))
+              for s in range(3, 13)}
+    assert len(others | {tuple(a)}) > 5
+    # The whole transform crops then resizes: a constant image stays constant.
+    out = train_transform("tinyimagenet", 32, 3)(tf.fill([64, 48, 3], 0.25), tf.constant([1, 2]))
+    np.testing.assert_allclose(out, 0.25, atol=1e-6)
+
+
 def test_eval_preprocess(tmp_path):
     info, _ = prepare(make_config(tmp_path, image_size=224, augment="finegrained"))
     fn = eval_preprocess(info, "finegrained")
