@@ -288,6 +288,27 @@ def test_protocol_defaults_of_configs():
         config_lib.validate(bad)
 
 
+def test_input_statistics_from_the_config(tmp_path):
+    # () = the source's statistics (digits: its train split's); set = used as given, as the
+    # CIFAR-100 recipe does with the reference code's constants.
+    from cskd_tf.recipes import REFERENCE_CIFAR_MEAN, REFERENCE_CIFAR_STD, paper_config
+
+    own, _ = prepare(make_config(tmp_path))
+    info, _ = prepare(make_config(tmp_path, input_mean=(0.5,), input_std=(0.25,)))
+    assert info.mean == (0.5,) and info.std == (0.25,) and own.mean != (0.5,)
+    assert "3 values but the images have 1 channels" in one_line_error(
+        ConfigError, make_config(tmp_path, input_mean=(0.4914, 0.4822, 0.4465),
+                                 input_std=(0.2023, 0.1994, 0.2010)))
+    assert "set together" in one_line_error(ConfigError, make_config(tmp_path, input_mean=(0.5,)))
+    assert "positive" in one_line_error(ConfigError, make_config(
+        tmp_path, input_mean=(0.5,), input_std=(0.0,)))
+    cifar = paper_config("cifar100")
+    assert (cifar.input_mean, cifar.input_std) == (REFERENCE_CIFAR_MEAN, REFERENCE_CIFAR_STD)
+    assert REFERENCE_CIFAR_STD == (0.2023, 0.1994, 0.2010)  # datasets.py:225, as the reference
+    # The other recipes use their sources' statistics (ImageNet's, as the reference).
+    assert all(paper_config(k).input_mean == () for k in ("tinyimagenet", "cub200", "mit67"))
+
+
 # --------------------------------------------------------------------------- errors
 
 
