@@ -582,6 +582,19 @@ def test_eval_preprocess(tmp_path):
     assert fn(tf.zeros([5, 64, 48, 3], tf.uint8)).shape == (5, 32, 32, 3)
 
 
+def test_finegrained_eval_is_torchvision_resize_256_centre_crop_224():
+    # Resize(256) on 300x410: 256 x int(256·410/300) = 256 x 349 (truncated, not rounded to
+    # 350), then CenterCrop(224) at top (256-224)//2 = 16, left (349-224)//2 = 62.
+    from cskd_tf.data.augment import eval_transform
+
+    image = tf.random.stateless_uniform([300, 410, 3], seed=[5, 6])
+    want = tf.image.resize(image, [256, 349], antialias=True)[16:16 + 224, 62:62 + 224]
+    np.testing.assert_allclose(eval_transform("finegrained", 224, 3)(image), want, atol=1e-6)
+    tall = tf.image.resize(tf.transpose(image, [1, 0, 2]), [349, 256], antialias=True)
+    np.testing.assert_allclose(eval_transform("finegrained", 224, 3)(
+        tf.transpose(image, [1, 0, 2])), tall[62:62 + 224, 16:16 + 224], atol=1e-6)
+
+
 # --------------------------------------------------------------------------- real data
 
 

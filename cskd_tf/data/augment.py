@@ -191,11 +191,12 @@ def eval_transform(name: str, image_size: int, channels: int) -> EvalFn:
         if name == "finegrained":
             shape = tf.shape(image)
             h, w = shape[-3], shape[-2]
-            short = tf.cast(tf.minimum(h, w), tf.float32)
+            short = tf.minimum(h, w)
             target = round(size * 256 / 224)
-            scale = target / short
-            nh = tf.maximum(size, tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32))
-            nw = tf.maximum(size, tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32))
+            # torchvision's Resize(256): the shorter side to 256, the longer to
+            # int(256·long/short), truncated (reference datasets.py:207).
+            nh = tf.maximum(size, target * h // short)
+            nw = tf.maximum(size, target * w // short)
             image = tf.image.resize(image, tf.stack([nh, nw]), antialias=True)
             image = tf.image.crop_to_bounding_box(image, (nh - size) // 2, (nw - size) // 2,
                                                   size, size)
