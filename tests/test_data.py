@@ -582,6 +582,18 @@ def test_eval_preprocess(tmp_path):
     assert fn(tf.zeros([5, 64, 48, 3], tf.uint8)).shape == (5, 32, 32, 3)
 
 
+@pytest.mark.parametrize("shape,size", [((50, 37), 32), ((20, 18), 32), ((300, 410), 224)])
+def test_resize_is_pil_bilinear(shape, size):
+    # The reference resizes PIL images (RandomResizedCrop, Resize): PIL's BILINEAR, which
+    # widens its triangle filter when shrinking. TF's bilinear resize with antialias=True
+    # is the same filter (without it, shrinking differs by up to ~0.3 on noise).
+    from cskd_tf.data.augment import _resize
+
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    pil = np.asarray(Image.fromarray(x, mode="F").resize((size, size), Image.BILINEAR))
+    np.testing.assert_allclose(_resize(x[..., None], size)[..., 0], pil, atol=5e-5)
+
+
 def test_finegrained_eval_is_torchvision_resize_256_centre_crop_224():
     # Resize(256) on 300x410: 256 x int(256·410/300) = 256 x 349 (truncated, not rounded to
     # 350), then CenterCrop(224) at top (256-224)//2 = 16, left (349-224)//2 = 62.
