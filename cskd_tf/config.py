@@ -91,6 +91,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.cache_dir = ""  # per-class TFRecord shard cache; "" = $CSKD_CACHE_DIR or ~/.cache/cskd_tf
     c.image_size = 0  # model input size in px; 0 = the dataset's default
     c.augment = "auto"  # auto | none | cifar | tinyimagenet | finegrained | digits
+    # Per-channel mean/std (of [0, 1] pixels) the model normalises its input with; () = the
+    # source's published statistics, else the training split's. The CIFAR-100 recipe sets
+    # the reference code's constants (cskd_tf/recipes.py).
+    c.input_mean = ()
+    c.input_std = ()
     c.val_fraction = 0.1  # held out of train when the source has no validation split
     # tune: val (the source's, else held out of train) for model selection and the tuner;
     # paper: the official train split, no val, per-epoch test metrics (cskd_tf/data/pipeline.py).
@@ -109,7 +114,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 256
     c.num_epochs = 200
     c.lr_schedule = "step"
-    c.lr_decay_epochs = (100, 150)
+    # First (0-based) epochs at lr/10 and lr/100: the reference code lowers the rate *after*
+    # epochs 100 and 150 of 200 (cskd_tf/recipes.py: reference_decay_epochs).
+    c.lr_decay_epochs = (101, 151)
     c.lr_decay_factor = 0.1
     c.warmup_epochs = 0
     c.steps_per_epoch = 0  # 0 = one pass over the training split

@@ -340,6 +340,49 @@ def test_step_schedule_divides_at_the_named_epochs():
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
 
 
+def reference_epoch_lrs(base_lr, num_epochs):
+    """A transcription of alinlab/cs-kd train.py: the lr each epoch trains with, when
+    adjust_learning_rate(optimizer, epoch) runs after train(epoch) and val(epoch)."""
+    lr, lrs = base_lr, []
+    for epoch in range(num_epochs):
+        lrs.append(lr)  # train(epoch)
+        lr = base_lr  # adjust_learning_rate(optimizer, epoch)
+        if epoch >= 0.5 * num_epochs:
+            lr /= 10
+        if epoch >= 0.75 * num_epochs:
+            lr /= 10
+    return lrs
+
+
+def test_paper_schedule_is_the_reference_per_epoch_lr():
+    import keras
+    import tensorflow as tf
+
+    from cskd_tf.recipes import PAPER_DATASETS, paper_config, reference_decay_epochs
+    from cskd_tf.training.fit_setup import make_optimizer
+    from cskd_tf.training.schedules import EpochSchedule
+
+    steps = 3
+    for key in PAPER_DATASETS:
+        config = paper_config(key)
+        if key == "imagenet":  # 90 epochs at the paper's (30, 60), not train.py's rule
+            assert config.lr_decay_epochs == (30, 60)
+            continue
+        # Every step of all 200 epochs, through the optimizer the trainer builds.
+        rate = make_optimizer(config, steps).get_config()["learning_rate"]
+        schedule = keras.optimizers.schedules.deserialize(rate)
+        got = schedule(tf.range(config.num_epochs * steps)).numpy().reshape(-1, steps)
+        want = reference_epoch_lrs(0.1, 200)
+        assert config.num_epochs == 200 and config.learning_rate == 0.1
+        np.testing.assert_allclose(got, np.repeat(np.array(want)[:, None], steps, 1), rtol=1e-6)
+    assert [want.count(lr) for lr in (0.1, 0.1 / 10, 0.1 / 100)] == [101, 50, 49]
+    # reference_decay_epochs reproduces the rule for any run length.
+    for epochs in range(1, 301):
+        schedule = EpochSchedule(0.1, 1, decay_epochs=reference_decay_epochs(epochs))
+        np.testing.assert_allclose(schedule(tf.range(epochs)).numpy(),
+                                   reference_epoch_lrs(0.1, epochs), rtol=1e-6)
+
+
 def test_config_file_with_an_unknown_field_is_refused(tmp_path):
     path = tmp_path / "bad.py"
     path.write_text("from cskd_tf.config import default_config\n"
