@@ -45,8 +45,7 @@ def float32_policy_after_each_test():
     keras.config.set_dtype_policy("float32")
 
 
-@pytest.fixture
-def tiny_config():
+def make_tiny_config():
     """Digits, a narrow PreAct ResNet-18, a few steps: seconds per epoch on 2 cores."""
     from cskd_tf.config import default_config
 
@@ -62,6 +61,12 @@ def tiny_config():
     config.lr_decay_epochs = (1,)
     config.verbose = 0
     return config
+
+
+@pytest.fixture
+def tiny_config():
+    """A fresh :func:`make_tiny_config` for each test."""
+    return make_tiny_config()
 
 
 TINYIMAGENET_TARBALL_ENV = "CSKD_TINYIMAGENET_TARBALL"
