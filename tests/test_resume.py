@@ -66,6 +66,7 @@ class EpochsTrained(keras.callbacks.Callback):
     ({3: INDEX}, "garbage", 2),
     ({3: DATA, 2: INDEX}, "garbage", 0),
 ])
+@pytest.mark.slow
 def test_an_unreadable_checkpoint_is_reported_and_the_newest_readable_one_resumed(
         tmp_path, finished_run, capsys, damaged, how, resumed_after):
     from cskd_tf.training.trainer import train

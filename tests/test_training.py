@@ -33,6 +33,8 @@ def one_line_error(result):
     return lines[-1]
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_cli_trains_evaluates_and_protects_a_finished_run(tmp_path):
     workdir = str(tmp_path / "run")
     result = cli("cskd-train", f"--config={CONFIG}", f"--workdir={workdir}",
@@ -84,6 +86,8 @@ def _train_cmd(workdir, epochs):
             "--config.lr_decay_epochs=(3,)", *[a for a in TINY if "lr_decay" not in a]]
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_kill_minus_nine_then_rerun_finishes_like_an_uninterrupted_run(tmp_path):
     epochs = 5
     reference = str(tmp_path / "reference")
@@ -123,6 +127,7 @@ def test_kill_minus_nine_then_rerun_finishes_like_an_uninterrupted_run(tmp_path)
     (f"--config.data_dir={README}", "README.md is a file, not a directory"),
     ("--config.batch_size=0", "batch_size must be > 0"),
 ])
+@pytest.mark.cli
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
     workdir = tmp_path / "run"
     args = [f"--config={CONFIG}", f"--workdir={workdir}", *TINY, override]
@@ -134,6 +139,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
 
 
 @pytest.mark.parametrize("extra", [[], ["--config.seed=3"]])
+@pytest.mark.cli
 def test_a_missing_config_file_is_one_line(tmp_path, extra):
     missing = os.path.join("configs", "no_such.py")
     line = one_line_error(cli("cskd-train", f"--config={missing}", f"--workdir={tmp_path}/run",
@@ -142,6 +148,7 @@ def test_a_missing_config_file_is_one_line(tmp_path, extra):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.cli
 def test_a_config_path_that_is_a_directory_or_not_python_is_one_line(tmp_path):
     line = one_line_error(cli("cskd-train", f"--config={tmp_path}", f"--workdir={tmp_path}/r"))
     assert "cannot load the --config file" in line and "Is a directory" in line
@@ -149,6 +156,8 @@ def test_a_config_path_that_is_a_directory_or_not_python_is_one_line(tmp_path):
     assert "README.md line" in line and "is not valid Python" in line
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_lock_refuses_a_second_cskd_train_on_a_running_workdir(tmp_path):
     """One writer per workdir: the second run stops naming the first; after a kill -9 the
     lock file it left behind is stale and a new run proceeds."""
@@ -182,6 +191,7 @@ def test_lock_refuses_a_second_cskd_train_on_a_running_workdir(tmp_path):
     assert (workdir / "metrics.json").exists() and not lock.exists()
 
 
+@pytest.mark.cli
 def test_workdir_lock_names_the_holder_and_is_released(tmp_path):
     """In-process: a lock held by another live process is refused; a file naming a dead
     pid is taken over; unlock removes the file."""
@@ -221,6 +231,7 @@ def test_workdir_lock_names_the_holder_and_is_released(tmp_path):
     assert workdir_lib._alive_elsewhere({"pid": 1, "host": host + "-elsewhere"})
 
 
+@pytest.mark.cli
 def test_speed_command_reports_every_figure(tmp_path):
     """cskd-speed (cli/speed.py over evaluation/speed.py), at a toy size; bad flags are one line."""
     root = os.path.join(os.path.dirname(__file__), "..")
@@ -241,6 +252,8 @@ def test_speed_command_reports_every_figure(tmp_path):
     assert "--xla takes a list of off and on" in one_line_error(bad)
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_speed_end_to_end_times_the_training_path(tmp_path):
     """cskd-speed --end_to_end (training/speed.py): model.fit on digits, one process per
     variant, every figure positive and finite; a bad flag value is one line."""
@@ -274,6 +287,7 @@ def test_speed_end_to_end_times_the_training_path(tmp_path):
     assert "| cskd | float32 | off |" in result.stdout
 
 
+@pytest.mark.cli
 def test_eval_of_a_missing_run_is_one_line(tmp_path):
     assert "no training run" in one_line_error(cli("cskd-eval", f"--workdir={tmp_path}"))
 
@@ -401,6 +415,7 @@ def test_step_schedule_divides_at_the_named_epochs():
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
 
 
+@pytest.mark.cli
 def test_config_file_with_an_unknown_field_is_refused(tmp_path):
     path = tmp_path / "bad.py"
     path.write_text("from cskd_tf.config import default_config\n"
