@@ -238,11 +238,13 @@ def from_json(text: str) -> ml_collections.ConfigDict:
     """The config a ``to_json`` text describes.
 
     A text without ``mixed_precision`` predates the field, when float32 was the only
-    precision: it reads as ``""`` (float32), whatever today's default is.
+    precision: it reads as ``""`` (float32), whatever today's default is. ValueError for
+    a text that is not a JSON object; ConfigDict's TypeError for a value of the wrong type.
     """
     fields = _tuples(json.loads(text))
-    if isinstance(fields, dict):
-        fields.setdefault("mixed_precision", "")
+    if not isinstance(fields, dict):
+        raise ValueError(f"a config is a JSON object of fields, not a {type(fields).__name__}")
+    fields.setdefault("mixed_precision", "")
     config = default_config()
     config.update(fields)
     return config

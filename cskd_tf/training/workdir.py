@@ -195,7 +195,7 @@ class Workdir:
             text = f.read()
         try:
             return config_lib.from_json(text)
-        except ValueError as error:  # json.JSONDecodeError is one
+        except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
             raise WorkdirError(f"{self.file('config.json')} is not a valid config ({error}); "
                                "restore it from a copy or start the run over with "
                                "--overwrite") from None
