@@ -366,6 +366,7 @@ def test_sources_register_by_decorator(tmp_path):
         del sources.SOURCES["test_ones"]
 
 
+@pytest.mark.cli
 def test_build_cache_command_prints_a_cache_that_trains_as_shards(tmp_path):
     import json
     import subprocess
