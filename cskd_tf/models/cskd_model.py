@@ -224,12 +224,11 @@ class CSKDModel(compat.PrebuiltSymbolicBuild, keras.Model):
              "weighted_metrics": weighted_metrics})
         self.own_metrics = compat.metric_group(own + weighted_own, name="own_metrics")
         self._weighted_own = [False] * len(own) + [True] * len(weighted_own)
+        dim = self._net.output["features"].shape[-1]
         for metric in self.own_metrics.metrics:
-            # Create the metric's state now, eagerly (Keras builds compiled metrics the same
-            # way before the first step): an empty batch of what it reads.
-            source = "features" if getattr(metric, "takes_features", False) else "logits"
-            dim = self._net.output[source].shape[-1]
-            if dim is not None:
+            # Create a feature metric's state now, eagerly (Keras builds compiled metrics the
+            # same way before the first step): an empty batch of `dim`-wide features.
+            if getattr(metric, "takes_features", False) and dim is not None:
                 metric.update_state(tf.zeros([0], tf.int32), tf.zeros([0, dim], tf.float32))
                 metric.reset_state()
 
@@ -327,9 +326,12 @@ class CSKDModel(compat.PrebuiltSymbolicBuild, keras.Model):
                     values = features
                 metric.update_state(y, values, sample_weight if weighted else None)
         results = super().compute_metrics(x, y, logits, sample_weight)
-        if training:
-            for metric in self.own_metrics.metrics:
-                results.pop(metric.name, None)
+        # Each phase logs what it computes: training not the evaluation-only metrics,
+        # evaluation not the method's terms (its loss is the supervised term, logged as ce).
+        skipped = (self.own_metrics.metrics if training
+                   else [m for m in self.loss_terms.metrics if m.name != "ce"])
+        for metric in skipped:
+            results.pop(metric.name, None)
         if compat.reduces_step_outputs_across_workers(tf.distribute.get_strategy()):
             # Keras 3.15 averages step outputs across workers with reduce(axis=0), which
             # fails on scalars (tensorflow/tensorflow#72388); one-element vectors reduce to
