@@ -185,6 +185,20 @@ class Method:
         ce = supervised(labels, outputs["logits"], detached.get("sample_weight"))
         return ce, {"ce": ce}
 
+    def objective(self, model, images, labels, detached, supervised=None):
+        """:meth:`forward` then :meth:`loss`: (total, anchor logits, terms), for custom loops.
+        ``supervised`` defaults to the model's compiled loss (``model.supervised``) or, on a
+        model without one, the mean softmax cross-entropy."""
+        if supervised is None:
+            supervised = getattr(model, "supervised", None) or _cross_entropy_term
+        outputs = self.forward(model, images, detached)
+        total, terms = self.loss(model, labels, outputs, detached, supervised)
+        return total, outputs["logits"], terms
+
+
+def _cross_entropy_term(labels, logits, sample_weight=None):
+    return cross_entropy(labels, logits, sample_weight=sample_weight)
+
 
 class ClassWiseTerm(Method):
     """The class-wise term's hyperparameters and λ variable, shared by every CS-KD method.
