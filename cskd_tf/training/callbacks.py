@@ -185,6 +185,16 @@ class NonFiniteLossGuard(keras.callbacks.TerminateOnNaN):
                 f"the training loss became {value} at epoch {self._epoch + 1}, step {batch + 1}; "
                 "lower --config.learning_rate or --config.lambda_cls (the last checkpoint is kept)")
 
+    def on_epoch_end(self, epoch, logs=None):
+        # The last update of an epoch can blow up after its loss was logged; fit's own
+        # validation pass then sees the diverged model.
+        value = (logs or {}).get("val_loss")
+        if value is not None and not math.isfinite(float(np.asarray(value))):
+            raise NonFiniteLossError(
+                f"the validation loss became {float(np.asarray(value))} after epoch {epoch + 1}: "
+                "the model diverged; lower --config.learning_rate or --config.lambda_cls (the "
+                "last checkpoint is kept)")
+
 
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves model, optimizer and the completed-epoch counter after each epoch."""

@@ -81,7 +81,9 @@ def reported_metrics():
 
 
 def compile_model(model, config, steps, jit_compile):
-    model.compile(optimizer=make_optimizer(config, steps), metrics=reported_metrics(),
+    # Weighted: the padding rows of a multi-replica validation pass weigh 0 (see
+    # validation_data); training batches carry no weights, so nothing else changes.
+    model.compile(optimizer=make_optimizer(config, steps), weighted_metrics=reported_metrics(),
                   jit_compile=jit_compile, steps_per_execution=int(config.steps_per_execution))
     # Create the optimizer's slots now so a checkpoint restores into them directly.
     model.optimizer.build(model.trainable_variables)
@@ -103,13 +105,34 @@ def build_for_fit(config, info, steps, jit_compile, method=None):
     return compile_model(model, config, steps, jit_compile)
 
 
-def validation_data(config, info, splits):
+def validation_data(config, info, splits, replicas=1):
     """The val split as ``model.fit(validation_data=...)`` takes it, or None without one.
 
     fit's own validation pass scores it every epoch with the compiled metrics
-    (:func:`reported_metrics`): ``val_loss``, ``val_accuracy``, ``val_ece``, ...
+    (:func:`reported_metrics`): ``val_loss``, ``val_accuracy``, ``val_ece``, ... Under
+    ``replicas`` > 1 every batch is padded to a multiple of the replica count with copies
+    of its first example weighted 0 (the reported metrics are weighted, so they do not
+    count them): a last batch smaller than the replica count would leave a replica an empty
+    slice, on which TensorFlow's CPU convolutions fail.
     """
-    return data_lib.eval_dataset(config, info, splits["val"]) if "val" in splits else None
+    if "val" not in splits:
+        return None
+    batches = -(-int(info.splits["val"]) // int(config.eval_batch_size))
+    # The number of batches, stated: Keras otherwise learns it by running out of data, with
+    # a warning every run.
+    dataset = data_lib.eval_dataset(config, info, splits["val"]).apply(
+        tf.data.experimental.assert_cardinality(batches))
+    if replicas <= 1:
+        return dataset
+
+    def pad(images, labels):
+        count = tf.shape(labels)[0]
+        extra = (-count) % replicas
+        rows = tf.concat([tf.range(count), tf.zeros([extra], tf.int32)], axis=0)
+        weights = tf.concat([tf.ones([count]), tf.zeros([extra])], axis=0)
+        return tf.gather(images, rows), tf.gather(labels, rows), weights
+
+    return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def fit_callbacks(config, info, splits, jit_compile, readers=(), out=None, checkpoint=None):
