@@ -2,8 +2,6 @@
 construction path, compile(loss=...) is the supervised term, Keras infers every logged
 metric's direction, the λ warm-up callback, and a one-line error for each misuse."""
 
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -255,21 +253,3 @@ def test_probability_outputs_and_one_logit_heads_are_refused(activation):
         CSKDModel(dense_net(classes=1))
     one_line(e, "at least 2 classes")
 
-
-# --------------------------------------------------------------------------- docs
-def test_docs_keras_applications_example_runs_as_written(tmp_path):
-    import re
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "docs", "keras.md"), encoding="utf-8") as f:
-        code = re.search(r"```python\n(.*?)```", f.read(), re.S).group(1)
-    assert "keras.applications" in code and "CSKDModel" in code
-    (tmp_path / "example.py").write_text(code)
-    env = dict(os.environ, PYTHONPATH=root, CUDA_VISIBLE_DEVICES="",
-               CSKD_CACHE_DIR=str(tmp_path / "cache"))
-    result = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "loss" in result.stdout and "cls" in result.stdout

@@ -501,17 +501,28 @@ def test_cskd_train_writes_model_keras_that_eval_and_export_accept(tiny_config, 
 # ------------------------------------------------------------------------------ README
 
 
-def test_readme_from_python_example_runs_as_written(tmp_path):
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    section = readme[readme.index("### From Python"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert "pairs_from_dataset" in code and "load_model" in code
+def run_python_block(markdown, tmp_path, after=""):
+    """Runs the first ```python block of ``markdown`` (after the text ``after``) as a script."""
+    with open(os.path.join(REPO, markdown), encoding="utf-8") as f:
+        text = f.read()
+    code = re.search(r"```python\n(.*?)```", text[text.index(after):], re.S).group(1)
     (tmp_path / "example.py").write_text(code)
     env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="",
                CSKD_CACHE_DIR=str(tmp_path / "cache"))
     result = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    return code, result
+
+
+def test_readme_from_python_example_runs_as_written(tmp_path):
+    code, result = run_python_block("README.md", tmp_path, after="### From Python")
+    assert "pairs_from_dataset" in code and "load_model" in code
     assert (tmp_path / "cskd.keras").exists()
     assert "val_recall_at_1" in result.stdout and "ece" in result.stdout
+
+
+def test_docs_keras_applications_example_runs_as_written(tmp_path):
+    code, result = run_python_block("docs/keras.md", tmp_path)
+    assert "keras.applications" in code and "CSKDModel" in code
+    assert "loss" in result.stdout and "cls" in result.stdout

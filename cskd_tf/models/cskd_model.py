@@ -67,7 +67,7 @@ import tensorflow as tf
 
 from cskd_tf import compat
 from cskd_tf.errors import CSKDError, ModelError
-from cskd_tf.losses import METHODS, Method, get
+from cskd_tf.losses import METHODS, get
 from cskd_tf.losses.methods.base import weighted_mean
 from cskd_tf.models.classifier_view import classifier_view, returns_contract
 from cskd_tf.models.fit_checks import check_fit_data

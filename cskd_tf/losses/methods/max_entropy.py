@@ -11,7 +11,7 @@ Cost: one forward and one backward pass per step, as CE.
 import tensorflow as tf
 
 from cskd_tf.config import check_range
-from cskd_tf.losses.methods.base import Method, cross_entropy, register
+from cskd_tf.losses.methods.base import Method, register
 
 
 def mean_entropy(logits):
