@@ -253,3 +253,16 @@ def test_probability_outputs_and_one_logit_heads_are_refused(activation):
         CSKDModel(dense_net(classes=1))
     one_line(e, "at least 2 classes")
 
+
+
+def test_get_config_chains_to_keras_and_reads_configs_of_the_old_format():
+    model = CSKDModel(dense_net(), method=losses.CSKD(temperature=3.0, weight=2.0),
+                      dtype="mixed_bfloat16")
+    config = model.get_config()
+    clone = CSKDModel.from_config(config)
+    assert clone.dtype_policy.name == "mixed_bfloat16" and clone.name == model.name
+    assert clone.method.get_config() == {"temperature": 3.0, "weight": 2.0}
+    # .keras files written before methods were Keras objects: {"name", ...} plus the
+    # model's lambda_cls.
+    old = {**config, "method": {"name": "cskd", "temperature": 3.0}, "lambda_cls": 2.0}
+    assert CSKDModel.from_config(old).method.get_config() == {"temperature": 3.0, "weight": 2.0}
