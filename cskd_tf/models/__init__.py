@@ -26,7 +26,8 @@ from cskd_tf.models.registry import (
 # Importing the backbone modules registers their architectures.
 from cskd_tf.models import (  # noqa: E402,F401
     cskd_preact_resnet, densenet, preact_resnet, resnet, resnext)
-from cskd_tf.models.cskd_model import CSKDModel, Normalize, evaluation_only  # noqa: E402
+from cskd_tf.models.cskd_model import CSKDModel, Normalize  # noqa: E402
+from cskd_tf.models.compile_args import evaluation_only  # noqa: E402
 
 __all__ = [
     "CSKDModel",

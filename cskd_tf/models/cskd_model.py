@@ -70,6 +70,8 @@ from cskd_tf.errors import CSKDError, ModelError
 from cskd_tf.losses import METHODS, get
 from cskd_tf.losses.methods.base import weighted_mean
 from cskd_tf.models.classifier_view import classifier_view, returns_contract
+from cskd_tf.models.compile_args import (is_default_loss, logits_loss, single_weight,
+                                         split_metrics, default_loss)
 from cskd_tf.models.fit_checks import check_fit_data
 
 @keras.saving.register_keras_serializable(package="cskd_tf")
@@ -94,11 +96,6 @@ class Normalize(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mean": self.mean, "std": self.std}
-
-
-def default_loss():
-    """The supervised term when ``compile(loss=...)`` is not given."""
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 # Terms whose direction EarlyStopping may infer (losses: lower is better); the others
@@ -203,17 +200,17 @@ class CSKDModel(compat.PrebuiltSymbolicBuild, keras.Model):
                 weighted_metrics=None, **kwargs):
         """Keras' compile: ``loss`` (× ``loss_weights``) is the supervised term."""
         reason = self.method.replaces_cross_entropy
-        if reason and not _is_default_loss(loss):
+        if reason and not is_default_loss(loss):
             raise ModelError(f"method {self.method.name!r} computes its own supervised loss "
                              f"({reason}), so compile(loss={loss!r}) would be ignored; drop "
                              "loss= or use a method built on the compiled loss, such as 'cskd'")
         if reason and loss_weights is not None:
             raise ModelError(f"method {self.method.name!r} computes its own supervised loss "
                              f"({reason}); drop compile(loss_weights=...)")
-        self.supervised_loss = _logits_loss(loss)
-        self.supervised_weight = _single_weight(loss_weights)
-        own, plain = _split_metrics(metrics)
-        weighted_own, weighted_plain = _split_metrics(weighted_metrics)
+        self.supervised_loss = logits_loss(loss)
+        self.supervised_weight = single_weight(loss_weights)
+        own, plain = split_metrics(metrics)
+        weighted_own, weighted_plain = split_metrics(weighted_metrics)
         # loss=None to Keras: the method combines the supervised term with its own terms in
         # compute_loss, as keras.distillation.Distiller does with its student loss.
         super().compile(optimizer=optimizer, metrics=plain, weighted_metrics=weighted_plain,
@@ -400,76 +397,3 @@ def _normalized_weights(sample_weight):
     if replica is not None and replica.num_replicas_in_sync > 1:
         mean = replica.all_reduce(tf.distribute.ReduceOp.MEAN, mean)
     return tf.math.divide_no_nan(weights, mean)
-
-
-def _is_default_loss(loss):
-    if loss is None:
-        return True
-    if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
-        config = loss.get_config()
-        return config.get("from_logits") and config.get("ignore_class") is None
-    return False
-
-
-def _logits_loss(loss):
-    """A per-example function (labels, logits) -> (batch,) from a compile ``loss``."""
-    if loss is None:
-        loss = default_loss()
-    if isinstance(loss, (list, tuple, dict)):
-        raise ModelError("CSKDModel has one output (the logits); pass compile(loss=...) a "
-                         "single loss, not a list or dict")
-    if isinstance(loss, str):
-        loss = keras.losses.get(loss)
-        if getattr(loss, "__name__", "").endswith("categorical_crossentropy"):
-            raise ModelError(f"compile(loss={loss.__name__!r}) reads the outputs as "
-                             "probabilities, but CSKDModel outputs logits; pass "
-                             "keras.losses.SparseCategoricalCrossentropy(from_logits=True) "
-                             "(the default)")
-    if isinstance(loss, keras.losses.Loss):
-        if loss.get_config().get("from_logits") is False:
-            raise ModelError(f"compile(loss={type(loss).__name__}(from_logits=False)) reads the "
-                             "outputs as probabilities, but CSKDModel outputs logits; pass "
-                             "from_logits=True")
-        return loss.call  # per example: the weighting and mean are the model's
-    if not callable(loss):
-        raise ModelError(f"compile(loss={loss!r}) is not a loss; pass a keras.losses.Loss or a "
-                         "function (labels, logits) -> per-example losses")
-    return loss
-
-
-def _single_weight(loss_weights):
-    if loss_weights is None:
-        return 1.0
-    if isinstance(loss_weights, dict):
-        loss_weights = list(loss_weights.values())
-    if isinstance(loss_weights, (list, tuple)):
-        if len(loss_weights) != 1:
-            raise ModelError(f"CSKDModel has one output; pass one loss weight, got "
-                             f"{len(loss_weights)}")
-        loss_weights = loss_weights[0]
-    return float(loss_weights)
-
-
-def evaluation_only(metric):
-    """Marks a compiled metric as updated in evaluation only (fit's validation pass,
-    ``evaluate``): it is then neither computed nor logged while training. Returns it."""
-    metric.evaluation_only = True
-    return metric
-
-
-def _is_own(metric):
-    """Whether CSKDModel updates ``metric`` itself (features or evaluation only)."""
-    return bool(getattr(metric, "takes_features", False)
-                or getattr(metric, "evaluation_only", False))
-
-
-def _split_metrics(metrics):
-    """(the model's own metrics, the rest or None) of a compile metrics argument."""
-    if metrics is None:
-        return [], None
-    if not isinstance(metrics, (list, tuple)):
-        raise ModelError(f"CSKDModel.compile takes metrics as a list (one output), got "
-                         f"{type(metrics).__name__}")
-    own = [m for m in metrics if _is_own(m)]
-    rest = [m for m in metrics if not _is_own(m)]
-    return own, (rest or None)

@@ -26,7 +26,8 @@ from cskd_tf import losses, models
 from cskd_tf.errors import ConfigError
 from cskd_tf.evaluation.streaming import (ExpectedCalibrationError, NegativeLogLikelihood,
                                           RecallAtK)
-from cskd_tf.models.cskd_model import CSKDModel, evaluation_only
+from cskd_tf.models.compile_args import evaluation_only
+from cskd_tf.models.cskd_model import CSKDModel
 from cskd_tf.training import callbacks as cb
 from cskd_tf.training import distribute
 from cskd_tf.training.schedules import EpochSchedule
