@@ -139,8 +139,11 @@ class CSKDModel(compat.PrebuiltSymbolicBuild, keras.Model):
         self.normalize = Normalize(mean, std, name="normalize")
         self.weight_decay = float(weight_decay)
         self._build_method()
-        # The method's own state (λ), tracked here so checkpoints and .keras files hold it.
-        self.method_variables = list(method.variables)
+        # The method's state (its λ variable), tracked by the model so checkpoints and
+        # .keras files hold it, under the variable's name: `lambda_cls`, the name runs
+        # written before methods owned λ used, so their checkpoints restore into it.
+        for variable in method.variables:
+            setattr(self, variable.name, variable)
         trackers = []
         for term in method.terms:
             tracker = keras.metrics.Mean(name=term)
