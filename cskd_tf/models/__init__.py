@@ -29,9 +29,11 @@ from cskd_tf.models.registry import (
 from cskd_tf.models import (  # noqa: E402,F401
     cskd_preact_resnet, densenet, preact_resnet, resnet, resnext)
 from cskd_tf.models.cskd_model import CSKDModel, Normalize  # noqa: E402
+from cskd_tf.models.compile_args import evaluation_only  # noqa: E402
 
 __all__ = [
     "CSKDModel",
+    "evaluation_only",
     "CosineClassifier",
     "Normalize",
     "HEADS",
