@@ -109,10 +109,17 @@ class CSKDModel(keras.Model):
       weight_decay: coupled L2 coefficient (the paper's 1e-4).
       feature_layer: name of the layer whose output is the feature vector; default: the
         input of the last Dense layer. Ignored for backbones returning the dict.
+      class_names: the label of each class, index = class (what ``model.export`` serves);
+        default: "0", "1", ...
+      pixel_max: the input value of a full-intensity pixel, 1.0 (images in [0, 1], as
+        cskd-train feeds them) or 255.0 (0..255, as Keras' image loaders and
+        ``pairs_from_dataset`` of them yield); ``model.export`` maps served uint8 pixels to
+        it. Default None: ``export`` asks for it.
     """
 
     def __init__(self, backbone, method: Method | None = None, mean=None, std=None,
-                 lambda_cls=1.0, weight_decay=0.0, feature_layer=None, **kwargs):
+                 lambda_cls=1.0, weight_decay=0.0, feature_layer=None, class_names=None,
+                 pixel_max=None, **kwargs):
         # Set before Keras' __init__ (which may read `metrics`), without Keras tracking.
         object.__setattr__(self, "_feature_metrics", [])
         object.__setattr__(self, "_user_metrics", {})
@@ -140,6 +147,9 @@ class CSKDModel(keras.Model):
         self.term_trackers = [keras.metrics.Mean(name=t) for t in method.terms if t != "loss"]
         self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.top5_metric = keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy")
+        # Serving facts (see export); tuples, so Keras does not track them as layers' lists.
+        self.class_names = None if class_names is None else tuple(str(c) for c in class_names)
+        self.pixel_max = None if pixel_max is None else float(pixel_max)
         self._build_method()
         self.built = True  # every variable exists now; nothing is built lazily
 
@@ -344,6 +354,24 @@ class CSKDModel(keras.Model):
         self._track_loss(loss, {"ce": ce}, tf.shape(labels)[0])
         return self.compute_metrics(images[0], labels, outputs, sample_weight)
 
+    # ------------------------------------------------------------------ serving
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """Keras' export; a SavedModel by default gets cskd-export's three signatures.
+
+        ``model.export(path[, top_k=5, class_names=..., pixel_max=...])`` writes
+        ``serving_default``, ``predict_bytes`` and ``embed`` (uint8 images or encoded files
+        in, probabilities, logits, top-k and class names out; see cskd_tf/signatures.py)
+        from what the model carries: input size, normalisation, class names, pixel range.
+        Another ``format`` or an ``input_signature`` takes Keras' own path.
+        """
+        if format != "tf_saved_model" or input_signature is not None:
+            return super().export(filepath, format=format, verbose=verbose,
+                                  input_signature=input_signature, **kwargs)
+        from cskd_tf.signatures import export_model
+
+        return export_model(self, filepath, verbose=verbose, **kwargs)
+
     # ------------------------------------------------------------ serialization
     def get_config(self):
         return {
@@ -356,6 +384,8 @@ class CSKDModel(keras.Model):
             "lambda_cls": float(keras.ops.convert_to_numpy(self.lambda_cls)),
             "weight_decay": self.weight_decay,
             "feature_layer": self.feature_layer,
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "pixel_max": self.pixel_max,
         }
 
     @classmethod

@@ -45,14 +45,19 @@ def steps_per_epoch(config, info) -> int:
     return int(steps)
 
 
-def build_model(config, num_classes, image_shape, mean, std, method=None):
-    """The CSKDModel for a config, built (weights created) but not compiled."""
+def build_model(config, num_classes, image_shape, mean, std, method=None, class_names=None):
+    """The CSKDModel for a config, built (weights created) but not compiled.
+
+    It takes images in [0, 1] (``pixel_max=1``, what the data pipeline yields) and carries
+    ``class_names``, so its ``model.keras`` exports and evaluates on its own.
+    """
     method = method or losses.get_method(config.method, config)
     backbone = models.build(config.model, num_classes=num_classes, input_shape=tuple(image_shape),
                             width=int(config.model_width), head=method.head, init=config.init)
     model = CSKDModel(backbone, method=method, mean=mean, std=std,
                       lambda_cls=float(config.lambda_cls),
-                      weight_decay=float(config.weight_decay))
+                      weight_decay=float(config.weight_decay), class_names=class_names,
+                      pixel_max=1.0)
     model(tf.zeros((1, *image_shape), tf.float32))
     return model
 
@@ -81,7 +86,8 @@ def build_for_fit(config, info, steps, jit_compile, method=None):
     :func:`cskd_tf.runtime.resolve_jit_compile` with the run's placement).
     """
     method = method or losses.get_method(config.method, config)
-    model = build_model(config, info.num_classes, info.image_shape, info.mean, info.std, method)
+    model = build_model(config, info.num_classes, info.image_shape, info.mean, info.std, method,
+                        class_names=info.class_names)
     if config.sync_batch_norm and not distribute.sync_batch_norm(model):
         raise ConfigError(f"config.sync_batch_norm=True but model {config.model!r} has no "
                           "BatchNormalization layer; drop --config.sync_batch_norm")
