@@ -125,8 +125,11 @@ def save_keras_model(model, workdir: Workdir):
 
 
 # ---------------------------------------------------------------------------------------
-def evaluate_splits(model, config, info, splits, jit_compile=False):
+def evaluate_splits(model, config, info, splits, jit_compile=False, pixel_max=1.0):
     """metrics.json: {split: the paper's metrics} for each split of ``config.eval_splits``.
+
+    ``pixel_max``: the model's input value of a full pixel (255.0 for a model trained on
+    0..255 images from Python; the pipeline yields [0, 1]).
 
     Where the run has a val split, temperature scaling (cskd_tf.evaluation.calibration) is
     fitted on val only and adds ``ece_ts``, ``nll_ts`` and ``temperature_ts`` to every
@@ -142,8 +145,11 @@ def evaluate_splits(model, config, info, splits, jit_compile=False):
         needed.append(FIT_SPLIT)
     results, arrays = {}, {}
     for name in needed:
+        dataset = data_lib.eval_dataset(config, info, splits[name])
+        if float(pixel_max) != 1.0:
+            dataset = dataset.map(lambda x, y: (x * float(pixel_max), y))
         logits, features, labels = logits_and_features(
-            model, data_lib.eval_dataset(config, info, splits[name]), jit_compile,
+            model, dataset, jit_compile,
             verbose=int(config.verbose > 0), label=f"evaluating {name}")
         arrays[name] = (logits, labels)
         if name in reported:
