@@ -166,15 +166,17 @@ def _memory_fetch(split: PreparedSplit):
 
 
 def train_dataset(config, info: DatasetInfo, split, views=("anchor", "partner"), start_epoch=0,
-                  num_shards=1, shard_index=0, batch_size=None):
+                  num_shards=1, shard_index=0, batch_size=None, drop_remainder=None):
     """The training pair stream over epochs ``start_epoch .. config.num_epochs - 1``.
 
     Elements are ``(x, y)`` when ``views == ("anchor",)``, else ``((img per view...), y)``;
     views are names from ("anchor", "partner", "view2"), view2 being a second independent
     augmentation of the anchor. Images are float32 (S, S, C) in [0, 1]; y is int32.
     ``batch_size`` defaults to ``config.batch_size`` (pass the per-worker size when
-    sharding). Returns (dataset, steps_per_epoch); ``config.steps_per_epoch > 0`` sets the
-    number of batches per epoch. ``config.pair_mode`` picks the exact in-memory sampler or
+    sharding). Returns (dataset, steps_per_epoch): ``ceil(N / batch_size)`` batches, the
+    last one short, so every training example is an anchor exactly once per epoch, unless
+    ``drop_remainder`` (full batches only; None = only when sharded, which needs it) or
+    ``config.steps_per_epoch > 0`` (that many full batches per epoch). ``config.pair_mode`` picks the exact in-memory sampler or
     the streaming one (see cskd_tf.data.pairs).
     """
     split = _split(config, split)
@@ -184,7 +186,9 @@ def train_dataset(config, info: DatasetInfo, split, views=("anchor", "partner"),
     common = dict(views=views, augment=aug, seed=int(config.seed), start_epoch=int(start_epoch),
                   num_epochs=int(config.num_epochs), batch_size=int(batch_size or config.batch_size),
                   num_shards=int(num_shards), shard_index=int(shard_index),
-                  steps_per_epoch=int(config.steps_per_epoch))
+                  steps_per_epoch=int(config.steps_per_epoch),
+                  drop_remainder=(int(num_shards) > 1 if drop_remainder is None
+                                  else bool(drop_remainder)))
     if config.pair_mode == "stream":
         return pairs.stream_pairs(split, shuffle_buffer=int(config.shuffle_buffer), **common)
     return pairs.memory_pairs(_memory_fetch(split), split.counts, **common)

@@ -4,8 +4,8 @@ Both train the same way, so both call these in this order:
 
 1. :func:`check_names`: the model and method names, as one-line errors before any data is
    read or anything is written.
-2. :func:`steps_per_epoch`: ``config.steps_per_epoch`` or one pass over the training split;
-   ConfigError when the batch is larger than the split.
+2. :func:`steps_per_epoch`: ``config.steps_per_epoch`` or one pass over the training split
+   (its last batch short); ConfigError when dropping the remainder leaves no batch.
 3. :func:`build_for_fit`: the CSKDModel (:func:`build_model`), synchronized batch norm when
    ``config.sync_batch_norm``, the method's training state (e.g. a KD teacher) and the
    compiled optimizer (:func:`compile_model`), inside the strategy's scope.
@@ -36,9 +36,13 @@ def check_names(config):
     return losses.get_method(config.method, config)
 
 
-def steps_per_epoch(config, info) -> int:
-    """Optimizer steps per epoch: ``config.steps_per_epoch`` or ⌊train examples / batch⌋."""
-    steps = config.steps_per_epoch or info.splits["train"] // config.batch_size
+def steps_per_epoch(config, info, drop_remainder=False) -> int:
+    """Optimizer steps per epoch: ``config.steps_per_epoch``, else ⌈train examples / batch⌉
+    (the last batch short: every example an anchor once per epoch, as the reference's
+    DataLoader), or ⌊train examples / batch⌋ with ``drop_remainder`` (multi-replica
+    training, see training/distribute.py)."""
+    count, batch = int(info.splits["train"]), int(config.batch_size)
+    steps = config.steps_per_epoch or (count // batch if drop_remainder else -(-count // batch))
     if steps < 1:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
                           f"split ({info.splits['train']} examples); lower --config.batch_size")

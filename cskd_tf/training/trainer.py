@@ -59,7 +59,9 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
 
     # Model, method state, optimizer and metrics belong to the strategy (a no-op scope on
     # the single-device path).
-    steps_per_epoch = fit_setup.steps_per_epoch(config, info)
+    # Under a strategy only full batches (training/distribute.py); else the last is short.
+    steps_per_epoch = fit_setup.steps_per_epoch(config, info,
+                                                drop_remainder=placement.distributed)
     with placement.scope():
         model = fit_setup.build_for_fit(config, info, steps_per_epoch,
                                         runtime.resolve_jit_compile(jit_compile, placement),
