@@ -55,6 +55,20 @@ TrainFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 EvalFn = Callable[[tf.Tensor], tf.Tensor]
 
 
+# What each recipe does, in the words cskd-train prints (one line with the image size).
+DESCRIPTIONS = {
+    "none": "none (resize only)",
+    "cifar": "zero-pad 4 px, random crop, horizontal flip",
+    "lowshot_cifar": "zero-pad 4 px, random crop, horizontal flip",
+    "tinyimagenet": "random-resized-crop (area 8-100 %), horizontal flip",
+    "finegrained": "random-resized-crop (area 8-100 %), horizontal flip; eval: resize the "
+                   "shorter side to S*256/224, centre crop",
+    "digits": "zero-pad 1 px, random crop, no flip",
+}
+# Pad-and-crop recipes made for small native images (8 to 64 px).
+SMALL_IMAGE_AUGMENTS = ("cifar", "lowshot_cifar", "digits")
+
+
 def check_name(name: str) -> str:
     if name not in AUGMENTS:
         raise ConfigError(f"config.augment={name!r} is not one of auto, {', '.join(AUGMENTS)}; "

@@ -142,6 +142,34 @@ def prepare(config):
     return info, splits
 
 
+def describe_images(info: DatasetInfo) -> str:
+    """The line cskd-train prints: model input size and the augmentation, by name."""
+    size, _, channels = info.image_shape
+    native = ""
+    if info.native_shape:
+        h, w = info.native_shape[:2]
+        native = (f" (source images {h}x{w}" + (", resized" if (h, w) != (size, size) else "")
+                  + ")")
+    described = augment_lib.DESCRIPTIONS.get(info.augment, info.augment)
+    return f"{size}x{size}x{channels}{native}, augmentation {info.augment}: {described}"
+
+
+def mismatch_warning(config, info: DatasetInfo) -> str | None:
+    """One line when the config's image recipe was made for other images, else None.
+
+    A pad-and-crop augmentation of small images (digits, cifar) at a large input size is
+    what a config written for another dataset gives an image folder (224 px, the folder
+    source's default, with digits' 1-px padding): slow, and not the augmentation meant.
+    """
+    size = int(info.image_shape[0])
+    if info.augment in augment_lib.SMALL_IMAGE_AUGMENTS and size > 64:
+        return (f"config.augment={info.augment!r} pads and crops small images, but the model "
+                f"input is {size} px ({config.dataset}); this config was made for another "
+                "dataset: start from configs/imagefolder.py for your own folder, or set "
+                "--config.image_size and --config.augment")
+    return None
+
+
 def _split(config, split):
     if isinstance(split, str):
         return prepare(config)[1][split]

@@ -54,6 +54,11 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
         print(f"Precision: {runtime.describe_precision(config.mixed_precision)}")
         print(f"Distribution: {placement.describe()}")
     info, splits = data_lib.prepare(config)
+    if config.verbose:
+        print(f"Images: {data_lib.describe_images(info)}")
+    warning = data_lib.mismatch_warning(config, info)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     # Refused before the (possibly slow) model build; output_workdir checks again.
     workdir.refuse_if_finished(overwrite)
 
