@@ -109,12 +109,9 @@ class CSKDModel(keras.Model):
       weight_decay: coupled L2 coefficient (the paper's 1e-4).
       feature_layer: name of the layer whose output is the feature vector; default: the
         input of the last Dense layer. Ignored for backbones returning the dict.
-      class_names: the label of each class, index = class (what ``model.export`` serves);
-        default: "0", "1", ...
-      pixel_max: the input value of a full-intensity pixel, 1.0 (images in [0, 1], as
-        cskd-train feeds them) or 255.0 (0..255, as Keras' image loaders and
-        ``pairs_from_dataset`` of them yield); ``model.export`` maps served uint8 pixels to
-        it. Default None: ``export`` asks for it.
+      class_names: the label of each class (what ``export`` serves); default "0", "1", ...
+      pixel_max: the input value of a full pixel: 1.0 ([0, 1], cskd-train) or 255.0 (Keras'
+        image loaders; ``pairs.pixel_max``); ``export`` scales served uint8 to it.
     """
 
     def __init__(self, backbone, method: Method | None = None, mean=None, std=None,
@@ -357,14 +354,9 @@ class CSKDModel(keras.Model):
     # ------------------------------------------------------------------ serving
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
                **kwargs):
-        """Keras' export; a SavedModel by default gets cskd-export's three signatures.
-
-        ``model.export(path[, top_k=5, class_names=..., pixel_max=...])`` writes
-        ``serving_default``, ``predict_bytes`` and ``embed`` (uint8 images or encoded files
-        in, probabilities, logits, top-k and class names out; see cskd_tf/signatures.py)
-        from what the model carries: input size, normalisation, class names, pixel range.
-        Another ``format`` or an ``input_signature`` takes Keras' own path.
-        """
+        """``export(path[, top_k, class_names, pixel_max])``: cskd-export's three signatures
+        (cskd_tf/signatures.py) from what the model carries; another ``format`` or an
+        ``input_signature`` takes Keras' own export."""
         if format != "tf_saved_model" or input_signature is not None:
             return super().export(filepath, format=format, verbose=verbose,
                                   input_signature=input_signature, **kwargs)
