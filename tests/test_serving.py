@@ -725,6 +725,7 @@ def test_model_export_asks_for_the_pixel_range(python_model, tmp_path):
         python_model["names"])
 
 
+@pytest.mark.cli
 def test_cli_export_predict_eval_a_standalone_keras_file(python_model, tmp_path):
     keras_file, images = python_model["keras_file"], python_model["images"]
     proc = _cli("export", f"--workdir={keras_file}", "--model_name=mine",

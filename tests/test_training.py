@@ -404,6 +404,7 @@ def test_config_file_with_an_unknown_field_is_refused(tmp_path):
     assert "unknown config field 'lamda_cls'; did you mean 'lambda_cls'?" in line
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("override, expected", [
     ("--config.lamda_cls=3", "error: unknown config field 'lamda_cls'; did you mean "
                              "'lambda_cls'?"),
