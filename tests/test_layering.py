@@ -31,8 +31,10 @@ LAYERS = [
     {"", "errors", "compat"},
     # The config schema, and process-wide helpers that need nothing but errors:
     # runtime (seeds, precision, gpu_present), progress (console progress lines), layers
-    # (the convolution blocks backbones and BYOT's branches share).
-    {"config", "runtime", "progress", "layers"},
+    # (the convolution blocks backbones and BYOT's branches share),
+    # images (the eval transform data and serving share), signatures (the serving
+    # contract that CSKDModel.export and cskd-export both write).
+    {"config", "runtime", "progress", "layers", "images", "signatures"},
     # The three libraries a run is made of, and the paper's recipes (configs from config).
     {"data", "models", "losses", "recipes"},
     # Measuring: metrics, numpy inference, reports, plots.
@@ -48,6 +50,7 @@ LAYERS = [
 # Imports allowed between different parts of one layer (importer, imported).
 PEER_EDGES = {
     ("models", "losses"),  # CSKDModel's train step runs a losses.Method
+    ("signatures", "images"),  # the serving graph runs evaluation's transform
 }
 
 # TEMPORARY known exceptions: (importing file relative to cskd_tf/, imported module).
