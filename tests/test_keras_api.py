@@ -238,10 +238,11 @@ def test_labels_outside_0_to_c_and_single_classes_are_named(tmp_path):
 
     with pytest.raises(DataError) as e:
         pairs([10, 11, 12, 13] * 2)
-    one_line(e, "labels seen are 10, 11, 12, 13", "classes 0, 1, 2", "0..C-1")
+    one_line(e, "labels seen are 10, 11, 12, 13", "class(es) 0, 1, 2", "0..C-1",
+             "remap the labels to 0..3")
     with pytest.raises(DataError) as e:
         pairs([0] * 8)
-    one_line(e, "single class", "at least 2")
+    one_line(e, "one class", "at least two classes")
 
 
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
