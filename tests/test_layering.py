@@ -31,8 +31,9 @@ LAYERS = [
     {"", "errors", "compat"},
     # The config schema, and process-wide helpers that need nothing but errors:
     # runtime (seeds, precision, gpu_present), progress (console progress lines), layers
-    # (the convolution blocks backbones and BYOT's branches share).
-    {"config", "runtime", "progress", "layers"},
+    # (the convolution blocks backbones and BYOT's branches share), registry (the Registry
+    # class and the method/backbone/source registries, readable before their packages load).
+    {"config", "runtime", "progress", "layers", "registry"},
     # The three libraries a run is made of, and the paper's recipes (configs from config).
     {"data", "models", "losses", "recipes"},
     # Measuring: metrics, numpy inference, reports, plots.
@@ -47,6 +48,7 @@ LAYERS = [
 
 # Imports allowed between different parts of one layer (importer, imported).
 PEER_EDGES = {
+    ("config", "registry"),  # each method declares its config group (default_config)
     ("models", "losses"),  # CSKDModel's train step runs a losses.Method
 }
 
