@@ -15,6 +15,7 @@ import sys
 import ml_collections
 
 from cskd_tf.errors import ConfigError
+from cskd_tf.registry import METHODS
 
 # Values of config fields that choose from a fixed set.
 CHOICES = {
@@ -60,8 +61,8 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     # What to train.
-    c.method = "cskd"  # a name in cskd_tf.losses.METHODS
-    c.model = "preact_resnet18"  # a name in cskd_tf.models registry
+    c.method = "cskd"  # a name in cskd_tf.registry.METHODS (cskd_tf/losses/methods/)
+    c.model = "preact_resnet18"  # a name in cskd_tf.registry.MODELS (cskd_tf/models/)
     c.model_width = 0  # base width of the backbone; 0 = the architecture's own
     c.init = "he_normal"  # initial weights: he_normal | torch (PyTorch defaults, as the paper's code)
     c.lambda_cls = 1.0  # λ, weight of the class-wise KL term (3.0 for fine-grained)
@@ -86,11 +87,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.cskd_e = group(lambda_sample=1.0)  # weight of the sample-wise term
 
     # Data.
-    c.dataset = "digits"  # digits | tinyimagenet | imagefolder | mit67 | fashion_mnist | tfds:<name>
+    c.dataset = "digits"  # a name in cskd_tf.registry.SOURCES (cskd_tf/data/sources/)
     c.data_dir = ""
     c.cache_dir = ""  # per-class TFRecord shard cache; "" = $CSKD_CACHE_DIR or ~/.cache/cskd_tf
     c.image_size = 0  # model input size in px; 0 = the dataset's default
-    c.augment = "auto"  # auto | none | cifar | tinyimagenet | finegrained | digits
+    c.augment = "auto"  # auto (the dataset's) | a name in cskd_tf.data.augment.AUGMENTS
     c.val_fraction = 0.1  # held out of train when the source has no validation split
     # tune: val (the source's, else held out of train) for model selection and the tuner;
     # paper: the official train split, no val, per-epoch test metrics (cskd_tf/data/pipeline.py).
@@ -145,13 +146,17 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks field names and values; raises ConfigError with a one-line fix.
+    """Checks field names and values; raises ConfigError with a one-line fix (ModelError
+    for an unknown ``config.method``: the method registry's own error).
 
     Deprecated flat method fields are moved to their groups first (one warning line each).
     """
     upgrade_deprecated_fields(config)
     reference = default_config()
     _check_keys(config, reference, prefix="")
+    # The registered and declared methods: known before the method modules (and TensorFlow)
+    # are imported, so the CLI rejects a misspelt --config.method at once.
+    METHODS.check(config.method, declared=True)
     for field, allowed in CHOICES.items():
         value = config.get(field)
         if value not in allowed:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import importlib.util
 import os
 import pkgutil
 import sys
@@ -37,9 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from cskd_tf.errors import ConfigError, ModelError
-
-_ROOT = os.path.dirname(os.path.abspath(__file__))  # the cskd_tf package directory
-
 
 @dataclass(frozen=True)
 class Entry:
@@ -213,7 +211,11 @@ class Registry:
         package = sys.modules.get(self.package)
         if package is not None:
             return list(package.__path__)
-        return [os.path.join(_ROOT, *self.package.split(".")[1:])]
+        top, *rest = self.package.split(".")
+        # find_spec of a top-level name locates it without running any __init__.
+        spec = importlib.util.find_spec(top)
+        roots = (spec.submodule_search_locations or []) if spec else []
+        return [os.path.join(root, *rest) for root in roots]
 
     def declared(self) -> dict[str, Entry]:
         """name -> Entry (``obj`` None) for every literal decorator call in the package's
