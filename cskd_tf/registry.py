@@ -31,6 +31,7 @@ import ast
 import difflib
 import importlib
 import importlib.util
+import inspect
 import os
 import pkgutil
 import sys
@@ -93,8 +94,11 @@ class Registry:
     def register(self, name, *, display_name=None, defaults=None, **meta):
         """Decorator registering a class or function under ``name``; returns it unchanged.
 
-        Keywords other than ``display_name`` and ``defaults`` are kept in ``entry.meta``.
-        Keep them literals so that :meth:`declared` can read them without an import.
+        ``defaults`` is a mapping, or a tuple of keyword names of the registered function
+        (of a class's ``__init__``): their default values in the signature become the
+        entry's defaults, so they are written once, where the constructor is. Keywords
+        other than ``display_name`` and ``defaults`` are kept in ``entry.meta``. Keep all
+        of them literals so that :meth:`declared` can read them without an import.
         """
         def decorator(obj):
             self.add(name, obj, display_name=display_name, defaults=defaults, meta=meta)
@@ -113,10 +117,23 @@ class Registry:
             raise self.error(f"{self.kind} name {name!r} is already registered by "
                              f"{qualified_name(old.obj)}; register {qualified_name(obj)} "
                              "under another name")
+        if isinstance(defaults, (tuple, list)):
+            defaults = self._keyword_defaults(name, obj, defaults)
         entry = Entry(name, obj, display_name or name, dict(defaults or {}), meta,
                       getattr(obj, "__module__", ""))
         self._entries[name] = entry
         return entry
+
+    def _keyword_defaults(self, name, obj, keywords):
+        function = obj.__init__ if isinstance(obj, type) else obj
+        parameters = inspect.signature(function).parameters
+        missing = [k for k in keywords
+                   if k not in parameters or parameters[k].default is inspect.Parameter.empty]
+        if missing:
+            raise self.error(f"{self.kind} {name!r} declares defaults {', '.join(missing)} that "
+                             f"{qualified_name(obj)} has no keyword default for; give them one "
+                             "in its signature")
+        return {k: parameters[k].default for k in keywords}
 
     def remove(self, name):
         """Forgets ``name`` (for tests that register a throwaway entry)."""
@@ -270,10 +287,28 @@ def _parse_declarations(path, module, decorators):
             keywords = {k: v for k, v in keywords.items() if v is not _NOT_LITERAL}
             display_name = keywords.pop("display_name", None) or name
             defaults = keywords.pop("defaults", None) or {}
+            if isinstance(defaults, (tuple, list)):
+                signature = _signature_defaults(node)
+                defaults = {k: signature[k] for k in defaults if k in signature}
             yield Entry(name, None, display_name, dict(defaults), keywords, module)
 
 
 _NOT_LITERAL = object()
+
+
+def _signature_defaults(node):
+    """Literal keyword defaults of a function node, or of a class node's ``__init__``."""
+    if isinstance(node, ast.ClassDef):
+        node = next((n for n in node.body
+                     if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+        if node is None:
+            return {}
+    args = node.args
+    positional = args.posonlyargs + args.args
+    pairs = list(zip(positional[len(positional) - len(args.defaults):], args.defaults))
+    pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+    found = {a.arg: _literal(d) for a, d in pairs}
+    return {k: v for k, v in found.items() if v is not _NOT_LITERAL}
 
 
 def _literal(node):

@@ -24,6 +24,12 @@ class Alpha:
 @THINGS.register("fam:")
 def family(member):
     return member
+
+
+@THINGS.register("epsilon", defaults=("size", "mode"))
+class Epsilon:
+    def __init__(self, size=2, flag=True, *, mode="fast"):
+        pass
 '''
 COMPUTED = '''
 from regpkg_owner import THINGS
@@ -62,12 +68,14 @@ def package(tmp_path, monkeypatch):
 def test_declared_entries_are_read_without_importing(package):
     declared = package.declared()
     assert "regpkg" not in sys.modules  # its __init__ would raise
-    assert sorted(declared) == ["alpha", "delta", "fam:"]
+    assert sorted(declared) == ["alpha", "delta", "epsilon", "fam:"]
+    assert declared["epsilon"].defaults == {"size": 2, "mode": "fast"}  # from the signature
     alpha = declared["alpha"]
     assert alpha.obj is None and alpha.module == "regpkg.plain"
     assert (alpha.display_name, alpha.defaults, alpha.meta) == ("Alpha", {"size": 3}, {"rank": 1})
     assert declared["delta"].defaults == {}  # what could not be read is left out
-    assert package.names() == [] and package.names(declared=True) == ["alpha", "delta", "fam:"]
+    assert package.names() == []
+    assert package.names(declared=True) == ["alpha", "delta", "epsilon", "fam:"]
     assert package.check("fam:x").name == "fam:"
     with pytest.raises(ModelError, match="unknown thing 'alpah'; did you mean 'alpha'"):
         package.check("alpah")
@@ -77,7 +85,8 @@ def test_discover_imports_each_module_once_and_registers(package, tmp_path, monk
     init = tmp_path / "regpkg" / "__init__.py"
     init.write_text("")
     package.discover()
-    assert package.names() == ["alpha", "delta", "fam:", "gamma"]
+    assert package.names() == ["alpha", "delta", "epsilon", "fam:", "gamma"]
+    assert package.get("epsilon").defaults == package.declared()["epsilon"].defaults
     assert package.get("alpha").obj.__name__ == "Alpha"
     assert package.get("alpha").meta == {"rank": 1} and package.get("gamma").display_name == "gamma"
     assert package.get("delta").defaults == {"size": 3}
@@ -119,6 +128,9 @@ def test_a_reload_is_harmless_a_clash_is_an_error(package):
         package.register(" one")(first)
     package.remove("one")
     assert "one" not in package
+    with pytest.raises(ModelError, match="'two' declares defaults size that .*<lambda> has no "
+                                         "keyword default"):
+        package.register("two", defaults=("size", "other"))(lambda size, other=1: None)
 
 
 def test_the_project_registries_are_typed_and_read_without_tensorflow():
