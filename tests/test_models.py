@@ -17,7 +17,6 @@ from keras import layers
 
 from cskd_tf import models
 from cskd_tf.errors import ModelError
-from cskd_tf.models import registry
 from cskd_tf.registry import MODELS
 
 SMALL_SHAPE = (32, 32, 3)
