@@ -134,7 +134,7 @@ def check_stages(model):
 
 
 def check_init(model):
-    convs = [l for l in model.layers if isinstance(l, (layers.Conv2D, layers.Dense))]
+    convs = [layer for layer in model.layers if isinstance(layer, (layers.Conv2D, layers.Dense))]
     assert convs
     for layer in convs:
         assert isinstance(layer.kernel_initializer, keras.initializers.HeNormal), layer.name
