@@ -1,10 +1,10 @@
 """The only place cskd_tf reaches into Keras' or Keras Tuner's private modules.
 
 Everything else uses public API. What is left here has no public route in the
-versions setup.py pins (keras 3.15, keras-tuner 1.4.x); tests/test_compat.py
+versions pyproject.toml pins (keras 3.15, keras-tuner 1.4.x); tests/test_compat.py
 checks each private symbol this module uses, and fails naming this file when an
 upgrade moves one. When that happens, update the function here (or delete it,
-if the library grew a public way) and the pins in setup.py.
+if the library grew a public way) and the pins in pyproject.toml.
 
 * :func:`reduces_step_outputs_across_workers`: Keras' own test of whether a train
   step's outputs are reduced across workers (``keras.src.backend.tensorflow.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import sys
 
 import ml_collections
 
@@ -28,28 +27,6 @@ CHOICES = {
     "distribution": ("auto", "one_device", "mirrored", "multi_worker", "tpu"),
     "protocol": ("paper", "tune"),
 }
-
-# Flat method fields of earlier releases -> their place in the method groups. For one release
-# a config file, a --config.OLD=VALUE flag or a JSON file may still use the old name: it is
-# moved to the new field with one warning line (see upgrade_deprecated_fields).
-DEPRECATED_FIELDS = {
-    "label_smoothing": "label_smoothing.epsilon",
-    "max_entropy_beta": "max_entropy.beta",
-    "mixup_alpha": "mixup.alpha",
-    "kd_temperature": "kd.temperature",
-    "kd_alpha": "kd.alpha",
-    "teacher_workdir": "kd.teacher_workdir",
-    "teacher_model": "kd.teacher_model",
-    "byot_temperature": "byot.temperature",
-    "byot_alpha": "byot.alpha",
-    "byot_beta": "byot.beta",
-    "ddgsd_mmd_weight": "ddgsd.mmd_weight",
-    "ddgsd_temperature": "ddgsd.temperature",
-    "lambda_sample": "cskd_e.lambda_sample",
-}
-# Fields that were removed -> the only value they could hold (dropped if they still hold it).
-REMOVED_FIELDS = {"optimizer": "sgd"}
-
 
 def group(**fields) -> ml_collections.ConfigDict:
     """A nested group of config fields (``config.kd.temperature``, ...)."""
@@ -92,6 +69,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.cache_dir = ""  # per-class TFRecord shard cache; "" = $CSKD_CACHE_DIR or ~/.cache/cskd_tf
     c.image_size = 0  # model input size in px; 0 = the dataset's default
     c.augment = "auto"  # auto (the dataset's) | a name in cskd_tf.data.augment.AUGMENTS
+    # Per-channel mean/std (of [0, 1] pixels) the model normalises its input with; () = the
+    # source's published statistics, else the training split's. The CIFAR-100 recipe sets
+    # the reference code's constants (cskd_tf/recipes.py).
+    c.input_mean = ()
+    c.input_std = ()
     c.val_fraction = 0.1  # held out of train when the source has no validation split
     # tune: val (the source's, else held out of train) for model selection and the tuner;
     # paper: the official train split, no val, per-epoch test metrics (cskd_tf/data/pipeline.py).
@@ -110,7 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 256
     c.num_epochs = 200
     c.lr_schedule = "step"
-    c.lr_decay_epochs = (100, 150)
+    # First (0-based) epochs at lr/10 and lr/100: the reference code lowers the rate *after*
+    # epochs 100 and 150 of 200 (cskd_tf/recipes.py: reference_decay_epochs).
+    c.lr_decay_epochs = (101, 151)
     c.lr_decay_factor = 0.1
     c.warmup_epochs = 0
     c.steps_per_epoch = 0  # 0 = one pass over the training split
@@ -118,9 +102,8 @@ def default_config() -> ml_collections.ConfigDict:
     # Execution.
     c.seed = 0
     c.jit_compile = "auto"  # auto = on where a GPU is present
-    # Keras dtype policy. float32 stays the default: on the budgeted TinyImageNet protocol
-    # top-1 error was 0.4-1.4 points higher with mixed_bfloat16 for CE and CS-KD, not shown
-    # to hold over two seeds (benchmarks/README.md, section 3.4).
+    # Keras dtype policy. float32 is the default because mixed_bfloat16, though faster on
+    # CPU, did not keep the accuracy of float32 runs (benchmarks/README.md, section 3.4).
     # auto = mixed_bfloat16 on a CPU with bfloat16 hardware and no GPU, else float32
     # ($CSKD_PRECISION overrides auto); see cskd_tf/runtime.py. The policy a run used is
     # recorded in DIR/data.json ("runtime": {"precision": ...}).
@@ -147,11 +130,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks field names and values; raises ConfigError with a one-line fix (ModelError
-    for an unknown ``config.method``: the method registry's own error).
-
-    Deprecated flat method fields are moved to their groups first (one warning line each).
-    """
-    upgrade_deprecated_fields(config)
+    for an unknown ``config.method``: the method registry's own error)."""
     reference = default_config()
     _check_keys(config, reference, prefix="")
     # The registered and declared methods: known before the method modules (and TensorFlow)
@@ -200,80 +179,6 @@ def check_range(field, value, low=None, high=None, low_open=False, high_open=Fal
         raise ConfigError(f"config.{field} must be {allowed} (got {value!r}); "
                           f"set --config.{field} to a value {allowed}{hint}")
     return number
-
-
-def upgrade_deprecated_fields(config, warn=True):
-    """Moves deprecated flat fields (DEPRECATED_FIELDS) of ``config`` to their groups, in place.
-
-    ``config`` is a ConfigDict or a plain dict (a parsed config.json); returns it. With
-    ``warn`` each moved field prints one line to stderr naming its new place. Setting both
-    the old and the new name is a ConfigError (which one was meant is unknowable). A removed
-    field (REMOVED_FIELDS) still holding its only value is dropped.
-    """
-    defaults = default_config()
-    for old, new in DEPRECATED_FIELDS.items():
-        if old not in config or _is_group(config[old]):
-            continue
-        group_name, field = new.split(".")
-        value = config[old]
-        target = config.get(group_name)
-        if _is_group(target) and field in target and target[field] != defaults[group_name][field]:
-            raise ConfigError(f"config.{old} (deprecated) and config.{new} are both set; "
-                              f"keep only config.{new}")
-        if warn:
-            deprecation_warning(old, new)
-        _unlocked_delete(config, old)
-        if isinstance(config, ml_collections.ConfigDict):
-            if group_name not in config:
-                with config.unlocked():
-                    config[group_name] = defaults[group_name]
-            config[group_name][field] = value
-        else:
-            config.setdefault(group_name, {})[field] = value
-    for old, only_value in REMOVED_FIELDS.items():
-        if old in config:
-            if config[old] != only_value:
-                raise ConfigError(f"config.{old}={config[old]!r} is not supported (the field was "
-                                  f"removed: {only_value!r} is the only choice); delete it")
-            if warn:
-                print(f"warning: config.{old} is deprecated and ignored ({only_value!r} is the "
-                      "only choice); delete it", file=sys.stderr)
-            _unlocked_delete(config, old)
-    return config
-
-
-def upgrade_flag_args(argv, warn=True):
-    """``--config.OLD=VALUE`` (or ``--config.OLD VALUE``) flags renamed to the new fields.
-
-    Applied to the command line before absl parses it (cskd_tf/cli/common.py), because
-    ml_collections' config flags reject a field the config does not have.
-    """
-    upgraded = []
-    for arg in argv:
-        name, sep, value = arg.partition("=")
-        old = name[len("--config."):] if name.startswith("--config.") else None
-        if old in DEPRECATED_FIELDS:
-            if warn:
-                deprecation_warning(old, DEPRECATED_FIELDS[old])
-            arg = f"--config.{DEPRECATED_FIELDS[old]}{sep}{value}"
-        upgraded.append(arg)
-    return upgraded
-
-
-def deprecation_warning(old, new):
-    print(f"warning: config.{old} is deprecated; use config.{new}", file=sys.stderr)
-
-
-def _is_group(value):
-    return isinstance(value, (ml_collections.ConfigDict, dict))
-
-
-def _unlocked_delete(config, key):
-    if isinstance(config, ml_collections.ConfigDict):
-        with config.unlocked():
-            del config[key]
-    else:
-        del config[key]
 
 
 # config.search entries that are (min, max) ranges sampled log-uniformly, and the choice lists.
@@ -342,15 +247,16 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:
-    """The config a ``to_json`` text describes; a run written before the method groups
-    (flat ``kd_temperature``, ...) loads with its values moved to the groups, silently.
+    """The config a ``to_json`` text describes.
 
     A text without ``mixed_precision`` predates the field, when float32 was the only
-    precision: it reads as ``""`` (float32), whatever today's default is.
+    precision: it reads as ``""`` (float32), whatever today's default is. ValueError for
+    a text that is not a JSON object; ConfigDict's TypeError for a value of the wrong type.
     """
-    fields = upgrade_deprecated_fields(_tuples(json.loads(text)), warn=False)
-    if isinstance(fields, dict):
-        fields.setdefault("mixed_precision", "")
+    fields = _tuples(json.loads(text))
+    if not isinstance(fields, dict):
+        raise ValueError(f"a config is a JSON object of fields, not a {type(fields).__name__}")
+    fields.setdefault("mixed_precision", "")
     config = default_config()
     config.update(fields)
     return config

@@ -1,11 +1,19 @@
 """The paper's training recipes per dataset, from which configs/*.py are made.
 
 Yun et al. (CVPR 2020), Section 4.1: SGD with momentum 0.9, weight decay
-1e-4, initial learning rate 0.1 divided by 10 at epochs 100 and 150 of 200;
-batch 128 on CIFAR-100 / TinyImageNet (PreAct ResNet-18, 32 px) and 32 on
-the fine-grained sets (ImageNet-style ResNet-18, 224 px); T = 4, λ = 1 on the
-coarse datasets and λ = 3 on the fine-grained ones. ImageNet (Table 5):
-90 epochs, batch 256, lr ÷10 at epochs 30 and 60.
+1e-4, initial learning rate 0.1 divided by 10 twice over 200 epochs; batch 128 on
+CIFAR-100 / TinyImageNet (PreAct ResNet-18, 32 px) and 32 on the fine-grained sets
+(ImageNet-style ResNet-18, 224 px); T = 4, λ = 1 on the coarse datasets and λ = 3 on
+the fine-grained ones. ImageNet (Table 5): 90 epochs, batch 256, lr ÷10 at epochs 30
+and 60.
+
+Every number below names the line of the reference code (github.com/alinlab/cs-kd,
+commit b447f25) it comes from: ``train.py:NN`` (argparse defaults and the training loop),
+``datasets.py:NN`` (transforms and normalisation), ``README.md:NN`` (the command lines
+the authors give, which set what the defaults do not). The schedule: the reference lowers
+the rate *after* an epoch (train.py:216-231), so the first epochs at 0.01 and 0.001 are
+101 and 151 of 200 (:func:`reference_decay_epochs`; 101 epochs at 0.1, 50 at 0.01, 49
+at 0.001).
 
 The networks are the reference code's (github.com/alinlab/cs-kd): at 32 px its
 ``CIFAR_ResNet`` (``cskd_preact_resnet18`` / ``cskd_preact_resnet10``, layer for
@@ -21,23 +29,69 @@ Pass ``protocol="tune"`` (or --config.protocol=tune) to hold a val split out ins
 
 from __future__ import annotations
 
+import math
+
 from cskd_tf.config import default_config
 
-# dataset key -> the fields that differ from default_config().
+
+def reference_decay_epochs(num_epochs):
+    """``config.lr_decay_epochs`` (the first 0-based epoch at each lower rate) reproducing the
+    reference code's per-epoch lr over ``num_epochs`` = E epochs: (⌈E/2⌉ + 1, ⌈3E/4⌉ + 1).
+
+    Its ``adjust_learning_rate(epoch)`` sets base·0.1^([epoch ≥ E/2] + [epoch ≥ 3E/4])
+    (train.py:216-222) and is called after epoch ``epoch`` is trained and evaluated
+    (train.py:228-231), so the rate it sets is first used in epoch ``epoch + 1``; the first
+    epoch of the run trains at the base rate (train.py:72).
+    """
+    num_epochs = int(num_epochs)
+    return tuple(math.ceil(fraction * num_epochs) + 1 for fraction in (0.5, 0.75))
+
+
+# The reference's own CIFAR normalisation (datasets.py:224-225, 229), used for CIFAR-10 and
+# CIFAR-100 alike; TinyImageNet and the 224 px sets use ImageNet's (datasets.py:166, 204),
+# which their sources already give.
+REFERENCE_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+REFERENCE_CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+# Shared by every recipe (default_config() holds the same values; restated so each number
+# names its reference line): lr train.py:21, SGD momentum 0.9 train.py:72, weight decay
+# 1e-4 train.py:27, epochs 200 train.py:26 (README.md:13, 17), decay epochs (101, 151)
+# train.py:216-231, T = 4 train.py:34, the CS-KD loss with the pair batch sampler
+# train.py:33 (-cls) and datasets.py:248.
+_REFERENCE = dict(learning_rate=0.1, momentum=0.9, weight_decay=1e-4, num_epochs=200,
+                  lr_decay_epochs=reference_decay_epochs(200), temperature=4.0)
+
+# dataset key -> the recipe's fields (set over default_config()).
 PAPER_DATASETS = {
-    "cifar100": dict(dataset="tfds:cifar100", model="cskd_preact_resnet18", augment="cifar",
-                     image_size=32, batch_size=128, lambda_cls=1.0),
-    "tinyimagenet": dict(dataset="tinyimagenet", model="cskd_preact_resnet18", augment="tinyimagenet",
-                         image_size=32, batch_size=128, lambda_cls=1.0),
-    "cub200": dict(dataset="tfds:caltech_birds2011", model="resnet18", augment="finegrained",
-                   image_size=224, batch_size=32, lambda_cls=3.0),
-    "dogs": dict(dataset="tfds:stanford_dogs", model="resnet18", augment="finegrained",
-                 image_size=224, batch_size=32, lambda_cls=3.0),
-    "mit67": dict(dataset="mit67", model="resnet18", augment="finegrained",
+    # model CIFAR_ResNet18 train.py:23; batch 128 train.py:25; λ = 1 train.py:35 and
+    # README.md:13; augment "cifar" = RandomCrop(32, padding=4) + flip datasets.py:221-222,
+    # eval unchanged 32 px datasets.py:227-230; normalisation datasets.py:224-225, 229.
+    "cifar100": dict(_REFERENCE, dataset="tfds:cifar100", model="cskd_preact_resnet18",
+                     augment="cifar", image_size=32, batch_size=128, lambda_cls=1.0,
+                     input_mean=REFERENCE_CIFAR_MEAN, input_std=REFERENCE_CIFAR_STD),
+    # model CIFAR_ResNet18 train.py:23; batch 128 train.py:25; λ = 1 train.py:35; augment
+    # "tinyimagenet" = RandomResizedCrop(32) + flip datasets.py:163-164, eval Resize(32)
+    # datasets.py:169;
+    # ImageNet normalisation datasets.py:166, 171 (the tinyimagenet source's statistics).
+    "tinyimagenet": dict(_REFERENCE, dataset="tinyimagenet", model="cskd_preact_resnet18",
+                         augment="tinyimagenet", image_size=32, batch_size=128, lambda_cls=1.0),
+    # Fine-grained (CUB200, STANFORD120, MIT67 share datasets.py:199-210): model resnet18,
+    # batch 32 and λ = 3 README.md:17; augment "finegrained" = RandomResizedCrop(224) + flip
+    # datasets.py:201-202, eval Resize(256) + CenterCrop(224) datasets.py:207-208;
+    # ImageNet normalisation datasets.py:204, 210 (the sources' statistics).
+    "cub200": dict(_REFERENCE, dataset="tfds:caltech_birds2011", model="resnet18",
+                   augment="finegrained", image_size=224, batch_size=32, lambda_cls=3.0),
+    "dogs": dict(_REFERENCE, dataset="tfds:stanford_dogs", model="resnet18",
+                 augment="finegrained", image_size=224, batch_size=32, lambda_cls=3.0),
+    "mit67": dict(_REFERENCE, dataset="mit67", model="resnet18", augment="finegrained",
                   image_size=224, batch_size=32, lambda_cls=3.0),
-    "imagenet": dict(dataset="tfds:imagenet2012", model="resnet50", augment="finegrained",
-                     image_size=224, batch_size=256, lambda_cls=1.0, num_epochs=90,
-                     lr_decay_epochs=(30, 60), pair_mode="stream"),
+    # ImageNet: the transforms are the reference's (datasets.py:180-191, the same as the
+    # fine-grained ones), but the reference gives no ImageNet command: 90 epochs, batch 256,
+    # decay at epochs 30 and 60 and λ = 1 are the paper's ImageNet text (Table 5)
+    # (train.py's rule with --epoch 90 would decay after epochs 45 and 68 instead).
+    "imagenet": dict(_REFERENCE, dataset="tfds:imagenet2012", model="resnet50",
+                     augment="finegrained", image_size=224, batch_size=256, lambda_cls=1.0,
+                     num_epochs=90, lr_decay_epochs=(30, 60), pair_mode="stream"),
 }
 
 

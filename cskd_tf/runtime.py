@@ -34,9 +34,8 @@ def resolve_jit_compile(setting, placement=None) -> bool:
     """The ``jit_compile`` to give ``model.compile``.
 
     ``setting`` is ``config.jit_compile`` ("auto", "on", "off") or an already resolved
-    bool; ``auto`` turns XLA on only where a GPU is present (on the 2-core CPU machines
-    this project is developed on, XLA made a ResNet-18 train step slower than plain graph
-    mode).
+    bool; ``auto`` turns XLA on only where a GPU is present: on a CPU, XLA compiles this
+    project's train steps into slower code than TensorFlow's plain graph mode.
 
     ``placement`` (a :class:`cskd_tf.training.distribute.Placement`; None = the single
     device) matters only under a ``tf.distribute`` strategy. Keras 3 compiles its whole

@@ -2,7 +2,7 @@
 nothing else relies on any.
 
 A failure here after upgrading keras or keras-tuner names what moved; fix it in
-cskd_tf/compat.py (and the pins in setup.py), not at the call sites.
+cskd_tf/compat.py (and the pins in pyproject.toml), not at the call sites.
 """
 
 import ast
@@ -31,7 +31,7 @@ def _moved(library, what):
 
     version = {"keras": keras.__version__, "keras_tuner": keras_tuner.__version__}[library]
     return (f"{library} {version} moved or changed {what}; update cskd_tf/compat.py "
-            "(and the version pins in setup.py)")
+            "(and the version pins in pyproject.toml)")
 
 
 def _private_symbol(pair, library):

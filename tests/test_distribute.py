@@ -265,27 +265,42 @@ def reference(one_process):
     return weights, info["losses"]
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_two_workers_match_one_process(reference, procs, tmp_path):
     """Two MultiWorkerMirroredStrategy workers (TF_CONFIG, ``auto``) = one process."""
     ports = free_ports(2)
     workdir = str(tmp_path / "run")
+    # verbose=1 for the "Distribution:" line (it changes only what is printed).
     workers = [procs.start(f"w{i}", {"runs": [{"workdir": workdir, "out": str(tmp_path / f"w{i}"),
-                                               "config": {"distribution": "auto"}}]},
+                                               "config": {"distribution": "auto",
+                                                          "verbose": 1}}]},
                            cluster(ports, i)) for i in range(2)]
     procs.wait_ok(*workers)
     ref_weights, ref_losses = reference
     for i in range(2):
         weights, info = load(str(tmp_path / f"w{i}"))
         assert info["kind"] == "multi_worker" and info["replicas"] == 2
+        role = "the chief, writing the workdir" if i == 0 else "not the chief, writing a temporary"
+        assert (f"Distribution: multi_worker (tf.distribute.MultiWorkerMirroredStrategy), 2 "
+                f"replicas in sync across 2 workers; this process is TF_CONFIG task worker {i} "
+                f"(input pipeline {i}, {role}") in tail(workers[i], 10**6)
         # Logged losses are global-batch means, so they match the single process too.
         np.testing.assert_allclose(info["losses"], ref_losses, rtol=0, atol=1e-5)
         assert_weights_close(weights, ref_weights)
     # Only the chief wrote the run; worker 1's temporary workdir is gone.
+    with open(os.path.join(workdir, "data.json")) as f:
+        assert json.load(f)["runtime"]["distribution"] == {
+            "kind": "multi_worker", "strategy": "MultiWorkerMirroredStrategy", "replicas": 2,
+            "workers": 2, "worker_index": 0, "chief": True, "task_type": "worker",
+            "task_index": 0}
     assert epochs_in_history(workdir) == [0, 1, 2]
     assert os.path.exists(os.path.join(workdir, "metrics.json"))
     assert not glob.glob(str(tmp_path / "cskd-worker*"))
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_killed_worker_restarts_and_nothing_is_lost(reference, procs, tmp_path):
     """SIGKILL worker 1 mid-epoch; restart the job; the result is the uninterrupted one.
 
@@ -339,6 +354,8 @@ def test_killed_worker_restarts_and_nothing_is_lost(reference, procs, tmp_path):
     assert os.path.exists(os.path.join(workdir, "metrics.json"))
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_mirrored_two_logical_cpus_match_one_device(one_process, reference):
     """MirroredStrategy over two logical CPUs: same losses and weights as one device.
 
@@ -348,6 +365,13 @@ def test_mirrored_two_logical_cpus_match_one_device(one_process, reference):
     one, one_losses = reference
     mirrored, info = load(str(one_process / "mirrored"))
     assert info["kind"] == "mirrored" and info["replicas"] == 2
+    single = {"workers": 1, "worker_index": 0, "chief": True, "task_type": None,
+              "task_index": None}
+    for name, recorded in [("one", {"kind": "one_device", "strategy": "default", "replicas": 1}),
+                           ("mirrored", {"kind": "mirrored", "strategy": "MirroredStrategy",
+                                         "replicas": 2})]:
+        with open(one_process / name / "data.json") as f:
+            assert json.load(f)["runtime"]["distribution"] == {**recorded, **single}
     np.testing.assert_allclose(info["losses"], one_losses, rtol=0, atol=1e-5)
     assert_weights_close(mirrored, one)
 
@@ -492,6 +516,14 @@ def test_strategy_choice_and_tf_config():
         num_replicas_in_sync = 3
 
     placement = distribute.Placement("mirrored", ThreeReplicas())
+    assert placement.describe() == ("mirrored (tf.distribute.MirroredStrategy), 3 replicas in "
+                                    "sync, 1 worker (this process)")
+    worker = distribute.Placement("multi_worker", ThreeReplicas(), num_workers=3,
+                                  worker_index=2, is_chief=False, task_type="worker",
+                                  task_index=1)
+    assert worker.describe().endswith("3 replicas in sync across 3 workers; this process is "
+                                      "TF_CONFIG task worker 1 (input pipeline 2, not the "
+                                      "chief, writing a temporary folder)")
     with pytest.raises(ConfigError, match="global batch.*multiple of the 3 replicas.*to 15"):
         distribute.check_global_batch(placement, 16)
     distribute.check_global_batch(placement, 18)

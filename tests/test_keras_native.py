@@ -163,6 +163,7 @@ def test_keras_file_round_trip_predicts_the_same_and_keeps_training(folder_ds, t
     assert any(not np.array_equal(a, b) for a, b in zip(before, loaded.get_weights()))
 
 
+@pytest.mark.cli
 def test_import_cskd_tf_before_keras_is_enough_to_load(tmp_path):
     """In a fresh process `import cskd_tf` (before Keras) registers the classes load_model needs."""
     from cskd_tf.models import CSKDModel
@@ -447,6 +448,7 @@ def test_bad_datasets_raise_one_line_data_errors(tmp_path):
 # ----------------------------------------------------------- cskd-train's model.keras
 
 
+@pytest.mark.slow
 def test_cskd_train_writes_model_keras_that_eval_and_export_accept(tiny_config, tmp_path):
     import json
 
@@ -482,6 +484,7 @@ def test_cskd_train_writes_model_keras_that_eval_and_export_accept(tiny_config, 
 # ------------------------------------------------------------------------------ README
 
 
+@pytest.mark.cli
 def test_readme_from_python_example_runs_as_written(tmp_path):
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         readme = f.read()

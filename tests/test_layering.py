@@ -157,7 +157,7 @@ def find_violations(root: Path, known=frozenset()) -> tuple[list[str], set]:
                             f"{own}) may not import {relation} part ({target}, layer {other})")
         if part != "cli" and _has_main_block(tree):
             messages.append(f"{rel} has an `if __name__ == \"__main__\"` block: entry points "
-                            "live in cli/ (and setup.py's console_scripts)")
+                            "live in cli/ (and pyproject.toml's [project.scripts])")
     return messages, seen
 
 

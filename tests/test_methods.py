@@ -498,6 +498,7 @@ class TeacherFrozen(keras.callbacks.Callback):
 
 @pytest.mark.parametrize("method,model", [*((m, "preact_resnet18") for m in METHODS),
                                           *((m, "densenet121_cifar") for m in DENSENET_METHODS)])
+@pytest.mark.slow
 def test_method_trains_and_writes_metrics(method, model, teacher_dir, tmp_path):
     from cskd_tf.training import trainer
 
@@ -599,6 +600,8 @@ def test_saved_model_teacher_matches_the_workdir_teacher(teacher_dir, tmp_path):
     assert teacher_lib.teacher_for(losses.get_method("cskd", config), model) is None
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_cli_trains_a_byot_teacher_then_a_kd_cskd_student(tmp_path):
     """Table 4 in miniature through cskd-train; the finished student evaluates without it."""
     from cskd_tf.training.restore import restore_from_workdir

@@ -142,6 +142,7 @@ def test_parse_domains_forms_and_errors(tmp_path):
         dom.parse_domains("x:zero-1,y:2")
 
 
+@pytest.mark.cli
 def test_plot_cli_curves(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

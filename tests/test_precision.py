@@ -254,6 +254,8 @@ def test_report_never_averages_runs_of_different_precision(tmp_path):
 
 
 # ------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+@pytest.mark.cli
 def test_cskd_train_with_auto_precision_records_it_and_reloads(tmp_path, monkeypatch):
     from cskd_tf.evaluation import report
     from cskd_tf.training.restore import check_run, load_checked_run
@@ -272,7 +274,14 @@ def test_cskd_train_with_auto_precision_records_it_and_reloads(tmp_path, monkeyp
     assert result.stdout.count("Precision: ") == 1
     assert f"Precision: {expected} (auto: " in result.stdout
     assert json.load(open(workdir / "config.json"))["mixed_precision"] == "auto"
-    assert json.load(open(workdir / "data.json"))["runtime"] == {"precision": expected}
+    # The single-process default: TensorFlow's default strategy, one replica, one worker.
+    assert ("Distribution: one_device (TensorFlow's default strategy), 1 replica in sync, "
+            "1 worker (this process)") in result.stdout
+    assert json.load(open(workdir / "data.json"))["runtime"] == {
+        "precision": expected,
+        "distribution": {"kind": "one_device", "strategy": "default", "replicas": 1,
+                         "workers": 1, "worker_index": 0, "chief": True, "task_type": None,
+                         "task_index": None}}
     # Reloading applies the recorded policy, whatever "auto" would say now.
     other = "float32" if expected == "mixed_bfloat16" else "mixed_bfloat16"
     monkeypatch.setenv(runtime.PRECISION_ENV, other)

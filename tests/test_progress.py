@@ -114,6 +114,7 @@ def test_evaluation_progress_counts_batches(capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.cli
 def test_cache_build_shows_progress_with_a_rate_at_default_verbosity(tmp_path):
     """build_cache through its CLI (absl's log level at WARNING), no verbosity flag."""
     command = [sys.executable, "-m", "cskd_tf.cli.build_cache",

@@ -122,6 +122,7 @@ def test_group_notes_and_subsets(tmp_path):
     assert "CIFAR-100 (max_train_per_class=10)" in text
 
 
+@pytest.mark.cli
 def test_cli_nonexistent_dir_is_one_line_error(tmp_path):
     # A subprocess: absl flags are process-global and app.run exits.
     proc = subprocess.run([sys.executable, "-m", "cskd_tf.cli.report", str(tmp_path / "nope")],
@@ -180,6 +181,7 @@ def test_best_test_epoch_selection(tmp_path):
         report.build_report([root], selection="best_test_epoch")
 
 
+@pytest.mark.cli
 def test_cli_selection_flag(tmp_path):
     root = str(tmp_path)
     run = make_run(root, "ce", top1=30.0, splits=("test",))

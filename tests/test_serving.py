@@ -523,6 +523,7 @@ def test_read_image_checks_and_converts(tmp_path):
 
 
 # ------------------------------------------------------------------------------- CLIs
+@pytest.mark.cli
 def test_cli_predict_local_and_eval_export(served, val_images, tmp_path):
     images = val_images[0]
     paths = _image_files(tmp_path, images, count=2)
@@ -545,6 +546,7 @@ def test_cli_predict_local_and_eval_export(served, val_images, tmp_path):
     assert "evaluating the export on test: 360 images in" in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.cli
 def test_cli_bad_input_is_one_line_error(served, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
@@ -571,6 +573,8 @@ def _free_port():
                     reason="tensorflow_model_server is not on PATH (install the "
                            "tensorflow-model-server apt package or use the tensorflow/serving "
                            "Docker image; see docs/serving.md)")
+@pytest.mark.slow
+@pytest.mark.cli
 def test_tensorflow_model_server_end_to_end(served, val_images, tmp_path):
     grpc_port, rest_port = _free_port(), _free_port()
     log = open(tmp_path / "server.log", "w")

@@ -80,6 +80,7 @@ TOY = ["--model=preact_resnet10", "--batch_size=8", "--image_size=8", "--steps=2
        "--warmup=1", "--pipeline_batches=2"]
 
 
+@pytest.mark.cli
 def test_model_alone_reports_every_figure(tmp_path):
     """model_alone at a toy size; bad flags and a missing mode are one line."""
     result = speed("model_alone", *TOY, "--width=4", "--num_classes=5", "--peak_gflops=1000",
@@ -106,6 +107,8 @@ def test_model_alone_reports_every_figure(tmp_path):
     assert "give the mode first" in one_line_error(speed("--steps=2"))
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_end_to_end_times_the_training_path(tmp_path):
     """end_to_end: model.fit on digits, one process per variant, every figure positive and
     finite; a bad flag value is one line."""

@@ -25,6 +25,8 @@ def cli(name, *args, timeout=300):
                           timeout=timeout)
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_cli_trains_evaluates_and_protects_a_finished_run(tmp_path):
     workdir = str(tmp_path / "run")
     result = cli("cskd-train", f"--config={CONFIG}", f"--workdir={workdir}",
@@ -76,6 +78,8 @@ def _train_cmd(workdir, epochs):
             "--config.lr_decay_epochs=(3,)", *[a for a in TINY if "lr_decay" not in a]]
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_kill_minus_nine_then_rerun_finishes_like_an_uninterrupted_run(tmp_path):
     epochs = 5
     reference = str(tmp_path / "reference")
@@ -115,6 +119,7 @@ def test_kill_minus_nine_then_rerun_finishes_like_an_uninterrupted_run(tmp_path)
     (f"--config.data_dir={README}", "README.md is a file, not a directory"),
     ("--config.batch_size=0", "batch_size must be > 0"),
 ])
+@pytest.mark.cli
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
     workdir = tmp_path / "run"
     args = [f"--config={CONFIG}", f"--workdir={workdir}", *TINY, override]
@@ -126,6 +131,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
 
 
 @pytest.mark.parametrize("extra", [[], ["--config.seed=3"]])
+@pytest.mark.cli
 def test_a_missing_config_file_is_one_line(tmp_path, extra):
     missing = os.path.join("configs", "no_such.py")
     line = one_line_error(cli("cskd-train", f"--config={missing}", f"--workdir={tmp_path}/run",
@@ -134,6 +140,7 @@ def test_a_missing_config_file_is_one_line(tmp_path, extra):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.cli
 def test_a_config_path_that_is_a_directory_or_not_python_is_one_line(tmp_path):
     line = one_line_error(cli("cskd-train", f"--config={tmp_path}", f"--workdir={tmp_path}/r"))
     assert "cannot load the --config file" in line and "Is a directory" in line
@@ -141,6 +148,8 @@ def test_a_config_path_that_is_a_directory_or_not_python_is_one_line(tmp_path):
     assert "README.md line" in line and "is not valid Python" in line
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_lock_refuses_a_second_cskd_train_on_a_running_workdir(tmp_path):
     """One writer per workdir: the second run stops naming the first; after a kill -9 the
     lock file it left behind is stale and a new run proceeds."""
@@ -174,6 +183,7 @@ def test_lock_refuses_a_second_cskd_train_on_a_running_workdir(tmp_path):
     assert (workdir / "metrics.json").exists() and not lock.exists()
 
 
+@pytest.mark.cli
 def test_workdir_lock_names_the_holder_and_is_released(tmp_path):
     """In-process: a lock held by another live process is refused; a file naming a dead
     pid is taken over; unlock removes the file."""
@@ -213,6 +223,7 @@ def test_workdir_lock_names_the_holder_and_is_released(tmp_path):
     assert workdir_lib._alive_elsewhere({"pid": 1, "host": host + "-elsewhere"})
 
 
+@pytest.mark.cli
 def test_eval_of_a_missing_run_is_one_line(tmp_path):
     assert "no training run" in one_line_error(cli("cskd-eval", f"--workdir={tmp_path}"))
 
@@ -340,6 +351,50 @@ def test_step_schedule_divides_at_the_named_epochs():
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
 
 
+def reference_epoch_lrs(base_lr, num_epochs):
+    """A transcription of alinlab/cs-kd train.py: the lr each epoch trains with, when
+    adjust_learning_rate(optimizer, epoch) runs after train(epoch) and val(epoch)."""
+    lr, lrs = base_lr, []
+    for epoch in range(num_epochs):
+        lrs.append(lr)  # train(epoch)
+        lr = base_lr  # adjust_learning_rate(optimizer, epoch)
+        if epoch >= 0.5 * num_epochs:
+            lr /= 10
+        if epoch >= 0.75 * num_epochs:
+            lr /= 10
+    return lrs
+
+
+def test_paper_schedule_is_the_reference_per_epoch_lr():
+    import keras
+    import tensorflow as tf
+
+    from cskd_tf.recipes import PAPER_DATASETS, paper_config, reference_decay_epochs
+    from cskd_tf.training.fit_setup import make_optimizer
+    from cskd_tf.training.schedules import EpochSchedule
+
+    steps = 3
+    for key in PAPER_DATASETS:
+        config = paper_config(key)
+        if key == "imagenet":  # 90 epochs at the paper's (30, 60), not train.py's rule
+            assert config.lr_decay_epochs == (30, 60)
+            continue
+        # Every step of all 200 epochs, through the optimizer the trainer builds.
+        rate = make_optimizer(config, steps).get_config()["learning_rate"]
+        schedule = keras.optimizers.schedules.deserialize(rate)
+        got = schedule(tf.range(config.num_epochs * steps)).numpy().reshape(-1, steps)
+        want = reference_epoch_lrs(0.1, 200)
+        assert config.num_epochs == 200 and config.learning_rate == 0.1
+        np.testing.assert_allclose(got, np.repeat(np.array(want)[:, None], steps, 1), rtol=1e-6)
+    assert [want.count(lr) for lr in (0.1, 0.1 / 10, 0.1 / 100)] == [101, 50, 49]
+    # reference_decay_epochs reproduces the rule for any run length.
+    for epochs in range(1, 301):
+        schedule = EpochSchedule(0.1, 1, decay_epochs=reference_decay_epochs(epochs))
+        np.testing.assert_allclose(schedule(tf.range(epochs)).numpy(),
+                                   reference_epoch_lrs(0.1, epochs), rtol=1e-6)
+
+
+@pytest.mark.cli
 def test_config_file_with_an_unknown_field_is_refused(tmp_path):
     path = tmp_path / "bad.py"
     path.write_text("from cskd_tf.config import default_config\n"

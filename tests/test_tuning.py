@@ -99,6 +99,8 @@ def check_best_loads_in_cskd_train(workdir, cache_dir, rows, num_epochs=1):
 # --------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_random_search_resumes_after_interruption(tmp_path, cache_dir):
     workdir = str(tmp_path / "search")
     command = tune_command(*tiny_flags(cache_dir), f"--workdir={workdir}", "--tuner=random",
@@ -154,6 +156,8 @@ def test_random_search_resumes_after_interruption(tmp_path, cache_dir):
     check_best_loads_in_cskd_train(workdir, cache_dir, rows)
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_hyperband_two_brackets(tmp_path, cache_dir):
     workdir = str(tmp_path / "hyperband")
     # max_epochs = num_epochs = 2 with factor 2: bracket 1 trains two trials for one epoch
@@ -186,6 +190,8 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
+@pytest.mark.cli
 def test_distributed_chief_and_two_workers(tmp_path, cache_dir):
     """Keras Tuner's chief/worker mode on 127.0.0.1; a trial that diverges is recorded too.
 
@@ -259,6 +265,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.cli
 def test_bad_input_is_one_line_error(tmp_path, cache_dir):
     # The three processes run side by side: each spends its time importing TensorFlow.
     processes = {}

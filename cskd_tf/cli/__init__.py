@@ -1,1 +1,1 @@
-"""Command-line tools (console scripts declared in setup.py)."""
+"""Command-line tools (console scripts declared in pyproject.toml)."""

@@ -78,12 +78,6 @@ def run(main, needs_tensorflow=True):
 def _parse_flags(argv):
     """Flag errors as one line (absl prints two; config_flags raises bare
     AttributeError/KeyError for an unknown --config.FIELD)."""
-    from cskd_tf import config as config_lib
-
-    # Deprecated flat method fields (--config.kd_temperature=2) become their group's field.
-    # ml_collections' config flags find the --config.X overrides in sys.argv, not in argv.
-    argv = config_lib.upgrade_flag_args(argv)
-    sys.argv[:] = argv
     try:
         argv = flags.FLAGS(argv)
         _check_config_files()
@@ -105,12 +99,6 @@ def _parse_flags(argv):
             field = message.strip("'\"")
             message = (f"unknown config field '{field}' in a --config.{field} override; "
                        "see cskd_tf/config.py for the fields")
-        moved = re.search(r"Could not override field '(\w+)'", message)
-        if moved and moved.group(1) in config_lib.DEPRECATED_FIELDS:
-            # A config file assigning a number to a field that is now a group (label_smoothing).
-            old = moved.group(1)
-            message = (f"config.{old} is now a group of fields; set "
-                       f"config.{config_lib.DEPRECATED_FIELDS[old]} instead")
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
@@ -165,7 +153,6 @@ def load_config(config_flag_value, overrides_path=""):
         except json.JSONDecodeError as error:
             raise ConfigError(f"--config_overrides file {overrides_path} is not valid JSON "
                               f"({error})") from None
-        overrides = config_lib.upgrade_deprecated_fields(overrides)
         unknown = [k for k in overrides if k not in config]
         if unknown:
             raise ConfigError(f"--config_overrides names unknown config fields: {', '.join(unknown)}")

@@ -71,6 +71,11 @@ def _check(config):
         augment_lib.check_name(config.augment)
     if not 0 <= config.val_fraction < 1:
         raise ConfigError(f"config.val_fraction must be in [0, 1) (got {config.val_fraction!r})")
+    if bool(config.input_mean) != bool(config.input_std):
+        raise ConfigError("config.input_mean and config.input_std must be set together (or "
+                          "both left () for the dataset's statistics)")
+    if any(float(s) <= 0 for s in config.input_std):
+        raise ConfigError(f"config.input_std must be positive (got {tuple(config.input_std)})")
     if config.protocol not in ("paper", "tune"):
         raise ConfigError(f"config.protocol={config.protocol!r} is not 'paper' or 'tune'; "
                           f"set --config.protocol to one of them")
@@ -116,13 +121,20 @@ def prepare(config):
     splits = apply_protocol(splits, config.protocol, held_out, where=config.data_dir)
     size = int(config.image_size) or int(source.default_image_size)
     name = source.default_augment if config.augment == "auto" else config.augment
-    mean = tuple(float(m) for m in (source.mean or meta["train_mean"]))
+    channels = int(meta["channels"])
+    mean = tuple(float(m) for m in (config.input_mean or source.mean or meta["train_mean"]))
     # A constant channel would make the model divide by zero.
-    std = tuple(max(float(s), 1e-3) for s in (source.std or meta["train_std"]))
+    std = tuple(max(float(s), 1e-3)
+                for s in (config.input_std or source.std or meta["train_std"]))
+    for key, values in (("input_mean", mean), ("input_std", std)):
+        if len(values) != channels:
+            raise ConfigError(f"config.{key} has {len(values)} values but the images have "
+                              f"{channels} channels; give one per channel, or () for the "
+                              f"dataset's statistics")
     native = meta.get("native_shape")
     info = DatasetInfo(
         name=config.dataset, num_classes=len(meta["class_names"]),
-        class_names=list(meta["class_names"]), image_shape=(size, size, int(meta["channels"])),
+        class_names=list(meta["class_names"]), image_shape=(size, size, channels),
         mean=mean, std=std, splits={k: v.num_examples for k, v in splits.items()},
         train_counts=splits["train"].counts.copy(), augment=name,
         cache_path=os.path.dirname(splits["train"].directory),

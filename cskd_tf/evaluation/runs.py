@@ -113,9 +113,8 @@ def load_run(path: str) -> Run:
     config = _read_json(os.path.join(path, "config.json"))
     if not isinstance(config, dict):
         raise WorkdirError(f"{path}/config.json does not hold a config object")
-    # A run written before the method groups compares equal to one written after, and one
-    # written before a field existed to one written with that field's default: read it as
-    # resuming does (config.from_json, below).
+    # A run written before a field existed compares equal to one written with that field's
+    # default: read it as resuming does (config.from_json, below).
     missing = [k for k in ("dataset", "model", "method") if k not in config]
     if missing:
         raise WorkdirError(f"{path}/config.json lacks {', '.join(missing)}; "

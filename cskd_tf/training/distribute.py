@@ -64,6 +64,10 @@ from cskd_tf.errors import ConfigError, WorkdirError
 from cskd_tf.training.workdir import Workdir
 
 KINDS = ("one_device", "mirrored", "multi_worker", "tpu")
+# The public names of the strategies (MultiWorkerMirroredStrategy's class is called
+# CollectiveAllReduceStrategy inside TensorFlow).
+STRATEGY_NAMES = {"one_device": "default", "mirrored": "MirroredStrategy",
+                  "multi_worker": "MultiWorkerMirroredStrategy", "tpu": "TPUStrategy"}
 # TF_CONFIG task types that train; an evaluator or parameter server has no role here.
 TRAINING_TASKS = ("chief", "worker")
 
@@ -158,6 +162,9 @@ class Placement:
     num_workers: int = 1
     worker_index: int = 0
     is_chief: bool = True
+    # This process's TF_CONFIG task ("chief" or "worker", its index); None without TF_CONFIG.
+    task_type: str | None = None
+    task_index: int | None = None
 
     @property
     def distributed(self) -> bool:
@@ -171,6 +178,32 @@ class Placement:
     def scope(self):
         """The strategy's scope; a no-op context on the single-device path."""
         return self.strategy.scope() if self.distributed else contextlib.nullcontext()
+
+    @property
+    def strategy_name(self) -> str:
+        """The public ``tf.distribute`` name of the strategy (``default``: TensorFlow's own)."""
+        return STRATEGY_NAMES[self.kind]
+
+    def record(self) -> dict:
+        """What a run folder keeps of it (data.json ``runtime.distribution``)."""
+        return {"kind": self.kind, "strategy": self.strategy_name,
+                "replicas": self.num_replicas, "workers": self.num_workers,
+                "worker_index": self.worker_index, "chief": self.is_chief,
+                "task_type": self.task_type, "task_index": self.task_index}
+
+    def describe(self) -> str:
+        """One line: the strategy, its replicas and workers, and this process's role."""
+        replicas = f"{self.num_replicas} replica{'s' if self.num_replicas != 1 else ''}"
+        strategy = ("TensorFlow's default strategy" if not self.distributed
+                    else f"tf.distribute.{self.strategy_name}")
+        line = f"{self.kind} ({strategy}), {replicas} in sync"
+        if self.task_type is None:
+            return f"{line}, 1 worker (this process)"
+        role = ("the chief, writing the workdir" if self.is_chief
+                else "not the chief, writing a temporary folder")
+        return (f"{line} across {self.num_workers} workers; this process is TF_CONFIG task "
+                f"{self.task_type} {self.task_index} (input pipeline {self.worker_index}, "
+                f"{role})")
 
 
 # One per process: MultiWorkerMirroredStrategy and TPU initialization can happen only once.
@@ -207,8 +240,10 @@ def _create(kind: str) -> Placement:
                               "cluster's addresses and this task; see docs/distributed.md")
         index, chief = task_role(tf_config)
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        task = tf_config["task"]
         return Placement(kind, strategy, num_workers=cluster_tasks(tf_config),
-                         worker_index=index, is_chief=chief)
+                         worker_index=index, is_chief=chief, task_type=task["type"],
+                         task_index=int(task.get("index", 0)))
     if kind == "tpu":
         try:
             name = os.environ.get("TPU_NAME") or (

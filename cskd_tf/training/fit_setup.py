@@ -120,8 +120,8 @@ def fit_callbacks(config, info, splits, jit_compile, readers=(), out=None, check
     callbacks.extend(readers)
     if out is not None:
         callbacks += [
-            # Logs before the checkpoint: a kill between the two then repeats a history row
-            # on resume instead of losing one.
+            # Logs before the checkpoint: a kill between the two leaves a row that the
+            # resumed run drops and writes again (training/resume.py) instead of losing one.
             cb.HistoryCSVLogger(out.file("history.csv"), append=True),
             keras.callbacks.TensorBoard(out.file("tensorboard"), write_graph=False,
                                         profile_batch=0),

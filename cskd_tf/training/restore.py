@@ -10,14 +10,15 @@ are left out. ``cskd-eval``, ``cskd-plot``, ``cskd-export`` and the KD teacher l
 (:mod:`cskd_tf.training.teacher`) all go through here.
 
 Errors are :class:`~cskd_tf.errors.WorkdirError` with one line: no run (no config.json),
-an incomplete run (no data.json or no checkpoint), or a checkpoint that does not fit the
-model the config describes.
+an incomplete run (no data.json or no checkpoint), an unreadable newest checkpoint, or a
+checkpoint that does not fit the model the config describes.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import zipfile
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -25,6 +26,7 @@ import tensorflow as tf
 from cskd_tf import runtime
 from cskd_tf.errors import WorkdirError
 from cskd_tf.evaluation.runs import recorded_precision
+from cskd_tf.training.resume import unreadable
 from cskd_tf.training.workdir import Workdir
 
 
@@ -48,6 +50,14 @@ def restore_model(workdir: Workdir, config, facts):
     if latest is None:
         raise WorkdirError(f"{workdir.path} has no checkpoint; rerun cskd-train with this "
                            "--workdir to finish training")
+    broken = unreadable(latest)
+    if broken:
+        keras_file = workdir.file("model.keras")
+        instead = (f"{keras_file} holds the same trained model (cskd-eval and cskd-export "
+                   "take its path)" if os.path.exists(keras_file) else
+                   "rerun cskd-train with this --workdir (it resumes from the newest readable "
+                   "checkpoint)")
+        raise WorkdirError(f"the newest checkpoint {latest} is unreadable ({broken}); {instead}")
     model = build_model(config, facts["num_classes"], facts["image_shape"], facts["mean"],
                         facts["std"])
     fits = True
@@ -129,9 +139,15 @@ def load_keras_file(path):
     import cskd_tf
 
     cskd_tf.register_keras_objects()
+    if not zipfile.is_zipfile(path):
+        # Keras would say "File not found" about a file that is there.
+        raise WorkdirError(f"{path} is not a .keras file (not a zip archive: truncated or "
+                           "overwritten?); pass a .keras file saved by model.save or "
+                           "cskd-train, or the run folder to rebuild the model from its "
+                           "checkpoint")
     try:
         return keras.models.load_model(path)
-    except (OSError, ValueError, TypeError) as error:
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise WorkdirError(f"cannot load {path} as a Keras model ({reason}); pass a .keras file "
                            "saved by model.save or cskd-train") from None

@@ -13,14 +13,18 @@ import tensorflow as tf
 class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up, then a step, cosine or constant schedule over epochs.
 
-    step:     lr = base · factor^(number of decay epochs ≤ epoch)   (the paper:
-              0.1, ÷10 at epochs 100 and 150 of 200)
+    step:     lr = base · factor^(number of decay epochs ≤ epoch)
     cosine:   lr = base · ½(1 + cos(π · progress))
     constant: lr = base
 
-    ``epoch`` is the fractional epoch step / steps_per_epoch, so decay happens
-    at the first step of the named epoch (0-based), as with a per-epoch
-    scheduler in PyTorch.
+    ``epoch`` is the fractional epoch step / steps_per_epoch, so a decay epoch e (0-based)
+    is the first epoch trained at the lower rate: the rate drops at its first step.
+
+    The reference code (alinlab/cs-kd train.py:216-231) calls ``adjust_learning_rate(epoch)``
+    *after* training and evaluating epoch ``epoch``, setting base·0.1^([epoch ≥ E/2] +
+    [epoch ≥ 3E/4]); epoch e therefore trains at the rate set after epoch e−1, and the first
+    decayed epochs are ⌈E/2⌉+1 and ⌈3E/4⌉+1: for E = 200, decay_epochs = (101, 151), i.e.
+    101 epochs at 0.1, 50 at 0.01 and 49 at 0.001 (see :func:`cskd_tf.recipes.reference_decay_epochs`).
     """
 
     def __init__(self, base_lr, steps_per_epoch, kind="step", decay_epochs=(),
@@ -57,3 +61,4 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "kind": self.kind, "decay_epochs": self.decay_epochs,
                 "decay_factor": self.decay_factor, "warmup_epochs": self.warmup_epochs,
                 "total_epochs": self.total_epochs}
+

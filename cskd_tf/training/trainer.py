@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -17,7 +18,7 @@ import tensorflow as tf
 from cskd_tf import config as config_lib
 from cskd_tf import data as data_lib
 from cskd_tf import runtime
-from cskd_tf.training import distribute, fit_setup
+from cskd_tf.training import distribute, fit_setup, resume
 # Re-exported: restoring a run (training/restore.py) builds its model the same way.
 from cskd_tf.training.fit_setup import build_model, compile_model  # noqa: F401
 from cskd_tf.training.workdir import Workdir
@@ -26,6 +27,10 @@ from cskd_tf.training.workdir import Workdir
 def info_to_json(info) -> dict:
     payload = dataclasses.asdict(info)
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in payload.items()}
+
+
+def _warn(line):
+    print(line, file=sys.stderr, flush=True)
 
 
 def make_checkpoint(model, workdir: Workdir):
@@ -47,6 +52,7 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
     precision = runtime.precision()
     if config.verbose:
         print(f"Precision: {runtime.describe_precision(config.mixed_precision)}")
+        print(f"Distribution: {placement.describe()}")
     info, splits = data_lib.prepare(config)
     # Refused before the (possibly slow) model build; output_workdir checks again.
     workdir.refuse_if_finished(overwrite)
@@ -63,18 +69,24 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
     out = distribute.output_workdir(placement, workdir, config, overwrite=overwrite,
                                     precision=precision)
     # The policy the run trains under, for reports (runs of different precision are
-    # different experiments) and for resuming (under the same policy only).
-    out.write("data.json", {**info_to_json(info), "runtime": {"precision": precision}})
+    # different experiments) and for resuming (under the same policy only); the strategy
+    # and this process's part in it, as the last session that trained it ran.
+    out.write("data.json", {**info_to_json(info), "runtime": {
+        "precision": precision, "distribution": placement.record()}})
+    # Every worker resumes from the chief's checkpoints: the newest one that reads back
+    # whole. Only the chief moves unreadable ones aside (before its manager reads the
+    # state file) and cuts history.csv back to the epoch resumed after.
+    latest = resume.newest_readable(workdir.checkpoint_dir, move_aside=out is workdir,
+                                    warn=_warn)
     checkpoint, manager, epoch_var = make_checkpoint(model, out)
-    # Every worker resumes from the chief's checkpoints.
-    latest = (manager.latest_checkpoint if out is workdir
-              else tf.train.latest_checkpoint(workdir.checkpoint_dir))
     start_epoch = 0
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         start_epoch = int(epoch_var.numpy())
         if config.verbose:
             print(f"Resuming {workdir.path} after epoch {start_epoch} of {config.num_epochs}")
+    if out is workdir:
+        resume.cut_history(out.file("history.csv"), start_epoch)
     distribute.check_agree(placement, start_epoch, "the epoch to resume after")
 
     if start_epoch < config.num_epochs:

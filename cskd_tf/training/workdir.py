@@ -2,9 +2,13 @@
 
     DIR/config.json     the full config the run was started with
     DIR/data.json       dataset facts the model needs later (classes, shape, mean/std), and
-                        "runtime": {"precision": the Keras policy the run trains under}
-    DIR/checkpoints/    model + optimizer + completed epochs, one per epoch (last 2 kept)
-    DIR/history.csv     one row of logs per epoch (appended across resumes)
+                        "runtime": {"precision": the Keras policy the run trains under,
+                        "distribution": the strategy, replicas, workers and this process's
+                        TF_CONFIG task (training/distribute.py Placement.record)}
+    DIR/checkpoints/    model + optimizer + completed epochs, one per epoch (last 2 kept);
+                        unreadable ones are renamed *.corrupt (training/resume.py)
+    DIR/history.csv     one row of logs per epoch (appended across resumes, cut back to
+                        the epoch a resume starts after)
     DIR/tensorboard/    TensorBoard event files
     DIR/metrics.json    final metrics per split; written last, so it marks a finished run
     DIR/train.lock      {"pid", "host", "started"} of the cskd-train process writing DIR
@@ -188,7 +192,13 @@ class Workdir:
             raise WorkdirError(f"{self.path} holds no training run (no config.json); "
                                "train one with cskd-train --workdir=DIR first")
         with open(self.file("config.json")) as f:
-            return config_lib.from_json(f.read())
+            text = f.read()
+        try:
+            return config_lib.from_json(text)
+        except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+            raise WorkdirError(f"{self.file('config.json')} is not a valid config ({error}); "
+                               "restore it from a copy or start the run over with "
+                               "--overwrite") from None
 
     def write(self, name, payload):
         write_json_atomic(self.file(name), payload)
@@ -199,7 +209,11 @@ class Workdir:
             raise WorkdirError(f"{path} is missing; the run in {self.path} is incomplete — "
                                "rerun cskd-train with the same --workdir to finish it")
         with open(path) as f:
-            return json.load(f)
+            try:
+                return json.load(f)
+            except ValueError as error:
+                raise WorkdirError(f"{path} is not valid JSON ({error}); restore it from a copy "
+                                   "or rerun cskd-train with --overwrite") from None
 
 
 def _read_holder(fd) -> dict:
