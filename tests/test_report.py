@@ -214,3 +214,20 @@ def test_ece_after_temperature_scaling_column(tmp_path):
                                                                                    "csv")))}
     assert rows["cskd"]["ece_ts_best"] == "1" and rows["ce"]["temperature_ts_mean"] == "1.5000"
     assert rows["ce"]["temperature_ts_best"] == "0"  # no "best" temperature
+
+
+def test_titles_are_the_registries_display_names():
+    """Column titles come from the source registry (TFDS members from TFDS_TITLES), read
+    without importing the data package (cskd-report never imports TensorFlow)."""
+    from cskd_tf.registry import SOURCES
+
+    for entry in SOURCES.entries(declared=True):
+        if not entry.family:
+            assert report.dataset_name(entry.name) == entry.display_name
+    assert report.dataset_name("tinyimagenet (max_classes=10)") == "TinyImageNet (max_classes=10)"
+    assert report.dataset_name("tfds:cifar100") == "CIFAR-100"
+    assert report.dataset_name("tfds:oxford_flowers102") == "tfds:oxford_flowers102"
+    code = ("import sys; from cskd_tf.evaluation import report; "
+            "assert report.dataset_name('shards') == 'Shard cache'; "
+            "assert 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

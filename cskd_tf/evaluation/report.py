@@ -37,6 +37,7 @@ from cskd_tf.errors import ConfigError
 from cskd_tf.evaluation import table_format
 from cskd_tf.evaluation.runs import Run, find_run_dirs, load_run, select_best_test_epoch
 from cskd_tf.evaluation.seed_stats import Stat, mean_std, relative_change
+from cskd_tf.registry import SOURCES
 
 __all__ = ["Group", "Run", "SELECTIONS", "Stat", "build_report", "choose_split", "csv_report",
            "find_run_dirs", "group_runs", "load_run", "mean_std", "relative_change",
@@ -64,19 +65,19 @@ METHOD_NAMES = {
 }
 _METHOD_RANK = {name: i for i, name in enumerate(METHOD_NAMES)}
 
-# config.dataset -> column title, in the paper's column order.
-DATASET_NAMES = {
+# Column titles of the TFDS members in the paper (the tfds: family is one registry entry)
+# and of "cifar100"; the other sources' titles are their registry display names.
+TFDS_TITLES = {
     "tfds:cifar100": "CIFAR-100",
     "cifar100": "CIFAR-100",
-    "tinyimagenet": "TinyImageNet",
     "tfds:caltech_birds2011": "CUB-200-2011",
     "tfds:stanford_dogs": "Stanford Dogs",
-    "mit67": "MIT67",
     "tfds:imagenet2012": "ImageNet",
-    "digits": "Digits",
-    "fashion_mnist": "Fashion-MNIST",
 }
-_DATASET_RANK = {name: i for i, name in enumerate(DATASET_NAMES)}
+# The paper's column order; other datasets come last, alphabetically.
+DATASET_ORDER = ("tfds:cifar100", "cifar100", "tinyimagenet", "tfds:caltech_birds2011",
+                 "tfds:stanford_dogs", "mit67", "tfds:imagenet2012", "digits", "fashion_mnist")
+_DATASET_RANK = {name: i for i, name in enumerate(DATASET_ORDER)}
 
 # (key in metrics.json, column title, lower is better? None: no "best")
 METRICS = (
@@ -111,7 +112,8 @@ def method_name(method: str) -> str:
 def dataset_name(dataset: str) -> str:
     """Column title; a subset suffix such as " (max_classes=10)" is kept."""
     base, sep, subset = dataset.partition(" (")
-    return DATASET_NAMES.get(base, base) + sep + subset
+    titles = {e.name: e.display_name for e in SOURCES.entries(declared=True) if not e.family}
+    return (TFDS_TITLES.get(base) or titles.get(base, base)) + sep + subset
 
 
 def _dataset_order(dataset: str):
