@@ -180,6 +180,11 @@ class Registry:
         """The valid values of the config field, for messages (families as ``tfds:<name>``)."""
         return sorted(e.choice for e in self._all(declared).values())
 
+    def __getitem__(self, name):
+        """The registered object of ``name`` (``METHODS["cskd"]`` is the class); the
+        registry's typed error if unknown."""
+        return self.get(name).obj
+
     def __contains__(self, name):
         return self._lookup(name, self._entries) is not None
 

@@ -103,7 +103,7 @@ def test_lookups_families_and_messages(package):
     package.register("fam:")(repr)
     assert "beta" in package and "fam:thing" in package
     assert "fam:" not in package and "betaa" not in package and 3 not in package
-    assert package.get("fam:thing").obj is repr
+    assert package.get("fam:thing").obj is repr and package["beta"] is str
     assert package.choices() == ["beta", "fam:<name>"]
     assert [e.name for e in package.entries()] == ["beta", "fam:"] == list(package)
     with pytest.raises(ModelError) as info:
