@@ -19,9 +19,11 @@ PRIVATE_MODULES = ("keras.src", "keras_tuner.src")
 # Private attributes of Keras / Keras Tuner objects cskd_tf once used directly.
 PRIVATE_NAMES = {"_learning_rate", "_retry_queue", "_collective_all_reduce_multi_worker",
                  "_flatten_layers", "_get_trial_dir", "_populate_initial_space",
-                 "_set_project_dir", "_try_run_and_update_trial"}
-# Private names allowed outside compat.py: none. (CSKDModel still overrides Keras'
-# _maybe_symbolic_build, a method of its own base class that the multi-worker tests cover.)
+                 "_set_project_dir", "_try_run_and_update_trial", "_maybe_symbolic_build",
+                 "_symbolic_build", "_loss_tracker", "_direction", "_compile_metrics",
+                 "_distribute_strategy", "_compile_loss"}
+# Private names allowed outside compat.py: none (CSKDModel's symbolic-build override lives in
+# compat.PrebuiltSymbolicBuild).
 KNOWN_ELSEWHERE: set = set()
 
 
@@ -71,6 +73,40 @@ def test_all_sublayers_reaches_nested_layers():
     names = [layer.name for layer in compat.all_sublayers(outer)]
     assert "outer" not in names and set(names) >= {"inner", "inner_bn", "head"}, names
     assert len(names) == len(set(names))
+
+
+def test_keras_loss_scaling_tracker_and_metric_groups_are_what_keras_uses():
+    import keras
+    import tensorflow as tf
+    from keras.src.callbacks import monitor_callback
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    module, scale = _private_symbol(compat.KERAS_LOSS_SCALING[:2], "keras")
+    _private_symbol((compat.KERAS_LOSS_SCALING[0], compat.KERAS_LOSS_SCALING[2]), "keras")
+    _private_symbol(compat.KERAS_METRICS_LIST, "keras")
+    # Keras' TF train step unscales its loss for the tracker with the same pair.
+    assert compat.KERAS_LOSS_SCALING[2] in inspect.getsource(tf_trainer.TensorFlowTrainer), \
+        _moved("keras", "the TF train step's loss scaling")
+    one = tf.constant(3.0)
+    assert float(compat.scale_loss_for_distribution(one)) == 3.0  # one replica: unchanged
+    two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if len(
+        tf.config.list_logical_devices("CPU")) > 1 else None
+    if two is not None:
+        with two.scope():
+            assert float(compat.scale_loss_for_distribution(one)) == 1.5
+    # The monitor callbacks look into MetricsList groups for `_direction`.
+    source = inspect.getsource(monitor_callback.MonitorCallback._set_monitor_op)
+    assert "MetricsList" in source and "_direction" in source, \
+        _moved("keras", "MonitorCallback's direction inference")
+    group = compat.metric_group([compat.declare_direction(keras.metrics.Mean(name="ce"), "down")],
+                                name="terms")
+    assert group.result() == {"ce": 0.0}
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    assert isinstance(compat.loss_tracker(model), keras.metrics.Mean)
+    assert compat.loss_tracker(model).name == "loss"
+    assert hasattr(keras.Model, "_maybe_symbolic_build") and hasattr(keras.Model,
+                                                                     "_symbolic_build")
 
 
 # ------------------------------------------------------------- keras tuner private

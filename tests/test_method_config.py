@@ -1,5 +1,6 @@
-"""Method hyperparameters: per-method config groups, Method.from_config / get_config,
-and the shared range check (cskd_tf/config.py)."""
+"""Method hyperparameters: per-method config groups, from_experiment_config, Keras' get_config /
+from_config pair and the shared range check
+(cskd_tf/config.py)."""
 
 import inspect
 import json
@@ -15,46 +16,61 @@ from cskd_tf.errors import ConfigError
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 # What each method's get_config() must say when built from default_config(): the group it
-# reads (and for combinations, their parts' groups) plus the shared fields.
+# reads (combinations: their parts' fields, flat) plus the shared fields (T, λ as `weight`).
 KD_DEFAULTS = {"temperature": 4.0, "alpha": 0.9, "teacher_workdir": "", "teacher_model": ""}
 FROM_DEFAULTS = {
     "ce": {},
     "adacos": {},
     "virtual_softmax": {},
-    "cskd": {"temperature": 4.0},
-    "cskd_e": {"temperature": 4.0, "lambda_sample": 1.0},
+    "cskd": {"temperature": 4.0, "weight": 1.0},
+    "cskd_e": {"temperature": 4.0, "weight": 1.0, "lambda_sample": 1.0},
     "label_smoothing": {"epsilon": 0.1},
     "max_entropy": {"beta": 0.1},
     "mixup": {"alpha": 1.0, "seed": 0},
-    "mixup_cskd": {"temperature": 4.0, "mixup": {"alpha": 1.0}, "seed": 0},
+    "mixup_cskd": {"temperature": 4.0, "weight": 1.0, "alpha": 1.0, "seed": 0},
     "kd": KD_DEFAULTS,
-    "kd_cskd": {"temperature": 4.0, "kd": KD_DEFAULTS},
+    "kd_cskd": {"temperature": 4.0, "weight": 1.0, "kd_temperature": 4.0, "alpha": 0.9,
+                "teacher_workdir": "", "teacher_model": ""},
     "byot": {"temperature": 3.0, "alpha": 0.1, "beta": 1e-6},
     "ddgsd": {"mmd_weight": 0.0005, "temperature": 3.0},
 }
+CLASS_NAMES = {"ce": "CrossEntropy", "adacos": "AdaCos", "virtual_softmax": "VirtualSoftmax",
+               "cskd": "CSKD", "cskd_e": "CSKDE", "label_smoothing": "LabelSmoothing",
+               "max_entropy": "MaxEntropy", "mixup": "Mixup", "mixup_cskd": "MixupCSKD",
+               "kd": "KD", "kd_cskd": "KDCSKD", "byot": "BYOT", "ddgsd": "DDGSD"}
 
 
 def test_every_registered_method_is_listed_here():
-    assert set(FROM_DEFAULTS) == set(losses.METHODS)
+    assert set(FROM_DEFAULTS) == set(losses.METHODS) == set(CLASS_NAMES)
 
 
 @pytest.mark.parametrize("name", sorted(FROM_DEFAULTS))
 def test_method_builds_from_default_config_and_round_trips_get_config(name):
+    import keras
+
     cls = losses.METHODS[name]
+    assert getattr(losses, CLASS_NAMES[name]) is cls  # exported under its CamelCase name
     method = losses.get_method(name, default_config())
-    assert type(method) is cls
+    assert type(method) is cls and method.name == name
     config = method.get_config()
-    assert config == {"name": name, **FROM_DEFAULTS[name]}
+    assert config == FROM_DEFAULTS[name]
     json.dumps(config)  # plain values only
-    hyperparameters = {k: v for k, v in config.items() if k != "name"}
-    assert cls(**hyperparameters).get_config() == config
+    # Keras' pair: from_config inverts get_config, and the class is a registered serializable.
+    assert cls.from_config(config).get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(method))
+    assert type(restored) is cls and restored.get_config() == config
+    # The paper's defaults are the constructor's defaults (the seed aside: None = random).
+    defaults = {k: v for k, v in config.items() if k != "seed"}
+    assert {k: v for k, v in cls().get_config().items() if k != "seed"} == defaults
+    assert losses.get(name).get_config().items() >= defaults.items()
     # The constructor takes named hyperparameters, never the experiment config.
     assert "config" not in inspect.signature(cls.__init__).parameters
 
 
-def test_from_config_reads_the_method_groups_and_the_shared_fields():
+def test_from_experiment_config_reads_the_method_groups_and_the_shared_fields():
     config = default_config()
     config.temperature = 2.0
+    config.lambda_cls = 3.0
     config.seed = 7
     config.kd.update(dict(temperature=5.0, alpha=0.25, teacher_workdir="t", teacher_model="m"))
     config.mixup.alpha = 0.2
@@ -65,19 +81,22 @@ def test_from_config_reads_the_method_groups_and_the_shared_fields():
     config.ddgsd.update(dict(mmd_weight=0.1, temperature=1.5))
     kd = {"temperature": 5.0, "alpha": 0.25, "teacher_workdir": "t", "teacher_model": "m"}
     want = {
-        "cskd": {"temperature": 2.0},
-        "cskd_e": {"temperature": 2.0, "lambda_sample": 0.5},
+        "cskd": {"temperature": 2.0, "weight": 3.0},
+        "cskd_e": {"temperature": 2.0, "weight": 3.0, "lambda_sample": 0.5},
         "label_smoothing": {"epsilon": 0.3},
         "max_entropy": {"beta": 0.4},
         "mixup": {"alpha": 0.2, "seed": 7},
-        "mixup_cskd": {"temperature": 2.0, "mixup": {"alpha": 0.2}, "seed": 7},
+        "mixup_cskd": {"temperature": 2.0, "weight": 3.0, "alpha": 0.2, "seed": 7},
         "kd": kd,
-        "kd_cskd": {"temperature": 2.0, "kd": kd},
+        "kd_cskd": {"temperature": 2.0, "weight": 3.0, "kd_temperature": 5.0, "alpha": 0.25,
+                    "teacher_workdir": "t", "teacher_model": "m"},
         "byot": {"temperature": 2.5, "alpha": 0.3, "beta": 0.01},
         "ddgsd": {"mmd_weight": 0.1, "temperature": 1.5},
     }
     for name, hyperparameters in want.items():
-        assert losses.get_method(name, config).get_config() == {"name": name, **hyperparameters}
+        method = losses.METHODS[name].from_experiment_config(config)
+        assert method.get_config() == hyperparameters
+        assert losses.get_method(name, config).get_config() == hyperparameters
 
 
 @pytest.mark.parametrize("name, group, bad, message", [

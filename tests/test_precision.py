@@ -151,7 +151,7 @@ def test_every_method_step_under_mixed_bfloat16_is_float32_and_finite(name):
     labels = tf.constant(LABELS)
     detached = method.detached_outputs(model, images, labels)
     with tf.GradientTape() as tape:
-        total, logits, terms = method.loss(model, images, labels, detached)
+        total, logits, terms = method.objective(model, images, labels, detached)
     assert logits.dtype == tf.float32 and total.dtype == tf.float32
     assert np.all(np.isfinite(logits.numpy())) and np.isfinite(float(total))
     for term, value in terms.items():

@@ -43,9 +43,11 @@ def test_cli_trains_evaluates_and_protects_a_finished_run(tmp_path):
 
     rows = list(csv.DictReader(open(os.path.join(workdir, "history.csv"))))
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
-    for column in ("loss", "ce", "cls", "accuracy", "top5_accuracy", "lr", "lambda_cls",
-                   "temperature", "val_accuracy", "val_ece", "val_nll", "val_recall_at_1"):
-        assert column in rows[0], column
+    # The columns of before fit's own validation pass replaced the validation callback,
+    # plus val_ce (the supervised term, logged by the model as in training).
+    assert set(rows[0]) == {"epoch", "loss", "ce", "cls", "accuracy", "top5_accuracy", "lr",
+                            "lambda_cls", "temperature", "val_loss", "val_ce", "val_accuracy",
+                            "val_top5_accuracy", "val_ece", "val_nll", "val_recall_at_1"}
     # protocol=tune (the default): the test split is not looked at during training.
     assert not any(column.startswith("test_") for column in rows[0])
     # Temperature scaling: one T, fitted on val, applied to both splits; cskd-eval agrees.
@@ -287,6 +289,7 @@ def digits_cskd_model():
     from cskd_tf import losses, models
     from cskd_tf.config import default_config
     from cskd_tf.data import pair_dataset
+    from cskd_tf.evaluation import ExpectedCalibrationError, NegativeLogLikelihood, RecallAtK
 
     digits = load_digits()
     images = (digits.images[..., None] * 16).clip(0, 255).astype(np.uint8)
@@ -298,49 +301,47 @@ def digits_cskd_model():
     config = default_config()
     method = losses.get_method("cskd", config)
     backbone = models.build("preact_resnet10", num_classes=10, input_shape=(8, 8, 1), width=8)
-    model = models.CSKDModel(backbone, method=method, lambda_cls=1.0, weight_decay=1e-4)
-    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    model = models.CSKDModel(backbone, method=method, weight_decay=1e-4)
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                  metrics=["accuracy", ExpectedCalibrationError(), NegativeLogLikelihood(),
+                           RecallAtK(k=1)])
     return model, train, val, images
 
 
 def test_model_fit_with_pair_dataset_and_cskd_callback():
-    """The Python API: model.fit(pair_dataset, callbacks=[CSKDCallback(...)])."""
+    """The Python API: model.fit(pair_dataset, validation_data=..., callbacks=[CSKDCallback])."""
     from cskd_tf.training import CSKDCallback
 
     model, train, val, images = digits_cskd_model()
-    callback = CSKDCallback(val, temperature=4.0, lambda_warmup_epochs=2)
-    history = model.fit(train, epochs=2, callbacks=[callback], verbose=0)
+    callback = CSKDCallback(lambda_warmup_epochs=2)
+    history = model.fit(train, epochs=2, validation_data=val, callbacks=[callback], verbose=0)
     logs = history.history
     assert logs["lambda_cls"] == pytest.approx([0.5, 1.0])
     assert logs["temperature"] == [4.0, 4.0]
-    for key in ("loss", "ce", "cls", "accuracy", "top5_accuracy", "val_ece", "val_nll",
-                "val_recall_at_1", "val_accuracy"):
+    for key in ("loss", "ce", "cls", "accuracy", "val_ece", "val_nll", "val_recall_at_1",
+                "val_accuracy"):
         assert len(logs[key]) == 2 and all(np.isfinite(logs[key])), key
     # The CS-KD term is really in the loss: loss = ce + λ·cls per batch, so on average too.
     assert logs["loss"][1] == pytest.approx(logs["ce"][1] + 1.0 * logs["cls"][1], rel=1e-3)
+    # fit's own validation pass: val_loss is the validation cross-entropy (= NLL).
+    assert logs["val_loss"][1] == pytest.approx(logs["val_nll"][1], rel=1e-4)
     assert model.predict(images[:4], verbose=0).shape == (4, 10)
 
 
-def test_warmup_and_validation_callbacks_work_apart():
-    """LambdaWarmup alone logs λ (no val keys); ValidationMetrics alone scores every
-    eval_every-th epoch and the last, and leaves λ alone."""
-    from cskd_tf.training import LambdaWarmup, ValidationMetrics
+def test_warmup_schedules_the_methods_lambda_across_fit_calls():
+    """LambdaWarmup assigns the method's λ variable by epoch, also over resumed fits."""
+    from cskd_tf.training import LambdaWarmup
 
     model, train, val, _ = digits_cskd_model()
-    warmup = LambdaWarmup(lambda_warmup_epochs=4)  # target λ read from the model: 1.0
+    warmup = LambdaWarmup(lambda_warmup_epochs=4)  # target λ: the method's weight, 1.0
     for epoch in range(3):
-        model.fit(train, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=1, verbose=0,
-                  callbacks=[warmup])
-    assert float(model.lambda_cls.numpy()) == pytest.approx(0.75)
-
-    logs = model.fit(train, epochs=3, steps_per_epoch=1, verbose=0,
-                     callbacks=[ValidationMetrics(val, eval_every=2)]).history
-    assert float(model.lambda_cls.numpy()) == pytest.approx(0.75)
-    assert "lambda_cls" not in logs and len(logs["loss"]) == 3
-    # Scored after the 2nd epoch (eval_every) and the 3rd (the last) only.
-    for key in ("val_ece", "val_nll", "val_accuracy", "val_top5_accuracy", "val_recall_at_1"):
-        assert len(logs[key]) == 2 and all(np.isfinite(logs[key])), key
-    assert logs["val_loss"] == logs["val_nll"]
+        logs = model.fit(train, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=1,
+                         verbose=0, callbacks=[warmup]).history
+        assert logs["lambda_cls"] == pytest.approx([(epoch + 1) / 4])
+    assert float(model.method.lambda_cls.numpy()) == pytest.approx(0.75)
+    logs = model.fit(train, epochs=1, steps_per_epoch=1, verbose=0).history
+    assert float(model.method.lambda_cls.numpy()) == pytest.approx(0.75)  # left alone
+    assert "lambda_cls" not in logs
 
 
 def test_step_schedule_divides_at_the_named_epochs():

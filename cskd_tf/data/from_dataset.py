@@ -159,6 +159,7 @@ class _DatasetSource(Source):
                 raise DataError(f"pairs_from_dataset: label {int(labels[bad][0])} is out of "
                                 f"range [0{top or ', ∞)'}; labels must be class indices "
                                 "0..num_classes-1")
+            check_label_set(labels, self._num_classes)
             self._loaded = (images, labels)
         return self._loaded
 
@@ -189,6 +190,26 @@ class _DatasetSource(Source):
         return Listing(class_names=names, splits={"train": split})
 
 
+def _describe(values, limit=8):
+    values = sorted(int(v) for v in values)
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f", … ({len(values)} in all)" if len(values) > limit else "")
+
+
+def check_label_set(labels, num_classes=None):
+    """DataError unless the labels cover classes 0..C−1 (C = ``num_classes`` or max + 1), C ≥ 2."""
+    seen = np.unique(labels)
+    count = int(num_classes or seen.max() + 1)
+    if count < 2:
+        raise DataError("pairs_from_dataset: every example has label 0, a single class; CS-KD "
+                        "(and any classifier) needs examples of at least 2 classes")
+    missing = np.setdiff1d(np.arange(count), seen)
+    if missing.size:
+        raise DataError(f"pairs_from_dataset: the labels seen are {_describe(seen)}, so classes "
+                        f"{_describe(missing)} have no example; labels must be class indices "
+                        "0..C-1 (remap them, e.g. ds.map(lambda x, y: (x, y - min_label)))")
+
+
 def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fingerprint=None,
                        image_size=None, channels=None, num_classes=None,
                        views=("anchor", "partner"), max_examples=DEFAULT_MAX_EXAMPLES):
@@ -210,7 +231,7 @@ def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fi
 
     Returns:
       A ``tf.data.Dataset`` of ``((anchor, partner), label)`` float32 images in the input's
-      value range and int32 labels, one epoch per iteration. Attributes: ``num_classes``,
+      value range and int32 labels, one epoch per iteration. Attributes: ``num_classes``, ``views``,
       ``image_shape``, ``mean`` and ``std`` (per channel, in the output's units),
       ``steps_per_epoch`` and ``cache_path``.
     """
@@ -245,6 +266,7 @@ def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fi
     stream = stream.apply(tf.data.experimental.assert_cardinality(steps))
     size = image_size or (native[0] if native else None)
     stream.num_classes = int(split.num_classes)
+    stream.views = tuple(views)
     stream.image_shape = (int(size), int(size if image_size else native[1]), channels) \
         if size else None
     stream.mean = tuple(float(m) * scale for m in meta["train_mean"])

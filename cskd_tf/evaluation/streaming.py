@@ -24,6 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from cskd_tf.compat import declare_direction
 from cskd_tf.evaluation.formulas import (NO_NEIGHBOUR, RecallState, calibration_bin_sums,
                                          ece_from_bin_sums, empty_recall_state, inner_bin_edges,
                                          per_sample_nll, recall_from_state, recall_update)
@@ -115,6 +116,7 @@ class ExpectedCalibrationError(keras.metrics.Metric):
 
     def __init__(self, num_bins=15, from_logits=True, name="ece", dtype=None):
         super().__init__(name=name, dtype=dtype)
+        declare_direction(self, "down")  # EarlyStopping/ModelCheckpoint infer mode="min"
         if isinstance(num_bins, bool) or int(num_bins) != num_bins or num_bins < 1:
             raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}")
         self.num_bins = int(num_bins)
@@ -173,6 +175,7 @@ class NegativeLogLikelihood(keras.metrics.Metric):
 
     def __init__(self, from_logits=True, name="nll", dtype=None):
         super().__init__(name=name, dtype=dtype)
+        declare_direction(self, "down")  # EarlyStopping/ModelCheckpoint infer mode="min"
         self.from_logits = bool(from_logits)
         self.total = self.add_variable(
             shape=(), initializer="zeros", dtype=self.dtype, name="total"
@@ -255,6 +258,7 @@ class RecallAtK(keras.metrics.Metric):
         if max_samples <= k:
             raise ValueError(f"max_samples must be > k={k}, got {max_samples}")
         super().__init__(name=name or f"recall_at_{int(k)}", dtype=dtype)
+        declare_direction(self, "up")  # EarlyStopping/ModelCheckpoint infer mode="max"
         self.k = int(k)
         self.max_samples = int(max_samples)
         self.feature_dim = None

@@ -23,6 +23,7 @@ from cskd_tf.models.registry import (
 )
 
 from cskd_tf.models.cskd_model import CSKDModel, Normalize
+from cskd_tf.models.compile_args import evaluation_only
 from cskd_tf.registry import MODELS
 
 # Importing every module of the package registers its backbones.
@@ -30,6 +31,7 @@ MODELS.discover()
 
 __all__ = [
     "CSKDModel",
+    "evaluation_only",
     "CosineClassifier",
     "Normalize",
     "HEADS",

@@ -16,7 +16,7 @@ CVPR 2020, Table 4).
 
 Bad input raises :class:`~cskd_tf.errors.ModelError` with a one-line fix: a model without
 a graph (subclassed, or a Sequential without ``keras.Input``), more than one output,
-an output of probabilities (softmax) instead of logits, no Dense layer and no
+an output of probabilities (softmax, sigmoid) instead of logits, a single logit, no Dense layer and no
 ``feature_layer``, an unknown ``feature_layer``, or features that are not (batch, dim).
 """
 
@@ -63,11 +63,13 @@ def _producer(tensor):
     return history[0] if history else None
 
 
-def _is_softmax(layer) -> bool:
+def _probability_activation(layer):
+    """"softmax" or "sigmoid" when ``layer`` outputs probabilities, else None."""
     if isinstance(layer, keras.layers.Softmax):
-        return True
+        return "softmax"
     activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", "") == "softmax"
+    name = getattr(activation, "__name__", "")
+    return name if name in ("softmax", "sigmoid") else None
 
 
 def _feature_tensor(model, feature_layer):
@@ -97,10 +99,14 @@ def classifier_view(model, feature_layer=None) -> keras.Model:
     if len(logits.shape) != 2:
         raise ModelError(f"model {model.name!r} outputs shape {tuple(logits.shape)}; "
                          "CSKDModel needs logits of shape (batch, classes)")
-    if _is_softmax(_producer(logits)):
-        raise ModelError(f"model {model.name!r} outputs probabilities (softmax); CS-KD needs "
-                         "logits: build the head without activation (keras.applications: "
+    activation = _probability_activation(_producer(logits))
+    if activation:
+        raise ModelError(f"model {model.name!r} outputs probabilities ({activation}); CS-KD "
+                         "needs logits: build the head without activation (keras.applications: "
                          "classifier_activation=None)")
+    if logits.shape[-1] is not None and logits.shape[-1] < 2:
+        raise ModelError(f"model {model.name!r} outputs {logits.shape[-1]} logit; CS-KD needs "
+                         "one logit per class and at least 2 classes: end with Dense(C), C >= 2")
     features, where = _feature_tensor(model, feature_layer)
     if len(features.shape) != 2:
         raise ModelError(f"the features of model {model.name!r} ({where}) have shape "

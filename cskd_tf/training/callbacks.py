@@ -1,6 +1,7 @@
-"""Callbacks that users add to ``model.fit`` (CSKDCallback = LambdaWarmup + ValidationMetrics)
-and that the fit set-up (training/fit_setup.py) adds for checkpoints, NaN detection and
-learning-rate logging."""
+"""Callbacks that users add to ``model.fit`` (CSKDCallback: the λ warm-up) and that the fit
+set-up (training/fit_setup.py) adds for per-epoch test scores, checkpoints, NaN detection and
+learning-rate logging. Validation metrics are fit's own (``validation_data=`` and the compiled
+metrics); no callback here writes a ``val_*`` value."""
 
 from __future__ import annotations
 
@@ -9,39 +10,50 @@ import math
 import keras
 import numpy as np
 
-from cskd_tf.errors import NonFiniteLossError
+from cskd_tf.errors import ModelError, NonFiniteLossError
 
 
 class LambdaWarmup(keras.callbacks.Callback):
-    """Warms λ up and logs the λ and T the epoch trained with.
+    """Warms the method's λ up and logs the λ and T the epoch trained with.
 
     With ``lambda_warmup_epochs = W > 0``, λ at epoch e (0-based) is
-    λ · min(1, (e + 1) / W); the value lives in ``model.lambda_cls`` (``lambda_cls=None``
-    reads the target λ from it at the start of training). Every epoch end writes
-    ``lambda_cls`` (the model's variable) and, when given, ``temperature`` into the logs.
+    λ · min(1, (e + 1) / W), λ the method's ``weight``; the value goes into the method's
+    ``lambda_cls`` variable. Every epoch end writes ``lambda_cls`` (the variable) and
+    ``temperature`` into the logs, for methods that have them (CS-KD and its
+    combinations); other methods are left alone.
     """
 
-    def __init__(self, lambda_cls=None, temperature=None, lambda_warmup_epochs=0):
+    def __init__(self, lambda_warmup_epochs=0):
         super().__init__()
-        self.lambda_cls = lambda_cls
-        self.temperature = temperature
+        if not isinstance(lambda_warmup_epochs, (int, np.integer)) or lambda_warmup_epochs < 0:
+            raise ModelError(
+                f"lambda_warmup_epochs={lambda_warmup_epochs!r} is not a number of epochs >= 0 "
+                "(validation is fit's own now: pass validation_data= to fit and compile "
+                "ExpectedCalibrationError/NegativeLogLikelihood/RecallAtK as metrics)")
         self.lambda_warmup_epochs = int(lambda_warmup_epochs)
 
-    def on_train_begin(self, logs=None):
-        if self.lambda_cls is None:
-            self.lambda_cls = float(self.model.lambda_cls.numpy())
+    def _method(self):
+        return getattr(self.model, "method", None)
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.lambda_warmup_epochs > 0:
+        variable = getattr(self._method(), "lambda_cls", None)
+        if self.lambda_warmup_epochs > 0 and variable is not None:
             factor = min(1.0, (epoch + 1) / self.lambda_warmup_epochs)
-            self.model.lambda_cls.assign(self.lambda_cls * factor)
+            variable.assign(self._method().weight * factor)
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
+        method = self._method()
+        if logs is None or method is None:
             return
-        logs["lambda_cls"] = float(self.model.lambda_cls.numpy())
-        if self.temperature is not None:
-            logs["temperature"] = float(self.temperature)
+        if getattr(method, "lambda_cls", None) is not None:
+            logs["lambda_cls"] = float(keras.ops.convert_to_numpy(method.lambda_cls))
+        if getattr(method, "temperature", None) is not None:
+            logs["temperature"] = float(method.temperature)
+
+
+class CSKDCallback(LambdaWarmup):
+    """The callback for ``model.fit`` of a CSKDModel: the method's λ warm-up over
+    ``lambda_warmup_epochs`` and λ, T in the logs (see :class:`LambdaWarmup`)."""
 
 
 def log_split_metrics(logs, prefix, result):
@@ -92,15 +104,6 @@ class SplitMetrics(keras.callbacks.Callback):
             num_bins=self.num_bins))
 
 
-class ValidationMetrics(SplitMetrics):
-    """:class:`SplitMetrics` of the validation split: ``val_ece``, ``val_nll``,
-    ``val_accuracy``, ``val_top5_accuracy``, ``val_recall_at_1`` and ``val_loss`` (= NLL)."""
-
-    def __init__(self, validation_data, eval_every=1, num_bins=15, jit_compile=False):
-        super().__init__(validation_data, prefix="val", recall=True, eval_every=eval_every,
-                         num_bins=num_bins, jit_compile=jit_compile)
-
-
 class SplitMetricsLogger(SplitMetrics):
     """Scores one more split (the test split under ``config.protocol="paper"``) every epoch.
 
@@ -114,46 +117,6 @@ class SplitMetricsLogger(SplitMetrics):
     def __init__(self, dataset, prefix="test", jit_compile=False, num_bins=15):
         super().__init__(dataset, prefix=prefix, recall=False, num_bins=num_bins,
                          jit_compile=jit_compile)
-
-
-class CSKDCallback(keras.callbacks.Callback):
-    """The convenience for ``model.fit``: :class:`LambdaWarmup` then :class:`ValidationMetrics`.
-
-    ``CSKDCallback(val_ds, temperature=4.0)`` logs λ and T, warms λ up over
-    ``lambda_warmup_epochs`` and scores ``validation_data`` every ``eval_every``-th epoch
-    (and the last); the arguments are those of the two callbacks it runs, in that order.
-    """
-
-    def __init__(self, validation_data=None, lambda_cls=None, temperature=None,
-                 lambda_warmup_epochs=0, eval_every=1, num_bins=15, jit_compile=False):
-        super().__init__()
-        self.parts = (
-            LambdaWarmup(lambda_cls=lambda_cls, temperature=temperature,
-                         lambda_warmup_epochs=lambda_warmup_epochs),
-            ValidationMetrics(validation_data, eval_every=eval_every, num_bins=num_bins,
-                              jit_compile=jit_compile))
-
-    def set_model(self, model):
-        super().set_model(model)
-        for part in self.parts:
-            part.set_model(model)
-
-    def set_params(self, params):
-        super().set_params(params)
-        for part in self.parts:
-            part.set_params(params)
-
-    def on_train_begin(self, logs=None):
-        for part in self.parts:
-            part.on_train_begin(logs)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        for part in self.parts:
-            part.on_epoch_begin(epoch, logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        for part in self.parts:
-            part.on_epoch_end(epoch, logs)
 
 
 class HistoryCSVLogger(keras.callbacks.CSVLogger):
@@ -221,6 +184,16 @@ class NonFiniteLossGuard(keras.callbacks.TerminateOnNaN):
             raise NonFiniteLossError(
                 f"the training loss became {value} at epoch {self._epoch + 1}, step {batch + 1}; "
                 "lower --config.learning_rate or --config.lambda_cls (the last checkpoint is kept)")
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The last update of an epoch can blow up after its loss was logged; fit's own
+        # validation pass then sees the diverged model.
+        value = (logs or {}).get("val_loss")
+        if value is not None and not math.isfinite(float(np.asarray(value))):
+            raise NonFiniteLossError(
+                f"the validation loss became {float(np.asarray(value))} after epoch {epoch + 1}: "
+                "the model diverged; lower --config.learning_rate or --config.lambda_cls (the "
+                "last checkpoint is kept)")
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

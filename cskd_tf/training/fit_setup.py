@@ -10,9 +10,10 @@ Both train the same way, so both call these in this order:
    ``config.sync_batch_norm``, the method's training state (e.g. a KD teacher) and the
    compiled optimizer (:func:`compile_model`), inside the strategy's scope.
 4. :func:`fit_callbacks`: the callback list, always in the order NaN guard, learning rate,
-   λ warm-up (logs λ and T), validation metrics, per-epoch test metrics (``protocol=paper``
-   only), the caller's readers of those logs (the tuner's derived objectives), then the
-   writers of a workdir (history.csv, TensorBoard, checkpoint) when one is given.
+   λ warm-up (logs λ and T), per-epoch test metrics (``protocol=paper`` only), the caller's
+   readers of the logs (the tuner's derived objectives), then the writers of a workdir
+   (history.csv, TensorBoard, checkpoint) when one is given; and :func:`validation_data`,
+   the val split fit scores itself with the compiled metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import tensorflow as tf
 from cskd_tf import data as data_lib
 from cskd_tf import losses, models
 from cskd_tf.errors import ConfigError
+from cskd_tf.evaluation.streaming import (ExpectedCalibrationError, NegativeLogLikelihood,
+                                          RecallAtK)
+from cskd_tf.models.compile_args import evaluation_only
 from cskd_tf.models.cskd_model import CSKDModel
 from cskd_tf.training import callbacks as cb
 from cskd_tf.training import distribute
@@ -50,8 +54,8 @@ def build_model(config, num_classes, image_shape, mean, std, method=None):
     method = method or losses.get_method(config.method, config)
     backbone = models.build(config.model, num_classes=num_classes, input_shape=tuple(image_shape),
                             width=int(config.model_width), head=method.head, init=config.init)
+    # λ and T are the method's (built from config.lambda_cls / config.temperature).
     model = CSKDModel(backbone, method=method, mean=mean, std=std,
-                      lambda_cls=float(config.lambda_cls),
                       weight_decay=float(config.weight_decay))
     model(tf.zeros((1, *image_shape), tf.float32))
     return model
@@ -66,9 +70,22 @@ def make_optimizer(config, steps):
                                 nesterov=config.nesterov)
 
 
+def reported_metrics():
+    """What cskd-train reports each epoch: accuracy and top-5 (training and validation), and
+    ECE, NLL and Recall@1 of fit's validation pass (``val_ece``, ``val_nll``,
+    ``val_recall_at_1``; evaluation only, so the training logs stay loss, terms, accuracy)."""
+    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
+            evaluation_only(ExpectedCalibrationError()),
+            evaluation_only(NegativeLogLikelihood()),
+            RecallAtK(k=1)]
+
+
 def compile_model(model, config, steps, jit_compile):
-    model.compile(optimizer=make_optimizer(config, steps), jit_compile=jit_compile,
-                  steps_per_execution=int(config.steps_per_execution))
+    # Weighted: the padding rows of a multi-replica validation pass weigh 0 (see
+    # validation_data); training batches carry no weights, so nothing else changes.
+    model.compile(optimizer=make_optimizer(config, steps), weighted_metrics=reported_metrics(),
+                  jit_compile=jit_compile, steps_per_execution=int(config.steps_per_execution))
     # Create the optimizer's slots now so a checkpoint restores into them directly.
     model.optimizer.build(model.trainable_variables)
     return model
@@ -89,30 +106,56 @@ def build_for_fit(config, info, steps, jit_compile, method=None):
     return compile_model(model, config, steps, jit_compile)
 
 
+def validation_data(config, info, splits, replicas=1):
+    """The val split as ``model.fit(validation_data=...)`` takes it, or None without one.
+
+    fit's own validation pass scores it every epoch with the compiled metrics
+    (:func:`reported_metrics`): ``val_loss``, ``val_accuracy``, ``val_ece``, ... Under
+    ``replicas`` > 1 every batch is padded to a multiple of the replica count with copies
+    of its first example weighted 0 (the reported metrics are weighted, so they do not
+    count them): a last batch smaller than the replica count would leave a replica an empty
+    slice, on which TensorFlow's CPU convolutions fail.
+    """
+    if "val" not in splits:
+        return None
+    batches = -(-int(info.splits["val"]) // int(config.eval_batch_size))
+    # The number of batches, stated: Keras otherwise learns it by running out of data, with
+    # a warning every run.
+    dataset = data_lib.eval_dataset(config, info, splits["val"]).apply(
+        tf.data.experimental.assert_cardinality(batches))
+    if replicas <= 1:
+        return dataset
+
+    def pad(images, labels):
+        count = tf.shape(labels)[0]
+        extra = (-count) % replicas
+        rows = tf.concat([tf.range(count), tf.zeros([extra], tf.int32)], axis=0)
+        weights = tf.concat([tf.ones([count]), tf.zeros([extra])], axis=0)
+        return tf.gather(images, rows), tf.gather(labels, rows), weights
+
+    return dataset.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def fit_callbacks(config, info, splits, jit_compile, readers=(), out=None, checkpoint=None):
     """The project's callbacks for ``model.fit``, in the order the module docstring gives.
 
     Args:
-      config: the run's config (λ, T, λ warm-up, protocol, checkpoint interval).
-      info, splits: the prepared dataset (``data.prepare``); the val split, when there is
-        one, is scored every epoch. The test split is scored every epoch only under
-        ``config.protocol="paper"`` (the reference code reports the best epoch); under
-        tune it stays untouched until the end.
+      config: the run's config (λ warm-up, protocol, checkpoint interval).
+      info, splits: the prepared dataset (``data.prepare``). The test split is scored every
+        epoch only under ``config.protocol="paper"`` (the reference code reports the best
+        epoch); under tune it stays untouched until the end. The val split is fit's own
+        (:func:`validation_data`).
       jit_compile: whether the evaluation passes run under XLA.
       readers: callbacks that read the metrics the earlier ones logged.
       out: the Workdir to write history.csv and TensorBoard logs to, or None.
       checkpoint: ``(manager, epoch_variable)`` saved every
         ``config.checkpoint_every_epochs`` epochs, or None.
     """
-    val_ds = data_lib.eval_dataset(config, info, splits["val"]) if "val" in splits else None
     callbacks = [
         cb.NonFiniteLossGuard(),
         cb.LearningRateLogger(),
-        # The λ and T the epoch trained with: the method was made from this same config.
-        cb.LambdaWarmup(lambda_cls=float(config.lambda_cls),
-                        temperature=float(config.temperature),
-                        lambda_warmup_epochs=config.lambda_warmup_epochs),
-        cb.ValidationMetrics(val_ds, jit_compile=jit_compile),
+        # Warms up the method's λ and logs the λ and T the epoch trained with.
+        cb.LambdaWarmup(lambda_warmup_epochs=config.lambda_warmup_epochs),
     ]
     if config.protocol == "paper" and "test" in splits:
         callbacks.append(cb.SplitMetricsLogger(data_lib.eval_dataset(config, info, splits["test"]),

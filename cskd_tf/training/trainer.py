@@ -98,6 +98,8 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
                                             checkpoint=(manager, epoch_var))
         model.fit(train_ds, epochs=config.num_epochs, initial_epoch=start_epoch,
                   steps_per_epoch=steps_per_epoch, callbacks=[*callbacks, *extra_callbacks],
+                  validation_data=fit_setup.validation_data(config, info, splits,
+                                                            placement.num_replicas),
                   shuffle=False, verbose=int(config.verbose) and (1 if os.isatty(1) else 2))
 
     metrics = evaluate_splits(model, config, info, splits, jit_compile)

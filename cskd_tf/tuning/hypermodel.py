@@ -22,7 +22,7 @@ from cskd_tf.training import fit_setup
 from cskd_tf.tuning.space import SearchSpace, add_derived_metrics
 
 # Epoch-log keys reported under another name: they are what the trial really trained with
-# (the model's λ variable, the T the loss read), next to the hyperparameter values of the
+# (the method's λ variable, the T the loss read), next to the hyperparameter values of the
 # same name in the trial table.
 _USED = {"lambda_cls": "used_lambda_cls", "temperature": "used_temperature"}
 
@@ -57,8 +57,8 @@ class TrialData:
 class DerivedMetrics(keras.callbacks.Callback):
     """Adds combined objectives (val_error_plus_ece) to the epoch logs.
 
-    Listed right after the validation metrics (ValidationMetrics), so the logs already hold them and
-    every later callback (TensorBoard, CSVLogger) sees the combined value too.
+    fit's validation pass has written the val_* metrics into the logs before any callback's
+    epoch end; listed before the writers, so TensorBoard and CSVLogger see the combined value.
     """
 
     def on_epoch_end(self, epoch, logs=None):
@@ -129,6 +129,7 @@ class CSKDHyperModel(keras_tuner.HyperModel):
         try:
             history = model.fit(train_ds, epochs=epochs, initial_epoch=int(initial_epoch),
                                 steps_per_epoch=steps,
+                                validation_data=fit_setup.validation_data(config, info, splits),
                                 callbacks=project_callbacks + list(callbacks),
                                 shuffle=False, verbose=2 if config.verbose else 0)
         except ValueError as error:

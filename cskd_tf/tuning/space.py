@@ -23,7 +23,7 @@ from cskd_tf import config as config_lib
 from cskd_tf.errors import ConfigError
 
 # Objective name -> direction. Every value is computed on the held-out validation split
-# by the ValidationMetrics callback at the end of a trial; the test split is never looked at.
+# by fit's own validation pass (the compiled metrics); the test split is never looked at.
 OBJECTIVES = {
     "val_accuracy": "max",
     "val_top5_accuracy": "max",

@@ -21,7 +21,7 @@ class MixSampler:
 
     def __init__(self, alpha, seed):
         self.alpha = check_range("mixup.alpha", alpha, low=0, low_open=True)
-        self.seed = int(seed)
+        self.seed = None if seed is None else int(seed)  # None: a random seed per build
         self.generator = None
 
     def build(self):

@@ -59,8 +59,12 @@ def adaptive_scale(cosine, labels, scale):
 
 @register("adacos")
 class AdaCos(Method):
+    """AdaCos (no hyperparameters: the scale adapts)."""
+
     head = "cosine"
     terms = ("ce", "scale")
+    replaces_cross_entropy = ("its cross-entropy is taken on the adaptively rescaled cosine "
+                              "logits it computes in the step")
 
     def build(self, model):
         classifier = model.backbone.get_layer("classifier")
@@ -73,10 +77,10 @@ class AdaCos(Method):
         classifier.scale.assign(initial_scale(classifier.units))
         self.classifier = classifier
 
-    def loss(self, model, images, labels, detached):
+    def loss(self, model, labels, outputs, detached, supervised):
         scale = self.classifier.scale
         previous = tf.cast(tf.convert_to_tensor(scale), tf.float32)
-        logits = model.forward(images[0], training=True)["logits"]
+        logits = outputs["logits"]
         cosine = tf.stop_gradient(logits) / previous
         new_scale = tf.stop_gradient(adaptive_scale(cosine, labels, previous))
         replica = tf.distribute.get_replica_context()
@@ -86,5 +90,6 @@ class AdaCos(Method):
         scale.assign(tf.cast(new_scale, scale.dtype))
         # The head computed s_prev·cos; rescale to s_new·cos (gradient flows through cos).
         logits = logits * (new_scale / previous)
+        outputs["logits"] = logits  # the metrics see the rescaled logits, as before
         ce = cross_entropy(labels, logits)
-        return ce, logits, {"ce": ce, "scale": new_scale}
+        return ce, {"ce": ce, "scale": new_scale}

@@ -1,58 +1,75 @@
 """The interface every training method implements.
 
-A method is one row of the paper's comparison tables. It declares what the
-input pipeline must emit (``views``), what the model's head looks like
-(``head``), which scalar terms it logs (``terms``), and computes its loss in
-two parts so that the train step can keep passes that need no gradient out
-of the gradient tape:
+A method is one row of the paper's comparison tables, and a Keras-style object
+that owns its hyperparameters: ``cskd_tf.losses.CSKD(temperature=4.0,
+weight=1.0)``, with the paper's values as constructor defaults. It declares
+what the input pipeline must emit (``views``), what the model's head looks like
+(``head``) and which scalar terms it logs (``terms``), and computes its loss in
+three parts so that the train step keeps the passes that need no gradient out of
+the gradient tape:
 
-    detached = method.detached_outputs(model, images, labels)          # no tape
-    loss, logits, terms = method.loss(model, images, labels, detached)  # tape
+    detached = method.detached_outputs(model, images, labels)        # no tape
+    outputs = method.forward(model, images, detached)                 # tape
+    total, terms = method.loss(model, labels, outputs, detached,
+                               supervised)                            # tape
 
 ``images`` is always a tuple ordered as ``views``. ``model`` is a
 :class:`cskd_tf.models.CSKDModel`; ``model.forward(x, training)`` returns
-``{"logits", "features"}``. ``logits`` returned by ``loss`` are the anchor
-logits the step's accuracy metrics use.
+``{"logits", "features"}``; ``outputs["logits"]`` are the anchor logits the
+compiled metrics see. ``supervised(labels, logits, sample_weight=None)`` is the
+compiled loss (``compile(loss=...)``, default sparse categorical cross-entropy
+from logits, times ``loss_weights``): methods whose supervised term is the
+cross-entropy take it from there; a method that replaces the cross-entropy
+(label smoothing, AdaCos, mixup, ...) sets ``replaces_cross_entropy`` to a short
+reason, and CSKDModel.compile refuses a non-default loss for it.
 
-Hyperparameters: a method's constructor takes them by name, never the
-whole experiment config. :meth:`Method.from_config` picks them from the
-config: the method's own group (``config.kd``, ``config.mixup``, ...,
-named after the method, as big_vision passes ``config.model`` to
-``Model(**config.model)``) plus the few shared top-level fields it reads
-(CS-KD's ``config.temperature``, the seed). :meth:`Method.get_config`
-returns the same keywords (and ``name``), so ``METHODS[name](**rest)``
-rebuilds the method. A combined method takes each part's group as a
-mapping named after the group (``kd_cskd``: ``temperature`` and ``kd``).
+Hyperparameters: ``get_config()`` returns the constructor's keywords and
+``from_config(config)`` is ``cls(**config)`` (Keras' inverse pair; every method
+class is registered with ``keras.saving.register_keras_serializable``).
+:meth:`Method.from_experiment_config` builds the method from an application
+experiment config (the method's own group, e.g. ``config.kd``, plus the shared
+top-level fields it reads: ``config.temperature``, ``config.lambda_cls``, the
+seed); :func:`get_method` is that path by registered name, :func:`get` the
+Keras-style one (a name with the paper's defaults, an object, or a serialized
+dict).
+
+λ, the weight of the class-wise term, is a non-trainable variable the method
+owns (``method.lambda_cls``, created in :meth:`build`), so a callback can warm it
+up without retracing the step; its initial value is the ``weight`` argument.
 
 Sample weights: when the batch carries them (``fit(sample_weight=...)``,
 ``class_weight``), ``detached["sample_weight"]`` holds them per anchor,
 normalised by CSKDModel to average 1, and a method with
 ``supports_sample_weight = True`` takes every batch mean as
-``mean_i(w_i · term_i)`` (the ``sample_weight`` argument of
-:func:`cross_entropy` and :func:`cskd_tf.losses.class_wise_kl`). CSKDModel
-refuses sample weights for the other methods.
+``mean_i(w_i · term_i)`` (the ``sample_weight`` argument of ``supervised`` and
+of :func:`cskd_tf.losses.class_wise_kl`). CSKDModel refuses sample weights for
+the other methods.
 
-Adding a method: one module in this package defining a subclass and
-decorating it with ``@register("name")``, plus its group in
-:func:`cskd_tf.config.default_config` if it has hyperparameters.
+Adding a method: one module in this package defining a subclass decorated with
+``@register("name")``, plus its group in :func:`cskd_tf.config.default_config`
+if it has hyperparameters.
 """
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
+from cskd_tf.config import check_range
 from cskd_tf.errors import ModelError
 
 METHODS: dict[str, type["Method"]] = {}
 
 
 def register(name):
+    """Registers a method class under ``name`` (the CLI's --config.method) and with Keras'
+    serialization (``package="cskd_tf"``, the class name)."""
     def wrap(cls):
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
         cls.name = name
         METHODS[name] = cls
-        return cls
+        return keras.saving.register_keras_serializable(package="cskd_tf")(cls)
     return wrap
 
 
@@ -61,7 +78,23 @@ def get_method(name, config):
     if name not in METHODS:
         raise ModelError(f"unknown method {name!r}; set --config.method to one of: "
                          f"{', '.join(sorted(METHODS))}")
-    return METHODS[name].from_config(config)
+    return METHODS[name].from_experiment_config(config)
+
+
+def get(identifier) -> "Method":
+    """A method from a registered name (the paper's defaults), a Method, or a dict from
+    ``keras.saving.serialize_keras_object``; ModelError for anything else."""
+    if isinstance(identifier, Method):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier not in METHODS:
+            raise ModelError(f"unknown method {identifier!r}; use one of "
+                             f"{', '.join(sorted(METHODS))} or a cskd_tf.losses method object")
+        return METHODS[identifier]()
+    if isinstance(identifier, dict) and "class_name" in identifier:
+        return keras.saving.deserialize_keras_object(identifier)
+    raise ModelError(f"method={identifier!r} is not a method; pass a name such as 'cskd' or "
+                     "an object such as cskd_tf.losses.CSKD(temperature=4.0, weight=1.0)")
 
 
 def weighted_mean(per_example, sample_weight=None):
@@ -102,23 +135,35 @@ class Method:
     needs_teacher = False
     # Whether loss() honours detached["sample_weight"] (see the module docstring).
     supports_sample_weight = False
+    # None: the supervised term is the compiled loss. A string: why the method computes its
+    # own (CSKDModel.compile refuses a non-default compile(loss=...) with it).
+    replaces_cross_entropy: str | None = None
+
+    @classmethod
+    def from_experiment_config(cls, config):
+        """The method with its hyperparameters taken from the experiment ``config``
+        (a :func:`cskd_tf.config.default_config`-shaped ConfigDict)."""
+        return cls()
+
+    def get_config(self):
+        """The constructor's keywords, as plain values (Keras' convention)."""
+        return {}
 
     @classmethod
     def from_config(cls, config):
-        """The method with its hyperparameters taken from the experiment ``config``
-        (a :func:`cskd_tf.config.default_config`-shaped ConfigDict). Not Keras's
-        ``from_config``: the inverse of :meth:`get_config` is ``cls(**hyperparameters)``."""
-        return cls()
+        return cls(**config)
 
-    def hyperparameters(self):
-        """The constructor's keywords, as plain values."""
-        return {}
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
 
-    def get_config(self):
-        return {"name": self.name, **self.hyperparameters()}
+    @property
+    def variables(self):
+        """The state the method owns (λ for class-wise methods); CSKDModel tracks it."""
+        return []
 
     def build(self, model):
-        """Creates extra state on ``model`` (heads, variables). Called once."""
+        """Creates extra state on ``model`` (heads, variables). Called once per model."""
 
     def prepare_training(self, model, teacher=None):
         """Takes state only training needs; ``trainer.train`` calls it once after building
@@ -128,8 +173,57 @@ class Method:
 
     def detached_outputs(self, model, images, labels):
         """Outputs computed outside the gradient tape (partner, second-view and teacher
-        passes, mixing draws), keyed by name; :meth:`loss` receives them."""
+        passes, mixing draws), keyed by name; :meth:`forward` and :meth:`loss` receive them."""
         return {}
 
-    def loss(self, model, images, labels, detached):
-        raise NotImplementedError
+    def forward(self, model, images, detached):
+        """The passes with gradient: a dict holding at least the anchor ``logits``."""
+        return model.forward(images[0], training=True)
+
+    def loss(self, model, labels, outputs, detached, supervised):
+        """(total, {term: value}) from :meth:`forward`'s outputs."""
+        ce = supervised(labels, outputs["logits"], detached.get("sample_weight"))
+        return ce, {"ce": ce}
+
+    def objective(self, model, images, labels, detached, supervised=None):
+        """:meth:`forward` then :meth:`loss`: (total, anchor logits, terms), for custom loops.
+        ``supervised`` defaults to the model's compiled loss (``model.supervised``) or, on a
+        model without one, the mean softmax cross-entropy."""
+        if supervised is None:
+            supervised = getattr(model, "supervised", None) or _cross_entropy_term
+        outputs = self.forward(model, images, detached)
+        total, terms = self.loss(model, labels, outputs, detached, supervised)
+        return total, outputs["logits"], terms
+
+
+def _cross_entropy_term(labels, logits, sample_weight=None):
+    return cross_entropy(labels, logits, sample_weight=sample_weight)
+
+
+class ClassWiseTerm(Method):
+    """The class-wise term's hyperparameters and λ variable, shared by every CS-KD method.
+
+    ``temperature``: T of the softened predictions; ``weight``: λ, the initial value of the
+    non-trainable ``lambda_cls`` variable :meth:`build` creates (warm-up callbacks assign
+    it; ``get_config`` keeps the constructor's value).
+    """
+
+    def __init__(self, temperature=4.0, weight=1.0):
+        self.temperature = check_range("temperature", temperature, low=0, low_open=True)
+        self.weight = check_range("lambda_cls", weight, low=0)
+        self.lambda_cls = None
+
+    @property
+    def variables(self):
+        return [] if self.lambda_cls is None else [self.lambda_cls]
+
+    def build(self, model):
+        # A variable (not a float) so a schedule changes λ without retracing the step.
+        self.lambda_cls = keras.Variable(self.weight, trainable=False, dtype="float32",
+                                         name="lambda_cls")
+
+    def class_wise_weight(self):
+        if self.lambda_cls is None:
+            raise ModelError(f"method {self.name!r} is not built; pass it to "
+                             "CSKDModel(net, method=...) before training")
+        return self.lambda_cls

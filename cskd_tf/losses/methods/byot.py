@@ -142,10 +142,13 @@ def byot_loss(deep_logits, deep_features, aux_outputs, labels, temperature, alph
 
 
 @register("byot")
-class BeYourOwnTeacher(Method):
-    terms = ("ce", "aux_ce", "aux_kd", "hint")
+class BYOT(Method):
+    """BYOT: T = ``temperature`` (3), α = ``alpha`` (0.1), λ of the hint = ``beta`` (1e-6)."""
 
-    def __init__(self, temperature, alpha, beta):
+    terms = ("ce", "aux_ce", "aux_kd", "hint")
+    replaces_cross_entropy = "it applies the cross-entropy to every auxiliary classifier too"
+
+    def __init__(self, temperature=3.0, alpha=0.1, beta=1e-6):
         """``temperature``: T of the KL toward the deepest head; ``alpha``: its weight α
         (CE gets 1 − α); ``beta``: λ of the summed feature hint."""
         self.temperature = check_range("byot.temperature", temperature, low=0, low_open=True)
@@ -153,12 +156,11 @@ class BeYourOwnTeacher(Method):
         self.beta = check_range("byot.beta", beta, low=0)
 
     @classmethod
-    def from_config(cls, config):
+    def from_experiment_config(cls, config):
         return cls(**config.byot)
 
-    def hyperparameters(self):
+    def get_config(self):
         return {"temperature": self.temperature, "alpha": self.alpha, "beta": self.beta}
-
     def build(self, model):
         backbone = model.backbone
         stages = stage_layers(backbone)
@@ -184,12 +186,13 @@ class BeYourOwnTeacher(Method):
                                            num_classes, k)
                             for k, layer in enumerate(shallow, start=1)]
 
-    def loss(self, model, images, labels, detached):
+    def forward(self, model, images, detached):
         out = self.tap(model.normalize(images[0]), training=True)
         aux = [head(stage, training=True) for head, stage in zip(model.byot_heads, out["stages"])]
+        return {"logits": out["logits"], "features": out["features"], "aux": aux}
+
+    def loss(self, model, labels, outputs, detached, supervised):
         # The step divides the objective by the replica count; keep the hint a global-batch sum.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        total, terms = byot_loss(out["logits"], out["features"], aux, labels,
-                                 self.temperature, self.alpha, self.beta,
-                                 hint_scale=float(replicas))
-        return total, out["logits"], terms
+        return byot_loss(outputs["logits"], outputs["features"], outputs["aux"], labels,
+                         self.temperature, self.alpha, self.beta, hint_scale=float(replicas))

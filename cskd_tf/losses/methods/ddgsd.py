@@ -53,25 +53,31 @@ def linear_mmd(features_a, features_b):
 
 
 @register("ddgsd")
-class DataDistortionSelfDistillation(Method):
+class DDGSD(Method):
+    """DDGSD with μ = ``mmd_weight`` (5e-4) and T = ``temperature`` (3)."""
+
     views = ("anchor", "view2")
     terms = ("ce", "kl", "mmd")
+    replaces_cross_entropy = "its supervised term is the sum of both views' cross-entropies"
 
-    def __init__(self, mmd_weight, temperature):
+    def __init__(self, mmd_weight=0.0005, temperature=3.0):
         self.mmd_weight = check_range("ddgsd.mmd_weight", mmd_weight, low=0)
         self.temperature = check_range("ddgsd.temperature", temperature, low=0, low_open=True,
                                        default=3)
 
     @classmethod
-    def from_config(cls, config):
+    def from_experiment_config(cls, config):
         return cls(**config.ddgsd)
 
-    def hyperparameters(self):
+    def get_config(self):
         return {"mmd_weight": self.mmd_weight, "temperature": self.temperature}
 
-    def loss(self, model, images, labels, detached):
+    def forward(self, model, images, detached):
         first = model.forward(images[0], training=True)
-        second = model.forward(images[1], training=True)
+        return {**first, "second": model.forward(images[1], training=True)}
+
+    def loss(self, model, labels, outputs, detached, supervised):
+        first, second = outputs, outputs["second"]
         ce = cross_entropy(labels, first["logits"]) + cross_entropy(labels, second["logits"])
         t = self.temperature
         # Each direction detaches its teacher (the other view's logits).
@@ -80,4 +86,4 @@ class DataDistortionSelfDistillation(Method):
         kl = t * t * (kl_1 + kl_2)
         mmd = linear_mmd(first["features"], second["features"])
         total = ce + kl + self.mmd_weight * mmd
-        return total, first["logits"], {"ce": ce, "kl": kl, "mmd": mmd}
+        return total, {"ce": ce, "kl": kl, "mmd": mmd}

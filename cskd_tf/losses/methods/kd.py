@@ -8,7 +8,7 @@ finished cskd-train workdir or a SavedModel directory, with
 :func:`cskd_tf.training.teacher.teacher_for`), called with ``training=False``
 on the same augmented batch as the student, outside the gradient tape.
 T = config.kd.temperature (4), α = config.kd.alpha (0.9). The
-KL is summed over classes and averaged over the batch.
+KL is summed over classes and averaged over the batch; CE is the compiled loss.
 
 Relation to ``keras.distillation`` (Keras 3.15): ``Distiller`` is a
 ``keras.Model`` wrapping teacher and student, a role ``CSKDModel`` already
@@ -41,19 +41,22 @@ from cskd_tf.losses.kl import class_wise_kl
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
 
 
-def kd_loss(logits, teacher_logits, labels, temperature, alpha):
-    """(1 − α)·CE + α·T²·KL(teacher ‖ student); returns (total, ce, kd)."""
-    ce = cross_entropy(labels, logits)
+def kd_loss(logits, teacher_logits, labels, temperature, alpha, ce=None):
+    """(1 − α)·CE + α·T²·KL(teacher ‖ student); returns (total, ce, kd). ``ce``: the
+    supervised term when the caller has it (the compiled loss), else the cross-entropy."""
+    ce = cross_entropy(labels, logits) if ce is None else ce
     kd = class_wise_kl(logits, teacher_logits, temperature)
     return (1.0 - alpha) * ce + alpha * kd, ce, kd
 
 
 @register("kd")
-class KnowledgeDistillation(Method):
+class KD(Method):
+    """KD from a frozen teacher: T = ``temperature`` (4), α = ``alpha`` (0.9)."""
+
     terms = ("ce", "kd")
     needs_teacher = True
 
-    def __init__(self, temperature, alpha, teacher_workdir, teacher_model):
+    def __init__(self, temperature=4.0, alpha=0.9, teacher_workdir="", teacher_model=""):
         """``teacher_workdir``: a cskd-train workdir or SavedModel path; ``teacher_model``:
         the teacher's architecture if it differs from what the workdir says ("" = its own).
         The method never reads them itself: the trainer loads the teacher they name."""
@@ -64,13 +67,12 @@ class KnowledgeDistillation(Method):
         self.teacher = None
 
     @classmethod
-    def from_config(cls, config):
+    def from_experiment_config(cls, config):
         return cls(**config.kd)
 
-    def hyperparameters(self):
+    def get_config(self):
         return {"temperature": self.temperature, "alpha": self.alpha,
                 "teacher_workdir": self.teacher_workdir, "teacher_model": self.teacher_model}
-
     def prepare_training(self, model, teacher=None):
         if teacher is None:
             raise ModelError(f"method {self.name!r} needs a teacher: pass "
@@ -90,8 +92,8 @@ class KnowledgeDistillation(Method):
     def detached_outputs(self, model, images, labels):
         return {"teacher_logits": self.teacher_logits(model, images[0])}
 
-    def loss(self, model, images, labels, detached):
-        logits = model.forward(images[0], training=True)["logits"]
+    def loss(self, model, labels, outputs, detached, supervised):
+        logits = outputs["logits"]
         total, ce, kd = kd_loss(logits, detached["teacher_logits"], labels, self.temperature,
-                                self.alpha)
-        return total, logits, {"ce": ce, "kd": kd}
+                                self.alpha, ce=supervised(labels, logits))
+        return total, {"ce": ce, "kd": kd}

@@ -13,30 +13,36 @@ Cost: one student forward/backward pass, one detached student pass (the
 partner) and one teacher pass.
 """
 
-from cskd_tf.config import check_range
 from cskd_tf.losses.kl import class_wise_kl
-from cskd_tf.losses.methods.base import Method, register
-from cskd_tf.losses.methods.kd import KnowledgeDistillation
+from cskd_tf.losses.methods.base import ClassWiseTerm, register
+from cskd_tf.losses.methods.kd import KD
 
 
 @register("kd_cskd")
-class KnowledgeDistillationClassWise(Method):
+class KDCSKD(ClassWiseTerm):
+    """KD plus the class-wise term: T = ``temperature``, λ = ``weight`` (CS-KD's), T_kd =
+    ``kd_temperature``, α = ``alpha`` and the teacher as for :class:`KD`."""
+
     views = ("anchor", "partner")
     terms = ("ce", "kd", "cls")
     needs_teacher = True
 
-    def __init__(self, temperature, kd):
-        """``temperature``: CS-KD's T; ``kd``: the ``kd`` method's hyperparameters
-        (config.kd: temperature, alpha, teacher_workdir, teacher_model)."""
-        self.temperature = check_range("temperature", temperature, low=0, low_open=True)
-        self.kd = KnowledgeDistillation(**kd)
+    def __init__(self, temperature=4.0, weight=1.0, kd_temperature=4.0, alpha=0.9,
+                 teacher_workdir="", teacher_model=""):
+        super().__init__(temperature, weight)
+        self.kd = KD(temperature=kd_temperature, alpha=alpha, teacher_workdir=teacher_workdir,
+                     teacher_model=teacher_model)
 
     @classmethod
-    def from_config(cls, config):
-        return cls(temperature=config.temperature, kd=config.kd.to_dict())
+    def from_experiment_config(cls, config):
+        kd = dict(config.kd)
+        return cls(temperature=config.temperature, weight=config.lambda_cls,
+                   kd_temperature=kd.pop("temperature"), **kd)
 
-    def hyperparameters(self):
-        return {"temperature": self.temperature, "kd": self.kd.hyperparameters()}
+    def get_config(self):
+        kd = self.kd.get_config()
+        return {"temperature": self.temperature, "weight": self.weight,
+                "kd_temperature": kd.pop("temperature"), **kd}
 
     # The teacher is the KD part's: named by config.kd, loaded by the trainer.
     @property
@@ -63,7 +69,7 @@ class KnowledgeDistillationClassWise(Method):
         detached["partner_logits"] = model.forward(images[1], training=True)["logits"]
         return detached
 
-    def loss(self, model, images, labels, detached):
-        total, logits, terms = self.kd.loss(model, images, labels, detached)
-        cls = class_wise_kl(logits, detached["partner_logits"], self.temperature)
-        return total + model.lambda_cls * cls, logits, {**terms, "cls": cls}
+    def loss(self, model, labels, outputs, detached, supervised):
+        total, terms = self.kd.loss(model, labels, outputs, detached, supervised)
+        cls = class_wise_kl(outputs["logits"], detached["partner_logits"], self.temperature)
+        return total + self.class_wise_weight() * cls, {**terms, "cls": cls}

@@ -17,20 +17,23 @@ from cskd_tf.losses.methods.base import Method, cross_entropy, register
 
 @register("label_smoothing")
 class LabelSmoothing(Method):
-    terms = ("ce",)
+    """Label smoothing with ε = ``epsilon`` (the paper's comparison: 0.1)."""
 
-    def __init__(self, epsilon):
+    terms = ("ce",)
+    replaces_cross_entropy = "its supervised term is the smoothed cross-entropy"
+
+    def __init__(self, epsilon=0.1):
         self.epsilon = check_range("label_smoothing.epsilon", epsilon, low=0, high=1,
                                    high_open=True)
 
     @classmethod
-    def from_config(cls, config):
+    def from_experiment_config(cls, config):
         return cls(**config.label_smoothing)
 
-    def hyperparameters(self):
+    def get_config(self):
         return {"epsilon": self.epsilon}
 
-    def loss(self, model, images, labels, detached):
-        logits = model.forward(images[0], training=True)["logits"]
+    def loss(self, model, labels, outputs, detached, supervised):
+        logits = outputs["logits"]
         smoothed = cross_entropy(labels, logits, label_smoothing=self.epsilon)
-        return smoothed, logits, {"ce": cross_entropy(labels, logits)}
+        return smoothed, {"ce": cross_entropy(labels, logits)}

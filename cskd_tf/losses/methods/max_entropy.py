@@ -11,7 +11,7 @@ Cost: one forward and one backward pass per step, as CE.
 import tensorflow as tf
 
 from cskd_tf.config import check_range
-from cskd_tf.losses.methods.base import Method, cross_entropy, register
+from cskd_tf.losses.methods.base import Method, register
 
 
 def mean_entropy(logits):
@@ -21,21 +21,23 @@ def mean_entropy(logits):
 
 
 @register("max_entropy")
-class MaximumEntropy(Method):
+class MaxEntropy(Method):
+    """Confidence penalty with β = ``beta`` (0.1); CE is the compiled loss."""
+
     terms = ("ce", "entropy")
 
-    def __init__(self, beta):
+    def __init__(self, beta=0.1):
         self.beta = check_range("max_entropy.beta", beta, low=0)
 
     @classmethod
-    def from_config(cls, config):
+    def from_experiment_config(cls, config):
         return cls(**config.max_entropy)
 
-    def hyperparameters(self):
+    def get_config(self):
         return {"beta": self.beta}
 
-    def loss(self, model, images, labels, detached):
-        logits = model.forward(images[0], training=True)["logits"]
-        ce = cross_entropy(labels, logits)
+    def loss(self, model, labels, outputs, detached, supervised):
+        logits = outputs["logits"]
+        ce = supervised(labels, logits)
         entropy = mean_entropy(logits)
-        return ce - self.beta * entropy, logits, {"ce": ce, "entropy": entropy}
+        return ce - self.beta * entropy, {"ce": ce, "entropy": entropy}

@@ -27,17 +27,19 @@ from cskd_tf.losses.methods.base import Method, register
 
 @register("mixup")
 class Mixup(Method):
-    terms = ("ce", "mix_lambda")
+    """Mixup with α = ``alpha`` (1.0); ``seed`` of the λ and permutation draws (None: random)."""
 
-    def __init__(self, alpha, seed):
-        """``seed``: of the λ and permutation draws (the experiment's config.seed)."""
+    terms = ("ce", "mix_lambda")
+    replaces_cross_entropy = "its supervised term is the λ-weighted cross-entropy of both labels"
+
+    def __init__(self, alpha=1.0, seed=None):
         self.sampler = MixSampler(alpha, seed)
 
     @classmethod
-    def from_config(cls, config):
+    def from_experiment_config(cls, config):
         return cls(**config.mixup, seed=config.seed)
 
-    def hyperparameters(self):
+    def get_config(self):
         return {"alpha": self.sampler.alpha, "seed": self.sampler.seed}
 
     def build(self, model):
@@ -47,7 +49,9 @@ class Mixup(Method):
         lam, perm = self.sampler.sample(tf.shape(images[0])[0])
         return {"lam": lam, "perm": perm, "mixed": mix(images[0], lam, perm)}
 
-    def loss(self, model, images, labels, detached):
-        logits = model.forward(detached["mixed"], training=True)["logits"]
-        ce = mixup_cross_entropy(logits, labels, detached["lam"], detached["perm"])
-        return ce, logits, {"ce": ce, "mix_lambda": detached["lam"]}
+    def forward(self, model, images, detached):
+        return model.forward(detached["mixed"], training=True)
+
+    def loss(self, model, labels, outputs, detached, supervised):
+        ce = mixup_cross_entropy(outputs["logits"], labels, detached["lam"], detached["perm"])
+        return ce, {"ce": ce, "mix_lambda": detached["lam"]}

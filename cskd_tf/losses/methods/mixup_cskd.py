@@ -25,36 +25,36 @@ code does not include it). Cost: two forward passes (one without gradient),
 about 1.33× the compute of CE, as CS-KD.
 """
 
-from cskd_tf.config import check_range
 from cskd_tf.losses.kl import class_wise_kl
 from cskd_tf.losses.methods._mixing import mix
-from cskd_tf.losses.methods.base import Method, register
+from cskd_tf.losses.methods.base import ClassWiseTerm, register
 from cskd_tf.losses.methods.mixup import Mixup
 
 
 @register("mixup_cskd")
-class MixupClassWiseSelfKD(Method):
-    """Mixup's step plus the class-wise term on the equally mixed partners."""
+class MixupCSKD(ClassWiseTerm):
+    """Mixup's step plus the class-wise term on the equally mixed partners: T =
+    ``temperature``, λ_cls = ``weight``, α = ``alpha``, ``seed`` of the mixing draws."""
 
     views = ("anchor", "partner")
     terms = ("ce", "cls", "mix_lambda")
+    replaces_cross_entropy = Mixup.replaces_cross_entropy
 
-    def __init__(self, temperature, mixup, seed):
-        """``temperature``: CS-KD's T; ``mixup``: the ``mixup`` method's hyperparameters
-        (config.mixup); ``seed``: of the mixing draws."""
-        self.temperature = check_range("temperature", temperature, low=0, low_open=True)
-        self.mixup = Mixup(**mixup, seed=seed)
+    def __init__(self, temperature=4.0, weight=1.0, alpha=1.0, seed=None):
+        super().__init__(temperature, weight)
+        self.mixup = Mixup(alpha=alpha, seed=seed)
 
     @classmethod
-    def from_config(cls, config):
-        return cls(temperature=config.temperature, mixup=config.mixup.to_dict(), seed=config.seed)
+    def from_experiment_config(cls, config):
+        return cls(temperature=config.temperature, weight=config.lambda_cls,
+                   **config.mixup, seed=config.seed)
 
-    def hyperparameters(self):
-        mixup = self.mixup.hyperparameters()
-        seed = mixup.pop("seed")
-        return {"temperature": self.temperature, "mixup": mixup, "seed": seed}
+    def get_config(self):
+        return {"temperature": self.temperature, "weight": self.weight,
+                **self.mixup.get_config()}
 
     def build(self, model):
+        super().build(model)
         self.mixup.build(model)
 
     def detached_outputs(self, model, images, labels):
@@ -63,7 +63,10 @@ class MixupClassWiseSelfKD(Method):
         detached["partner_logits"] = model.forward(mixed_partner, training=True)["logits"]
         return detached
 
-    def loss(self, model, images, labels, detached):
-        ce, logits, terms = self.mixup.loss(model, images, labels, detached)
-        cls = class_wise_kl(logits, detached["partner_logits"], self.temperature)
-        return ce + model.lambda_cls * cls, logits, {**terms, "cls": cls}
+    def forward(self, model, images, detached):
+        return self.mixup.forward(model, images, detached)
+
+    def loss(self, model, labels, outputs, detached, supervised):
+        ce, terms = self.mixup.loss(model, labels, outputs, detached, supervised)
+        cls = class_wise_kl(outputs["logits"], detached["partner_logits"], self.temperature)
+        return ce + self.class_wise_weight() * cls, {**terms, "cls": cls}

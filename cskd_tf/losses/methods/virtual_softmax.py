@@ -48,8 +48,11 @@ def virtual_softmax_loss(logits, features, kernel, labels):
 
 @register("virtual_softmax")
 class VirtualSoftmax(Method):
+    """Virtual-softmax (no hyperparameters)."""
+
     terms = ("ce",)
     head = "linear_nobias"
+    replaces_cross_entropy = "its supervised term is the (C+1)-way virtual-class cross-entropy"
 
     def build(self, model):
         classifier = model.backbone.get_layer("classifier")
@@ -59,8 +62,7 @@ class VirtualSoftmax(Method):
                              "build the backbone with head='linear_nobias'")
         self.classifier = classifier
 
-    def loss(self, model, images, labels, detached):
-        out = model.forward(images[0], training=True)
-        logits = out["logits"]
-        total = virtual_softmax_loss(logits, out["features"], self.classifier.kernel, labels)
-        return total, logits, {"ce": cross_entropy(labels, logits)}
+    def loss(self, model, labels, outputs, detached, supervised):
+        logits = outputs["logits"]
+        total = virtual_softmax_loss(logits, outputs["features"], self.classifier.kernel, labels)
+        return total, {"ce": cross_entropy(labels, logits)}
