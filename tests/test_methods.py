@@ -590,6 +590,8 @@ def test_a_method_is_one_new_file(tmp_path, monkeypatch):
                                              "--config.method to one of: .*throwaway_penalty"):
             common.load_config(config)
         assert report.method_name("throwaway_penalty") == "Throwaway penalty"
+        doc = open(os.path.join(ROOT, "docs", "architecture.md")).read()
+        assert "## Adding a training method (one file)" in doc and "one_new_file" in doc
         assert "throwaway_penalty" not in losses.METHODS  # declared, not imported yet
 
         losses.METHODS.discover()

@@ -9,6 +9,7 @@ test_a_backbone_is_one_new_file shows it with a throwaway module.
 """
 
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -188,6 +189,8 @@ def test_a_backbone_is_one_new_file(tmp_path, monkeypatch):
     """One new module in the package (here a directory added to its __path__) is found by
     discovery, listed by available() and passes the battery."""
     (tmp_path / "throwaway_net.py").write_text(THROWAWAY_BACKBONE)
+    doc = (Path(__file__).parent.parent / "docs" / "architecture.md").read_text()
+    assert "## Adding a backbone (one file)" in doc and "one_new_file" in doc
     monkeypatch.setattr(models, "__path__", [*models.__path__, str(tmp_path)])
     try:
         assert "throwaway_net" not in models.available()

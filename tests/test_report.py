@@ -231,3 +231,16 @@ def test_titles_are_the_registries_display_names():
             "assert report.dataset_name('shards') == 'Shard cache'; "
             "assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_method_rows_are_named_by_the_methods():
+    """Row titles are the display names the method modules declare (read unimported); the
+    paper's order places the known ones, any other method comes last."""
+    from cskd_tf.registry import METHODS
+
+    names = report.method_names()
+    assert set(names) == set(METHODS.names(declared=True)) >= set(report.METHOD_ORDER)
+    assert (names["cskd"], names["kd_cskd"], names["ce"]) == ("CS-KD", "KD + CS-KD",
+                                                             "Cross-entropy")
+    assert report.method_name("not_a_method") == "not_a_method"
+    assert sorted(["zz_new", "cskd", "ce"], key=report._method_order) == ["ce", "cskd", "zz_new"]
