@@ -223,7 +223,7 @@ def _check_keys(config, reference, prefix):
     for key in config.keys():
         if key not in reference:
             close = difflib.get_close_matches(key, list(reference.keys()), n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config field '{prefix}{key}'{hint} "
                               f"(see cskd_tf/config.py for the fields)")
         if isinstance(reference[key], ml_collections.ConfigDict):

@@ -111,7 +111,8 @@ def test_digits_splits_shapes_and_datasets(tmp_path):
     assert info.train_counts.sum() == 1078 and len(info.mean) == 1 and 0 < info.std[0] < 1
     ds, steps = train_dataset(config, info, splits["train"])
     (x, xp), y = next(iter(ds))
-    assert steps == 1078 // 32 and x.shape == (32, 8, 8, 1) and xp.shape == x.shape
+    # ceil(1078 / 32): the last batch of an epoch (1078 mod 32 = 22 anchors) is kept.
+    assert steps == 34 and x.shape == (32, 8, 8, 1) and xp.shape == x.shape
     assert x.dtype == tf.float32 and 0.0 <= float(tf.reduce_min(x)) <= float(tf.reduce_max(x)) <= 1.0
     labels = np.concatenate([y for _, y in eval_dataset(config, info, splits["test"])])
     np.testing.assert_array_equal(np.bincount(labels, minlength=10), splits["test"].counts)
@@ -638,7 +639,7 @@ def test_real_tinyimagenet_lowshot(tmp_path, real_tinyimagenet):
     assert info.splits == {"train": 300, "val": 75} and list(info.train_counts) == [100] * 3
     assert all(name and not name.startswith("n0") for name in info.class_names)
     ds, steps = train_dataset(config, info, splits["train"])
-    assert steps == 300 // 16
+    assert steps == 19  # ceil(300 / 16): the short last batch is kept
     (x, xp), y = next(iter(ds))
     assert x.shape == (16, 32, 32, 3) and set(y.numpy()) <= {0, 1, 2}
 
@@ -695,3 +696,88 @@ def test_real_fashion_mnist(tmp_path):
     assert info.class_names == ["T-shirt/top", "Trouser"] and info.image_shape == (28, 28, 1)
     assert info.splits == {"train": 20, "val": 1200, "test": 2000}
     assert list(info.splits) == ["train", "val", "test"]
+
+
+# ------------------------------------------------------- your own folder, your own labels
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def _config_file(name):
+    import runpy
+
+    return runpy.run_path(os.path.join(CONFIGS, name))["get_config"]()
+
+
+def test_imagefolder_config_prints_its_images_and_digits_config_is_warned(tmp_path):
+    from cskd_tf import config as config_lib
+    from cskd_tf.data import describe_images, mismatch_warning
+
+    root = str(tmp_path / "folder")
+    for k, name in enumerate(("cat", "dog")):
+        for i in range(3):
+            write_image(os.path.join(root, "train", name, f"{i}.png"), k * 10 + i, size=(32, 32))
+            write_image(os.path.join(root, "val", name, f"{i}.png"), k * 10 + 5 + i,
+                        size=(32, 32))
+    config = _config_file("imagefolder.py")
+    assert (config.dataset, config.image_size, config.augment) == ("imagefolder", 224,
+                                                                    "finegrained")
+    config_lib.validate(config)
+    config.update(data_dir=root, cache_dir=str(tmp_path / "cache"))
+    info, _ = prepare(config)
+    assert describe_images(info) == (
+        "224x224x3 (source images 32x32, resized), augmentation finegrained: random-resized-"
+        "crop (area 8-100 %), horizontal flip; eval: resize the shorter side to S*256/224, "
+        "centre crop")
+    assert mismatch_warning(config, info) is None
+    # A config made for digits on an image folder: 224 px with a 1-px pad-and-crop.
+    digits = _config_file("digits_quick.py")
+    digits.update(dataset="imagefolder", data_dir=root, cache_dir=str(tmp_path / "cache"))
+    info, _ = prepare(digits)
+    assert describe_images(info).startswith("224x224x3 (source images 32x32, resized), "
+                                            "augmentation digits: zero-pad 1 px")
+    warning = mismatch_warning(digits, info)
+    assert "\n" not in warning and "configs/imagefolder.py" in warning
+    digits.image_size = 32  # the user chose the size: a fitting combination
+    assert mismatch_warning(digits, prepare(digits)[0]) is None
+
+
+def _labelled(labels, **attributes):
+    images = np.zeros((len(labels), 4, 4, 3), np.uint8)
+    ds = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels))).batch(4)
+    for name, value in attributes.items():
+        setattr(ds, name, value)
+    return ds
+
+
+@pytest.mark.parametrize("labels, kwargs, fragments", [
+    ([10, 11, 12, 13] * 2, {}, ["the labels seen are 10..13 (4 classes)",
+                                "class(es) 0..9 of 0..13 have none", "remap the labels to 0..3"]),
+    ([0, 2, 5, 0, 2, 5], {}, ["the labels seen are 0, 2, 5 (3 classes)", "1, 3, 4",
+                              "remap the labels to 0..2"]),
+    ([0, 1, 0, 1], {"num_classes": 3}, ["class(es) 2 of 0..2", "or lower num_classes"]),
+    ([3, 3, 3, 3], {}, ["every label is 3, one class", "at least two classes"]),
+])
+def test_pairs_from_dataset_refuses_unmapped_labels_and_one_class(tmp_path, labels, kwargs,
+                                                                  fragments):
+    from cskd_tf.data import pairs_from_dataset
+
+    with pytest.raises(DataError) as e:
+        pairs_from_dataset(_labelled(labels), batch_size=2, seed=0, cache_dir=str(tmp_path),
+                           **kwargs)
+    message = str(e.value)
+    assert "\n" not in message and len(message) < 400, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_pairs_from_dataset_carries_class_names_and_pixel_range(tmp_path):
+    from cskd_tf.data import pairs_from_dataset
+
+    pairs = pairs_from_dataset(_labelled([0, 1, 0, 1], class_names=["cat", "dog"]),
+                               batch_size=3, seed=0, cache_dir=str(tmp_path))
+    assert pairs.class_names == ["cat", "dog"] and pairs.pixel_max == 255.0
+    assert pairs.steps_per_epoch == 2  # ceil(4 / 3): the short last batch is kept
+    floats = tf.data.Dataset.from_tensor_slices((np.full((4, 4, 4, 3), 0.5, np.float32),
+                                                 np.array([0, 1, 0, 1])))
+    again = pairs_from_dataset(floats, batch_size=2, seed=0, cache_dir=str(tmp_path))
+    assert again.class_names == ["0", "1"] and again.pixel_max == 1.0

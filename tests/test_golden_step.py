@@ -67,9 +67,9 @@ def build_compiled(method_name):
     """The CSKDModel under test, compiled as the project trains: the one place to adapt
     when the construction API changes (method objects, compile(loss=...))."""
     backbone = models.build("cskd_preact_resnet18", num_classes=10, width=2, init="torch")
-    method = (losses.METHODS["cskd"](temperature=TEMPERATURE) if method_name == "cskd"
-              else losses.METHODS["ce"]())
-    model = CSKDModel(backbone, method=method, lambda_cls=LAMBDA, weight_decay=WEIGHT_DECAY)
+    method = (losses.CSKD(temperature=TEMPERATURE, weight=LAMBDA) if method_name == "cskd"
+              else losses.CrossEntropy())
+    model = CSKDModel(backbone, method=method, weight_decay=WEIGHT_DECAY)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=LR, momentum=MOMENTUM),
                   jit_compile=False)
     return model

@@ -31,9 +31,11 @@ LAYERS = [
     {"", "errors", "compat"},
     # The config schema, and process-wide helpers that need nothing but errors:
     # runtime (seeds, precision, gpu_present), progress (console progress lines), layers
-    # (the convolution blocks backbones and BYOT's branches share), registry (the Registry
+    # (the convolution blocks backbones and BYOT's branches share),
+    # images (the eval transform data and serving share), signatures (the serving
+    # contract that CSKDModel.export and cskd-export both write), registry (the Registry
     # class and the method/backbone/source registries, readable before their packages load).
-    {"config", "runtime", "progress", "layers", "registry"},
+    {"config", "runtime", "progress", "layers", "images", "signatures", "registry"},
     # The three libraries a run is made of, and the paper's recipes (configs from config).
     {"data", "models", "losses", "recipes"},
     # Measuring: metrics, numpy inference, reports, plots.
@@ -50,6 +52,7 @@ LAYERS = [
 PEER_EDGES = {
     ("config", "registry"),  # each method declares its config group (default_config)
     ("models", "losses"),  # CSKDModel's train step runs a losses.Method
+    ("signatures", "images"),  # the serving graph runs evaluation's transform
 }
 
 # TEMPORARY known exceptions: (importing file relative to cskd_tf/, imported module).

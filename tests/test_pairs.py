@@ -116,7 +116,7 @@ def test_shards_cover_every_example_once_and_agree_with_unsharded():
     seen = [[] for _ in range(2)]
     for shard in range(3):
         batches, steps = _memory(counts, num_epochs=2, batch_size=2, num_shards=3,
-                                 shard_index=shard)
+                                 shard_index=shard, drop_remainder=True)
         assert steps == 4 and len(batches) == 8
         x = np.concatenate([b[0][0][:, 0, 0, 0] for b in batches]).reshape(2, 8)
         xp = np.concatenate([b[0][1][:, 0, 0, 0] for b in batches]).reshape(2, 8)
@@ -141,10 +141,16 @@ def test_steps_per_epoch_beyond_one_pass_appends_new_permutations():
 def test_views_and_drop_remainder():
     counts = [6, 5]
     ds, steps = pairs.memory_pairs(_index_fetch, counts, views=("anchor",), augment=_noise,
-                                   batch_size=4, num_epochs=1)
+                                   batch_size=4, num_epochs=1, drop_remainder=True)
     x, y = next(iter(ds))
     assert steps == 2 and x.shape == (4, 2, 2, 1) and y.dtype == tf.int32
     assert len(list(ds)) == 2  # 11 // 4, the remainder dropped
+    # By default the short last batch is kept: ceil(11 / 4) batches, the last of 3.
+    ds, steps = pairs.memory_pairs(_index_fetch, counts, views=("anchor",), augment=_noise,
+                                   batch_size=4, num_epochs=1)
+    assert steps == 3 and [len(y) for _, y in ds] == [4, 4, 3]
+    with pytest.raises(ValueError, match="sharded pair streams need drop_remainder"):
+        pairs.memory_pairs(_index_fetch, counts, batch_size=4, num_shards=2)
     ds, _ = pairs.memory_pairs(_index_fetch, counts, views=("anchor", "partner", "view2"),
                                augment=_noise, batch_size=4, num_epochs=1)
     (a, p, v2), y = next(iter(ds))
@@ -153,7 +159,7 @@ def test_views_and_drop_remainder():
     with pytest.raises(ValueError):
         pairs.memory_pairs(_index_fetch, counts, views=("anchor", "mixup"))
     with pytest.raises(DataError):
-        pairs.memory_pairs(_index_fetch, counts, batch_size=64)
+        pairs.memory_pairs(_index_fetch, counts, batch_size=64, drop_remainder=True)
 
 
 def test_pair_dataset_uint8_and_augment():
@@ -265,3 +271,34 @@ def test_stream_views(index_split):
     (a, v2, p), y = next(iter(ds))
     np.testing.assert_array_equal(a, v2)  # augment "none": the same image twice
     np.testing.assert_array_equal(labels[np.round(p[:, 0, 0, 0] * 255).astype(int)], y)
+
+
+@pytest.mark.parametrize("pair_mode", ["memory", "stream"])
+def test_training_pipeline_keeps_the_last_partial_batch(pair_mode, tmp_path):
+    """config -> data.train_dataset: every example an anchor exactly once per epoch,
+    the remainder included, in ceil(N / B) steps (as the reference's DataLoader)."""
+    from cskd_tf.training import fit_setup
+
+    config = default_config()
+    config.update(dataset="digits", max_train_per_class=3, augment="none", batch_size=8,
+                  num_epochs=2, pair_mode=pair_mode, cache_dir=str(tmp_path), seed=4)
+    info, splits = pipeline.prepare(config)
+    payloads, labels = splits["train"].load()
+    n = len(labels)
+    assert n == 30 and n % config.batch_size  # 30 = 3 full batches of 8 and one of 6
+    steps = fit_setup.steps_per_epoch(config, info)
+    assert steps == -(-n // config.batch_size) == 4
+    ds, data_steps = pipeline.train_dataset(config, info, splits["train"])
+    assert data_steps == steps
+    batches = list(ds.as_numpy_iterator())
+    assert [len(y) for _, y in batches] == [8, 8, 8, 6] * 2
+    everything = sorted(bytes(p) for p in payloads)
+    for epoch in range(2):
+        keys = [np.round(a * 255).astype(np.uint8).tobytes()
+                for (x, _), _ in batches[epoch * steps:(epoch + 1) * steps] for a in x]
+        assert sorted(keys) == everything  # each example an anchor exactly once
+    # Multi-replica training keeps full batches only (training/distribute.py).
+    assert fit_setup.steps_per_epoch(config, info, drop_remainder=True) == 3
+    _, dropped = pipeline.train_dataset(config, info, splits["train"], drop_remainder=True)
+    assert dropped == 3
+

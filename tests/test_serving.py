@@ -630,3 +630,144 @@ def test_tensorflow_model_server_end_to_end(served, val_images, tmp_path):
             proc.kill()
             proc.wait(timeout=20)
         log.close()
+
+
+# ------------------------------------------------------------- serving from Python
+@pytest.fixture(scope="module")
+def python_model(tmp_path_factory):
+    """A CSKDModel trained from Python on 0..255 float images (as Keras' image loaders
+    give them), saved as a .keras file outside any cskd-train run folder."""
+    import keras
+
+    from cskd_tf import losses
+    from cskd_tf.config import default_config
+    from cskd_tf.data import pairs_from_dataset
+    from cskd_tf.models import CSKDModel
+
+    root = tmp_path_factory.mktemp("python_model")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(40) % 10
+    ds = tf.data.Dataset.from_tensor_slices((images.astype("float32"), labels)).batch(16)
+    pairs = pairs_from_dataset(ds, batch_size=16, seed=0, cache_dir=str(root / "cache"))
+    assert pairs.pixel_max == 255.0
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+    names = [f"digit{i}" for i in range(10)]
+    model = CSKDModel(net, method=losses.get_method("cskd", default_config()), mean=pairs.mean,
+                      std=pairs.std, class_names=names, pixel_max=pairs.pixel_max)
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    model.fit(pairs, epochs=1, verbose=0)
+    keras_file = root / "alone" / "model.keras"
+    keras_file.parent.mkdir()
+    model.save(str(keras_file))
+    return {"root": root, "model": model, "images": images, "names": names,
+            "keras_file": str(keras_file)}
+
+
+def _served_answers(path, images):
+    loaded = tf.saved_model.load(str(path))
+    return loaded.signatures[sig.SERVING_DEFAULT](images=tf.constant(images))
+
+
+def test_model_export_from_python_serves_what_predict_answers(python_model, tmp_path):
+    model, images = python_model["model"], python_model["images"]
+    path = tmp_path / "exported"
+    model.export(str(path), verbose=False)
+    # The same signatures, with the same tensors, as cskd-export writes.
+    found = loading.signature_metadata(str(path))
+    for name, expected in sig.contract(10, 1, 4, 5).items():
+        want = {side: {t: (d, list(s)) for t, (d, s) in spec.items()}
+                for side, spec in expected.items()}
+        assert loading.tensor_summary(found, name) == want
+    loaded = tf.saved_model.load(str(path))
+    served = loaded.signatures[sig.SERVING_DEFAULT](images=tf.constant(images))
+    # The model takes 0..255 floats (pixel_max=255): uint8 pixels go in at their values.
+    expected = tf.nn.softmax(model.predict(images.astype("float32"), verbose=0)).numpy()
+    np.testing.assert_allclose(served[sig.PROBABILITIES].numpy(), expected, atol=1e-5)
+    assert served[sig.CLASS_NAMES].numpy()[0].astype(str).tolist() == python_model["names"]
+    embedded = loaded.signatures[sig.EMBED](images=tf.constant(images))[sig.EMBEDDINGS]
+    np.testing.assert_allclose(embedded.numpy(), model.embed(images.astype("float32")).numpy(),
+                               atol=1e-5)
+    encoded = tf.constant([_png(x) for x in images[:3]])
+    from_bytes = loaded.signatures[sig.PREDICT_BYTES](image_bytes=encoded)
+    np.testing.assert_allclose(from_bytes[sig.PROBABILITIES].numpy(), expected[:3], atol=1e-5)
+    manifest = json.load(open(path / "assets" / loading.MANIFEST))
+    assert manifest["class_names"] == python_model["names"]
+    assert manifest["preprocessing"]["pixel_max"] == 255.0
+    assert open(path / "assets" / loading.LABELS).read().split() == python_model["names"]
+
+
+def test_model_export_asks_for_the_pixel_range(python_model, tmp_path):
+    import keras
+
+    from cskd_tf import losses
+    from cskd_tf.config import default_config
+    from cskd_tf.errors import ModelError
+    from cskd_tf.models import CSKDModel
+
+    net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(3)])
+    model = CSKDModel(net, method=losses.get_method("cskd", default_config()))
+    with pytest.raises(ModelError, match=r"pixel_max=255.0\) for 0..255 inputs"):
+        model.export(str(tmp_path / "a"), verbose=False)
+    with pytest.raises(ModelError, match="2 class names for a model with 3 outputs"):
+        model.export(str(tmp_path / "b"), pixel_max=1.0, class_names=["x", "y"], verbose=False)
+    model.export(str(tmp_path / "c"), pixel_max=1.0, verbose=False)  # names default to 0..2
+    rows = _served_answers(tmp_path / "c", np.zeros((1, 8, 8, 1), np.uint8))[sig.CLASS_NAMES]
+    assert rows.numpy()[0].astype(str).tolist() == ["0", "1", "2"]
+    # The serving facts survive model.save / load_model (get_config).
+    model.save(str(tmp_path / "m.keras"))
+    restored = keras.models.load_model(str(tmp_path / "m.keras"))
+    assert restored.pixel_max is None and restored.class_names is None
+    assert keras.models.load_model(python_model["keras_file"]).class_names == tuple(
+        python_model["names"])
+
+
+@pytest.mark.cli
+def test_cli_export_predict_eval_a_standalone_keras_file(python_model, tmp_path):
+    keras_file, images = python_model["keras_file"], python_model["images"]
+    proc = _cli("export", f"--workdir={keras_file}", "--model_name=mine",
+                f"--export_base={tmp_path / 'sm'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    exported = json.loads(proc.stdout)["path"]
+    expected = tf.nn.softmax(python_model["model"].predict(images.astype("float32"),
+                                                           verbose=0)).numpy()
+    np.testing.assert_allclose(_served_answers(exported, images)[sig.PROBABILITIES].numpy(),
+                               expected, atol=1e-5)
+    manifest = json.load(open(os.path.join(exported, "assets", loading.MANIFEST)))
+    assert manifest["source_keras_file"] == os.path.abspath(keras_file)
+
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        open(paths[-1], "wb").write(_png(images[i]))
+    proc = _cli("predict", f"--saved_model={keras_file}", "--json", *paths)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answers = json.loads(proc.stdout)
+    best = [int(i) for i in expected[:2].argmax(-1)]
+    assert [a["top_k"][0]["class"] for a in answers] == best
+    assert [a["top_k"][0]["name"] for a in answers] == [python_model["names"][i] for i in best]
+
+    assert "pass --config=configs/NAME.py" in _one_line_error(
+        _cli("eval", f"--workdir={keras_file}"))
+    overrides = [f"--config.{k}={v}" for k, v in TINY.items()]
+    proc = _cli("eval", f"--workdir={keras_file}", f"--config={CONFIG_FILE}", "--split=test",
+                *overrides)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import runpy
+
+    from cskd_tf import data as data_lib
+    from cskd_tf.evaluation.metrics import evaluate_predictions
+
+    config = runpy.run_path(CONFIG_FILE)["get_config"]()
+    for key, value in TINY.items():
+        config[key] = value
+    info, splits = data_lib.prepare(config)
+    logits, labels = [], []
+    for x, y in data_lib.eval_dataset(config, info, splits["test"]):
+        logits.append(python_model["model"].predict(x * 255.0, verbose=0))
+        labels.append(y.numpy())
+    direct = evaluate_predictions(np.concatenate(logits), np.concatenate(labels))
+    assert json.loads(proc.stdout)["test"]["nll"] == pytest.approx(direct["nll"], abs=1e-4)

@@ -402,7 +402,23 @@ def test_config_file_with_an_unknown_field_is_refused(tmp_path):
                     "def get_config():\n    c = default_config()\n    c.lamda_cls = 2.0\n"
                     "    return c\n")
     line = one_line_error(cli("cskd-train", f"--config={path}", f"--workdir={tmp_path}/run"))
-    assert "unknown config field 'lamda_cls'; did you mean lambda_cls?" in line
+    assert "unknown config field 'lamda_cls'; did you mean 'lambda_cls'?" in line
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("override, expected", [
+    ("--config.lamda_cls=3", "error: unknown config field 'lamda_cls'; did you mean "
+                             "'lambda_cls'?"),
+    ("--config.kd.temprature=2", "error: unknown config field 'kd.temprature'; did you mean "
+                                 "'kd.temperature'?"),
+    ("--config.zzz=1", "error: unknown config field 'zzz'; see cskd_tf/config.py for the "
+                       "fields"),
+])
+def test_a_misspelled_override_is_one_clean_line(tmp_path, override, expected):
+    # Flags are parsed before TensorFlow is imported: this fails in about a second.
+    proc = cli("cskd-train", f"--config={CONFIG}", f"--workdir={tmp_path}/run", override)
+    assert proc.returncode == 2 and proc.stderr.strip() == expected, proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_config_json_round_trip():

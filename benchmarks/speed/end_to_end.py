@@ -71,14 +71,16 @@ def run_variant(setup: EndToEndSetup, variant: Variant):
     placement = distribute.setup(config)
     jit_compile = runtime.setup(config)
     info, splits = data_lib.prepare(config)
-    steps_per_epoch = fit_setup.steps_per_epoch(config, info)
+    # Timed steps all of one shape: a short last batch would retrace (and, under XLA,
+    # recompile) inside the timed window.
+    steps_per_epoch = fit_setup.steps_per_epoch(config, info, drop_remainder=True)
     with placement.scope():
         model = fit_setup.build_for_fit(config, info, steps_per_epoch,
                                         runtime.resolve_jit_compile(jit_compile, placement),
                                         method)
     # One dataset for both measurements, so its in-memory shards are held once.
     train_ds, _ = distribute.train_dataset(placement, config, info, splits["train"],
-                                           views=method.views)
+                                           views=method.views, drop_remainder=True)
     pipeline_cpu = pipeline_cpu_per_batch(train_ds, setup.pipeline_batches)
     callbacks = fit_setup.fit_callbacks(config, info, {"train": splits["train"]}, jit_compile)
     clock = step_clock()

@@ -92,7 +92,8 @@ def time_pipeline(setup: ModelAloneSetup) -> dict:
     config.batch_size = setup.batch_size
     config.num_epochs = 1000
     info, splits = data_lib.prepare(config)
-    dataset, _ = data_lib.train_dataset(config, info, splits["train"])
+    # Full batches only: the rate counts batch_size pairs per batch.
+    dataset, _ = data_lib.train_dataset(config, info, splits["train"], drop_remainder=True)
     iterator = iter(dataset)
     for _ in range(3):
         next(iterator)

@@ -96,11 +96,37 @@ def _parse_flags(argv):
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as exc:
         message = str(exc).strip()
         if isinstance(exc, (AttributeError, KeyError)):
-            field = message.strip("'\"")
-            message = (f"unknown config field '{field}' in a --config.{field} override; "
-                       "see cskd_tf/config.py for the fields")
+            message = unknown_field_message(exc)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def unknown_field_message(exc) -> str:
+    """One line for ml_collections' unknown-field error of a --config.FIELD override.
+
+    ml_collections raises a KeyError/AttributeError whose text is the quoted field name,
+    possibly followed by a line 'Did you mean "X" instead of "Y"?'; str() of a KeyError
+    quotes all of that again, so the text is taken from the exception's argument.
+    """
+    text = str(exc.args[0]) if exc.args else str(exc)
+    # The argument may itself be a repr ('\'lamda_cls\'\nDid you mean ...'): the field is
+    # the first name in it.
+    found = re.search(r"[A-Za-z_][\w]*", text)
+    field = found.group(0) if found else "?"
+    suggestion = re.search(r'Did you mean \\?"([^"\\]+)\\?"', text)
+    better = suggestion.group(1) if suggestion else None
+    # A group's field (--config.kd.temprature): name the whole path the user typed.
+    for arg in sys.argv[1:]:
+        path = arg.split("=", 1)[0]
+        if path.startswith("--config.") and field in path.split(".")[1:]:
+            parts = path.split(".")[1:]
+            if better:
+                better = ".".join(better if p == field else p for p in parts)
+            field = ".".join(parts)
+            break
+    if better:
+        return f"unknown config field '{field}'; did you mean '{better}'?"
+    return f"unknown config field '{field}'; see cskd_tf/config.py for the fields"
 
 
 def _check_config_files():

@@ -1,6 +1,6 @@
-"""cskd-export: a finished run -> a TF Serving model version under saved_models/.
+"""cskd-export: a finished run (or a .keras file) -> a TF Serving model version.
 
-    cskd-export --workdir=DIR|DIR/model.keras --model_name=NAME [--version=N] \
+    cskd-export --workdir=DIR|DIR/model.keras|MODEL.keras --model_name=NAME [--version=N] \
         [--export_base=saved_models] \
         [--top_k=5] [--version_policy=specific|all|latest] [--serving_base_path=/models]
 
@@ -17,8 +17,9 @@ from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
 
 from absl import flags  # noqa: E402
 
-flags.DEFINE_string("workdir", None, "A finished cskd-train workdir (has metrics.json), or "
-                    "its model.keras file (exports that saved model).")
+flags.DEFINE_string("workdir", None, "A finished cskd-train workdir (has metrics.json), "
+                    "its model.keras file, or a CSKDModel's .keras file saved anywhere (its "
+                    "input size, class names and pixel range define the export).")
 flags.DEFINE_string("model_name", None, "TF Serving model name (the URL's /v1/models/NAME).")
 flags.DEFINE_integer("version", None, "Version number (>= 1); default: the next free one.")
 flags.DEFINE_string("export_base", "saved_models", "Base directory TF Serving watches.")
@@ -39,8 +40,8 @@ def main(argv):
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir:
-        raise ConfigError("--workdir is required: a finished cskd-train workdir or its "
-                          "model.keras file")
+        raise ConfigError("--workdir is required: a finished cskd-train workdir or a "
+                          ".keras file")
     if not FLAGS.model_name:
         raise ConfigError("--model_name is required: the name clients use in /v1/models/NAME")
     from cskd_tf.serving.export import export_workdir

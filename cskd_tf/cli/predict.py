@@ -1,11 +1,13 @@
 """cskd-predict: classify image files with a served (or local) cskd-export model.
 
     cskd-predict --server=HOST:PORT --model_name=NAME [--version=N] [--grpc] IMAGE...
-    cskd-predict --saved_model=saved_models/NAME/N [--grpc] IMAGE...
+    cskd-predict --saved_model=saved_models/NAME/N|MODEL.keras [--grpc] IMAGE...
 
 REST (TF Serving's --rest_api_port, 8501 by default) unless --grpc (--port, 8500; needs
 tensorflow-serving-api). The images go as encoded files to the predict_bytes signature.
-With --saved_model the same request is executed in this process, as a server would.
+With --saved_model the same request is executed in this process, as a server would; a
+.keras file (a cskd-train run's model.keras, or a CSKDModel saved from Python) is exported
+to a temporary folder first, exactly as cskd-export would write it.
 Prints one line per image, ``IMAGE: NAME (score), ...``, or JSON with --json.
 """
 
@@ -22,7 +24,7 @@ flags.DEFINE_string("model_name", None, "Model name on the server (models.config
 flags.DEFINE_integer("version", None, "Model version; default: what the server serves as latest.")
 flags.DEFINE_bool("grpc", False, "Use the gRPC PredictionService instead of REST.")
 flags.DEFINE_string("saved_model", None, "Run the request locally on this export "
-                    "(saved_models/NAME/N) instead of a server.")
+                    "(saved_models/NAME/N), or on a .keras file, instead of a server.")
 flags.DEFINE_integer("top", None, "Print at most this many classes per image (default: all "
                      "top-k the model reports).")
 flags.DEFINE_integer("batch_size", 32, "Images per request.")
@@ -34,6 +36,22 @@ FLAGS = flags.FLAGS
 def _chunks(items, size):
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _as_saved_model(path):
+    """``path``, or for a .keras file its export into a temporary folder (what a server
+    would load: the same signatures, preprocessing included)."""
+    if not str(path).endswith(".keras"):
+        return path
+    import atexit
+    import shutil
+    import tempfile
+
+    from cskd_tf.serving.export import export_workdir
+
+    base = tempfile.mkdtemp(prefix="cskd-predict-")
+    atexit.register(shutil.rmtree, base, True)
+    return export_workdir(path, "local", export_base=base, verify=False, verbose=0).path
 
 
 def main(argv):
@@ -56,7 +74,7 @@ def main(argv):
         from cskd_tf.serving.local import LocalServer
 
         name = FLAGS.model_name or "local"
-        local = LocalServer({name: FLAGS.saved_model})
+        local = LocalServer({name: _as_saved_model(FLAGS.saved_model)})
         version = None
 
         def send_rest(request):

@@ -12,10 +12,10 @@
 from cskd_tf.data.augment import AUGMENTS
 from cskd_tf.data.from_dataset import pairs_from_dataset
 from cskd_tf.data.pairs import pair_dataset
-from cskd_tf.data.pipeline import (DatasetInfo, eval_dataset, eval_preprocess, prepare,
-                                   train_dataset)
+from cskd_tf.data.pipeline import (DatasetInfo, describe_images, eval_dataset, eval_preprocess,
+                                   mismatch_warning, prepare, train_dataset)
 from cskd_tf.data.shards import PreparedSplit
 from cskd_tf.data.sources import source_names
 
-__all__ = ["AUGMENTS", "DatasetInfo", "PreparedSplit", "eval_dataset", "eval_preprocess",
-           "pair_dataset", "pairs_from_dataset", "prepare", "source_names", "train_dataset"]
+__all__ = ["AUGMENTS", "DatasetInfo", "PreparedSplit", "describe_images", "eval_dataset",
+           "eval_preprocess", "mismatch_warning", "pair_dataset", "pairs_from_dataset", "prepare", "source_names", "train_dataset"]

@@ -44,12 +44,29 @@ from typing import Callable
 
 import tensorflow as tf
 
+from cskd_tf import images
 from cskd_tf.errors import ConfigError
+# Re-exported: the data pipeline's users call them through this module.
+from cskd_tf.images import fix_channels  # noqa: F401
 
 AUGMENTS = ("none", "cifar", "lowshot_cifar", "tinyimagenet", "finegrained", "digits")
 
 TrainFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 EvalFn = Callable[[tf.Tensor], tf.Tensor]
+
+
+# What each recipe does, in the words cskd-train prints (one line with the image size).
+DESCRIPTIONS = {
+    "none": "none (resize only)",
+    "cifar": "zero-pad 4 px, random crop, horizontal flip",
+    "lowshot_cifar": "zero-pad 4 px, random crop, horizontal flip",
+    "tinyimagenet": "random-resized-crop (area 8-100 %), horizontal flip",
+    "finegrained": "random-resized-crop (area 8-100 %), horizontal flip; eval: resize the "
+                   "shorter side to S*256/224, centre crop",
+    "digits": "zero-pad 1 px, random crop, no flip",
+}
+# Pad-and-crop recipes made for small native images (8 to 64 px).
+SMALL_IMAGE_AUGMENTS = ("cifar", "lowshot_cifar", "digits")
 
 
 def check_name(name: str) -> str:
@@ -59,10 +76,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
-    # Antialiasing matches PIL/torchvision when shrinking (64 -> 32 px); at the same size
-    # the resize returns its input exactly.
-    return tf.image.resize(image, [size, size], antialias=True)
+_resize = images.resize_square
 
 
 def _pad_crop_flip(image, seed, size, channels, pad, flip):
@@ -157,53 +171,11 @@ def train_transform(name: str, image_size: int, channels: int) -> TrainFn:
     return transform
 
 
-def fix_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
-    """Makes the last axis ``channels`` long: grey -> RGB, RGBA -> RGB, RGB -> grey."""
-    static = image.shape[-1]
-    if static is not None:  # decided while tracing: no branch in the graph
-        if static == channels:
-            return image
-        if channels == 3:
-            return tf.image.grayscale_to_rgb(image) if static == 1 else image[..., :3]
-        return tf.image.rgb_to_grayscale(image[..., :3])
-    have = tf.shape(image)[-1]
-    if channels == 3:
-        image = tf.cond(tf.equal(have, 1),
-                        lambda: tf.concat([image, image, image], axis=-1),
-                        lambda: image[..., :3])
-    else:
-        image = tf.cond(tf.equal(have, 1),
-                        lambda: image,
-                        lambda: tf.image.rgb_to_grayscale(image[..., :3]))
-    return image
-
-
 def eval_transform(name: str, image_size: int, channels: int) -> EvalFn:
-    """Deterministic eval preprocessing: image (H, W, C) or batch (N, H, W, C) -> float32."""
+    """Deterministic eval preprocessing: image (H, W, C) or batch (N, H, W, C) -> float32.
+
+    The transform lives in :mod:`cskd_tf.images`, below this package, because the serving
+    graph of ``CSKDModel.export`` runs it too.
+    """
     check_name(name)
-    size, c = int(image_size), int(channels)
-
-    def transform(image):
-        image = tf.convert_to_tensor(image)
-        # uint8 -> [0, 1]; float input is taken to be in [0, 1] already.
-        image = tf.image.convert_image_dtype(image, tf.float32)
-        image = fix_channels(image, c)
-        if name == "finegrained":
-            shape = tf.shape(image)
-            h, w = shape[-3], shape[-2]
-            short = tf.minimum(h, w)
-            target = round(size * 256 / 224)
-            # torchvision's Resize(256): the shorter side to 256, the longer to
-            # int(256·long/short), truncated (reference datasets.py:207).
-            nh = tf.maximum(size, target * h // short)
-            nw = tf.maximum(size, target * w // short)
-            image = tf.image.resize(image, tf.stack([nh, nw]), antialias=True)
-            image = tf.image.crop_to_bounding_box(image, (nh - size) // 2, (nw - size) // 2,
-                                                  size, size)
-        else:
-            image = _resize(image, size)
-        static = image.shape[:-3].as_list() + [size, size, c]
-        image.set_shape(static)
-        return image
-
-    return transform
+    return images.eval_transform(name, image_size, channels)

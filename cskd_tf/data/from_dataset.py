@@ -29,7 +29,8 @@ read from the first element (any value above 1 means 0..255); a later value abov
 a [0, 1] dataset is an error.
 
 Bad input raises :class:`~cskd_tf.errors.DataError` with a one-line fix: labels that are
-not integers (e.g. one-hot), negative or ≥ ``num_classes``; an infinite dataset, or one
+not integers (e.g. one-hot), negative or ≥ ``num_classes``, not 0..C−1 with an example of
+every class (it names the labels seen), or all one class; an infinite dataset, or one
 of unknown size that does not end within ``max_examples``; an element that is not
 (image, label); images of different sizes with no ``image_size``.
 """
@@ -122,14 +123,48 @@ def _to_uint8(image, scale, channels):
     return image
 
 
+def _describe(values) -> str:
+    values = [int(v) for v in values]
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}..{values[-1]}"
+    shown = ", ".join(map(str, values[:8]))
+    return shown + (f", ... ({len(values)} in all)" if len(values) > 8 else "")
+
+
+def check_labels(labels, num_classes=None):
+    """DataError unless the labels are the class indices 0..C−1, each with an example.
+
+    C is ``num_classes`` or max label + 1. A class without an example can have no anchor
+    and no partner, so it is a labelling mistake (labels 10..13 for four classes) rather
+    than data; one class makes the cross-entropy of a 1-way softmax identically zero, so
+    there is nothing to learn.
+    """
+    seen = np.unique(np.asarray(labels, np.int64))
+    count = int(num_classes) if num_classes is not None else int(seen.max()) + 1
+    if len(seen) < 2:
+        raise DataError(f"pairs_from_dataset: every label is {int(seen[0])}, one class: a "
+                        "softmax over one class is always 1 and its cross-entropy 0, so "
+                        "nothing is learned; give examples of at least two classes")
+    missing = np.setdiff1d(np.arange(count), seen)
+    if missing.size:
+        raise DataError(f"pairs_from_dataset: labels must be 0..C-1 with an example of every "
+                        f"class, but the labels seen are {_describe(seen)} ({len(seen)} "
+                        f"classes), so class(es) {_describe(missing)} of 0..{count - 1} have "
+                        f"none; remap the labels to 0..{len(seen) - 1} (e.g. "
+                        f"ds.map(lambda x, y: (x, lookup[y])))"
+                        + ("" if num_classes is None else " or lower num_classes"))
+
+
 class _DatasetSource(Source):
     """A :class:`~cskd_tf.data.sources.Source` over the examples of a tf.data.Dataset."""
 
     name = "tfdata"
     default_augment = "none"
 
-    def __init__(self, ds, element, scale, channels, fingerprint, num_classes, max_examples):
+    def __init__(self, ds, element, scale, channels, fingerprint, num_classes, max_examples,
+                 class_names=None):
         super().__init__("")
+        self._class_names = class_names
         self._ds, self._element, self._scale = ds, element, scale
         self.channels = int(channels)
         self._given = fingerprint
@@ -139,7 +174,10 @@ class _DatasetSource(Source):
 
     def _settings(self) -> str:
         # What changes the cached bytes besides the data: the channel conversion and scale.
-        return f"channels={self.channels},scale={self._scale:g},classes={self._num_classes}"
+        names = "" if self._class_names is None else ",names=" + hashlib.sha256(
+            "\n".join(map(str, self._class_names)).encode()).hexdigest()[:8]
+        return (f"channels={self.channels},scale={self._scale:g},classes={self._num_classes}"
+                + names)
 
     def _load_examples(self):
         if self._loaded is None:
@@ -159,7 +197,7 @@ class _DatasetSource(Source):
                 raise DataError(f"pairs_from_dataset: label {int(labels[bad][0])} is out of "
                                 f"range [0{top or ', ∞)'}; labels must be class indices "
                                 "0..num_classes-1")
-            check_label_set(labels, self._num_classes)
+            check_labels(labels, self._num_classes)
             self._loaded = (images, labels)
         return self._loaded
 
@@ -177,6 +215,8 @@ class _DatasetSource(Source):
         images, labels = self._load_examples()
         num_classes = self._num_classes or int(labels.max()) + 1
         names = [str(c) for c in range(num_classes)]
+        if self._class_names is not None and len(self._class_names) == num_classes:
+            names = [str(c) for c in self._class_names]
         if len({x.shape for x in images}) == 1:
             split = SplitData(labels=labels, images=np.stack(images))
         else:  # different sizes: lossless PNGs, decoded as the imagefolder files are
@@ -194,20 +234,6 @@ def _describe(values, limit=8):
     values = sorted(int(v) for v in values)
     shown = ", ".join(str(v) for v in values[:limit])
     return shown + (f", … ({len(values)} in all)" if len(values) > limit else "")
-
-
-def check_label_set(labels, num_classes=None):
-    """DataError unless the labels cover classes 0..C−1 (C = ``num_classes`` or max + 1), C ≥ 2."""
-    seen = np.unique(labels)
-    count = int(num_classes or seen.max() + 1)
-    if count < 2:
-        raise DataError("pairs_from_dataset: every example has label 0, a single class; CS-KD "
-                        "(and any classifier) needs examples of at least 2 classes")
-    missing = np.setdiff1d(np.arange(count), seen)
-    if missing.size:
-        raise DataError(f"pairs_from_dataset: the labels seen are {_describe(seen)}, so classes "
-                        f"{_describe(missing)} have no example; labels must be class indices "
-                        "0..C-1 (remap them, e.g. ds.map(lambda x, y: (x, y - min_label)))")
 
 
 def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fingerprint=None,
@@ -231,8 +257,12 @@ def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fi
 
     Returns:
       A ``tf.data.Dataset`` of ``((anchor, partner), label)`` float32 images in the input's
-      value range and int32 labels, one epoch per iteration. Attributes: ``num_classes``, ``views``,
-      ``image_shape``, ``mean`` and ``std`` (per channel, in the output's units),
+      value range and int32 labels, one epoch per iteration. Attributes: ``num_classes``,
+      ``views``,
+      ``class_names`` (``ds.class_names`` when the dataset has them, as
+      ``image_dataset_from_directory``'s do, else "0", "1", ...), ``image_shape``,
+      ``mean`` and ``std`` (per channel, in the output's units), ``pixel_max`` (255.0 or
+      1.0: the output's value range, for ``CSKDModel(pixel_max=...)``),
       ``steps_per_epoch`` and ``cache_path``.
     """
     if not isinstance(ds, tf.data.Dataset):
@@ -249,8 +279,11 @@ def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fi
     own = element.channels if element.has_channels else 1
     channels = int(channels or (3 if own in (None, 4) else own))
     scale = _value_scale(ds, element)
+    # image_dataset_from_directory's datasets carry their folder names as class_names.
+    names = getattr(ds, "class_names", None)
     source = _DatasetSource(ds, element, scale, channels, fingerprint,
-                            None if num_classes is None else int(num_classes), max_examples)
+                            None if num_classes is None else int(num_classes), max_examples,
+                            class_names=list(names) if names is not None else None)
     meta, splits = prepare_cache(source, cache_dir=cache_dir or "", val_fraction=0.0,
                                  seed=int(seed))
     split = splits["train"]
@@ -267,6 +300,8 @@ def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fi
     size = image_size or (native[0] if native else None)
     stream.num_classes = int(split.num_classes)
     stream.views = tuple(views)
+    stream.class_names = list(meta["class_names"])
+    stream.pixel_max = float(scale)
     stream.image_shape = (int(size), int(size if image_size else native[1]), channels) \
         if size else None
     stream.mean = tuple(float(m) * scale for m in meta["train_mean"])

@@ -15,17 +15,21 @@ epoch k on, and the draws do not depend on how the epoch is sharded across worke
 (:func:`pair_dataset`, for ``model.fit(ds, epochs=E)`` which iterates a dataset once per
 epoch, also folds in a per-iteration number so each iteration draws new epochs.)
 
-Batches never straddle epochs. With ``drop_remainder`` (training) an epoch is
-``floor(N / num_shards / batch_size)`` batches, so up to ``batch_size - 1`` anchors of each
-epoch (a different few each epoch) are left out; static batch shapes are what XLA and
-distribution strategies want. ``steps_per_epoch > 0`` takes that many batches per epoch
-instead; when that needs more anchors than one pass has, further independent
-permutations are appended (each example is then an anchor once per pass).
+Batches never straddle epochs. By default an epoch is ``ceil(N / batch_size)`` batches,
+the last one short when ``batch_size`` does not divide N, so every example is an anchor
+exactly once per epoch (the reference's ``DataLoader`` keeps that last partial batch too).
+With ``drop_remainder`` (what training under a multi-replica strategy uses, see
+cskd_tf/training/distribute.py) an epoch is ``floor(N / num_shards / batch_size)`` full
+batches and up to ``batch_size - 1`` anchors of each epoch (a different few each epoch) are
+left out. ``steps_per_epoch > 0`` takes that many full batches per epoch instead; when that
+needs more anchors than one pass has, further independent permutations are appended (each
+example is then an anchor once per pass).
 
 Sharding (``num_shards``, ``shard_index``): every worker computes the same global order and
 keeps positions ``shard_index, shard_index + num_shards, ...``: across the shards each
-example is an anchor once per epoch; partners still come from the whole class. Every
-shard gets the same number of batches.
+example is an anchor once per epoch (but the ``N mod (num_shards · batch_size)`` of the
+remainder); partners still come from the whole class. Every shard gets the same number of
+batches, so sharding needs ``drop_remainder``.
 
 Two modes: :func:`memory_pairs` (exact; the data — encoded or raw — in memory) and
 :func:`stream_pairs` (data too large for memory: reads the per-class shards; partners come
@@ -58,10 +62,18 @@ def check_views(views) -> tuple:
 
 
 def plan(num_examples: int, batch_size: int, num_shards: int = 1, steps_per_epoch: int = 0,
-         drop_remainder: bool = True):
-    """(rounds, anchors per shard per epoch, batches per epoch) for the sampler."""
+         drop_remainder: bool = False):
+    """(rounds, anchors per shard per epoch, batches per epoch) for the sampler.
+
+    Without ``drop_remainder``: ``ceil(N / batch_size)`` batches, every example once.
+    """
     if num_shards < 1 or batch_size < 1:
         raise ValueError("num_shards and batch_size must be >= 1")
+    if num_shards > 1 and not drop_remainder and steps_per_epoch <= 0:
+        # Shards of unequal length would give workers different step counts, and every
+        # worker must run every (collective) step.
+        raise ValueError("sharded pair streams need drop_remainder=True (every shard must "
+                         "have the same number of batches)")
     if steps_per_epoch > 0:
         length = steps_per_epoch * batch_size
         rounds = max(1, math.ceil(length * num_shards / num_examples))
@@ -136,7 +148,7 @@ def _emit(views, images, label):
 
 def memory_pairs(fetch, counts, *, views=("anchor", "partner"), augment=None, seed=0,
                  start_epoch=0, num_epochs=1, batch_size=128, num_shards=1, shard_index=0,
-                 steps_per_epoch=0, drop_remainder=True, reshuffle_each_iteration=False):
+                 steps_per_epoch=0, drop_remainder=False, reshuffle_each_iteration=False):
     """The exact sampler over in-memory data sorted by class.
 
     ``fetch(index) -> float32 image in [0, 1]`` reads example ``index`` (class-sorted, class
@@ -184,7 +196,7 @@ def memory_pairs(fetch, counts, *, views=("anchor", "partner"), augment=None, se
 
 def stream_pairs(split, *, views=("anchor", "partner"), augment=None, seed=0, start_epoch=0,
                  num_epochs=1, batch_size=128, num_shards=1, shard_index=0, steps_per_epoch=0,
-                 shuffle_buffer=0, drop_remainder=True):
+                 shuffle_buffer=0, drop_remainder=False):
     """The streaming sampler over a PreparedSplit's per-class shards (see module docstring).
 
     ``shuffle_buffer`` (0 = one epoch) bounds the anchor shuffle; each class's partner

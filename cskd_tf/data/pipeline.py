@@ -142,6 +142,34 @@ def prepare(config):
     return info, splits
 
 
+def describe_images(info: DatasetInfo) -> str:
+    """The line cskd-train prints: model input size and the augmentation, by name."""
+    size, _, channels = info.image_shape
+    native = ""
+    if info.native_shape:
+        h, w = info.native_shape[:2]
+        native = (f" (source images {h}x{w}" + (", resized" if (h, w) != (size, size) else "")
+                  + ")")
+    described = augment_lib.DESCRIPTIONS.get(info.augment, info.augment)
+    return f"{size}x{size}x{channels}{native}, augmentation {info.augment}: {described}"
+
+
+def mismatch_warning(config, info: DatasetInfo) -> str | None:
+    """One line when the config's image recipe was made for other images, else None.
+
+    A pad-and-crop augmentation of small images (digits, cifar) at a large input size is
+    what a config written for another dataset gives an image folder (224 px, the folder
+    source's default, with digits' 1-px padding): slow, and not the augmentation meant.
+    """
+    size = int(info.image_shape[0])
+    if info.augment in augment_lib.SMALL_IMAGE_AUGMENTS and size > 64:
+        return (f"config.augment={info.augment!r} pads and crops small images, but the model "
+                f"input is {size} px ({config.dataset}); this config was made for another "
+                "dataset: start from configs/imagefolder.py for your own folder, or set "
+                "--config.image_size and --config.augment")
+    return None
+
+
 def _split(config, split):
     if isinstance(split, str):
         return prepare(config)[1][split]
@@ -166,15 +194,17 @@ def _memory_fetch(split: PreparedSplit):
 
 
 def train_dataset(config, info: DatasetInfo, split, views=("anchor", "partner"), start_epoch=0,
-                  num_shards=1, shard_index=0, batch_size=None):
+                  num_shards=1, shard_index=0, batch_size=None, drop_remainder=None):
     """The training pair stream over epochs ``start_epoch .. config.num_epochs - 1``.
 
     Elements are ``(x, y)`` when ``views == ("anchor",)``, else ``((img per view...), y)``;
     views are names from ("anchor", "partner", "view2"), view2 being a second independent
     augmentation of the anchor. Images are float32 (S, S, C) in [0, 1]; y is int32.
     ``batch_size`` defaults to ``config.batch_size`` (pass the per-worker size when
-    sharding). Returns (dataset, steps_per_epoch); ``config.steps_per_epoch > 0`` sets the
-    number of batches per epoch. ``config.pair_mode`` picks the exact in-memory sampler or
+    sharding). Returns (dataset, steps_per_epoch): ``ceil(N / batch_size)`` batches, the
+    last one short, so every training example is an anchor exactly once per epoch, unless
+    ``drop_remainder`` (full batches only; None = only when sharded, which needs it) or
+    ``config.steps_per_epoch > 0`` (that many full batches per epoch). ``config.pair_mode`` picks the exact in-memory sampler or
     the streaming one (see cskd_tf.data.pairs).
     """
     split = _split(config, split)
@@ -184,7 +214,9 @@ def train_dataset(config, info: DatasetInfo, split, views=("anchor", "partner"),
     common = dict(views=views, augment=aug, seed=int(config.seed), start_epoch=int(start_epoch),
                   num_epochs=int(config.num_epochs), batch_size=int(batch_size or config.batch_size),
                   num_shards=int(num_shards), shard_index=int(shard_index),
-                  steps_per_epoch=int(config.steps_per_epoch))
+                  steps_per_epoch=int(config.steps_per_epoch),
+                  drop_remainder=(int(num_shards) > 1 if drop_remainder is None
+                                  else bool(drop_remainder)))
     if config.pair_mode == "stream":
         return pairs.stream_pairs(split, shuffle_buffer=int(config.shuffle_buffer), **common)
     return pairs.memory_pairs(_memory_fetch(split), split.counts, **common)

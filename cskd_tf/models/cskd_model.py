@@ -119,10 +119,13 @@ class CSKDModel(compat.PrebuiltSymbolicBuild, keras.Model):
       weight_decay: coupled L2 coefficient (the paper's 1e-4).
       feature_layer: name of the layer whose output is the feature vector; default: the
         input of the last Dense layer. Ignored for backbones returning the dict.
+      class_names: the label of each class (what ``export`` serves); default "0", "1", ...
+      pixel_max: the input value of a full pixel: 1.0 ([0, 1], cskd-train) or 255.0 (Keras'
+        image loaders; ``pairs.pixel_max``); ``export`` scales served uint8 to it.
     """
 
     def __init__(self, backbone, method="cskd", mean=None, std=None, weight_decay=0.0,
-                 feature_layer=None, **kwargs):
+                 feature_layer=None, class_names=None, pixel_max=None, **kwargs):
         if "lambda_cls" in kwargs:
             raise ModelError("CSKDModel(lambda_cls=...) is gone: λ belongs to the method; pass "
                              "method=cskd_tf.losses.CSKD(weight=λ) instead")
@@ -138,6 +141,9 @@ class CSKDModel(compat.PrebuiltSymbolicBuild, keras.Model):
         self.method = method
         self.normalize = Normalize(mean, std, name="normalize")
         self.weight_decay = float(weight_decay)
+        # Serving facts (see export); tuples, so Keras does not track them as layers' lists.
+        self.class_names = None if class_names is None else tuple(str(c) for c in class_names)
+        self.pixel_max = None if pixel_max is None else float(pixel_max)
         self._build_method()
         # The method's state (its λ variable), tracked by the model so checkpoints and
         # .keras files hold it, under the variable's name: `lambda_cls`, the name runs
@@ -346,6 +352,19 @@ class CSKDModel(compat.PrebuiltSymbolicBuild, keras.Model):
         check_fit_data(self, x if y is None else None)
         return super().fit(x, y, *args, **kwargs)
 
+    # ------------------------------------------------------------------ serving
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """``export(path[, top_k, class_names, pixel_max])``: cskd-export's three signatures
+        (cskd_tf/signatures.py) from what the model carries; another ``format`` or an
+        ``input_signature`` takes Keras' own export."""
+        if format != "tf_saved_model" or input_signature is not None:
+            return super().export(filepath, format=format, verbose=verbose,
+                                  input_signature=input_signature, **kwargs)
+        from cskd_tf.signatures import export_model
+
+        return export_model(self, filepath, verbose=verbose, **kwargs)
+
     # ------------------------------------------------------------ serialization
     def get_config(self):
         return {
@@ -356,6 +375,8 @@ class CSKDModel(compat.PrebuiltSymbolicBuild, keras.Model):
             "std": self.normalize.std,
             "weight_decay": self.weight_decay,
             "feature_layer": self.feature_layer,
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "pixel_max": self.pixel_max,
         }
 
     @classmethod

@@ -2,8 +2,10 @@
 
 ``export_workdir`` (what ``cskd-export`` runs):
 
-1. loads the run's last checkpoint (:func:`cskd_tf.training.restore.restore_from_workdir`);
-2. writes the three signatures of :mod:`cskd_tf.serving.signatures` with
+1. loads the run's last checkpoint (:func:`cskd_tf.training.restore.restore_from_workdir`),
+   or a ``.keras`` file (in a run folder, or standalone: then what the model carries
+   defines the export, as for ``CSKDModel.export``);
+2. writes the three signatures of :mod:`cskd_tf.signatures` with
    ``keras.export.ExportArchive`` into ``NAME/.tmp-<version>-<random>/`` beside the target;
 3. adds the assets (labels.txt, the training config, cskd_export.json with the
    preprocessing and data facts) so the export can be used and evaluated on its own;
@@ -19,7 +21,6 @@ numeric folder in ``NAME/``.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import re
@@ -29,9 +30,9 @@ import uuid
 import numpy as np
 
 from cskd_tf import progress
+from cskd_tf import signatures as sig
 from cskd_tf.serving import ServingError
 from cskd_tf.serving import loading, models_config
-from cskd_tf.serving import signatures as sig
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Self-check tolerance between the reloaded export and the Keras model; the tests hold
@@ -101,38 +102,12 @@ def preprocess_for(facts, augment):
     return data_lib.eval_preprocess(info, augment)
 
 
-def _describe_preprocessing(facts, augment) -> dict:
-    size, _, channels = (int(d) for d in facts["image_shape"])
-    if augment == "finegrained":
-        resize = (f"resize the shorter side to {round(size * 256 / 224)} px (bilinear, "
-                  f"antialiased), centre crop {size}x{size}")
-    else:
-        resize = f"resize to {size}x{size} (bilinear, antialiased; identity at that size)"
-    return {
-        "augment": augment,
-        "steps": ["uint8 -> float32 / 255",
-                  f"channels -> {channels} (grey->RGB repeats, RGB->grey luma, alpha dropped)",
-                  resize,
-                  "(x - mean) / std per channel, inside the model"],
-        "image_shape": [size, size, channels],
-        "mean": list(facts["mean"]),
-        "std": list(facts["std"]),
-    }
-
-
-def _write_assets(directory, *, config, facts, augment, model_name, version, top_k,
-                  feature_dim, workdir):
-    from cskd_tf import __version__
+def _run_manifest(directory, *, config, facts, workdir) -> dict:
+    """Writes the run's training config (assets/config.json); the run's manifest fields."""
     from cskd_tf import config as config_lib
 
     assets = os.path.join(directory, "assets")
     os.makedirs(assets, exist_ok=True)
-    # ExportArchive offers no public hook for tf.saved_model.Asset objects; the assets/
-    # folder is part of the SavedModel layout and TF Serving loads (and copies) the
-    # whole version folder, so plain files here travel with the model.
-    names = [str(c) for c in facts["class_names"]]
-    with open(os.path.join(assets, loading.LABELS), "w", encoding="utf-8") as f:
-        f.write("".join(f"{n}\n" for n in names))
     with open(os.path.join(assets, loading.CONFIG), "w", encoding="utf-8") as f:
         f.write(config_lib.to_json(config) + "\n")
     metrics_path = os.path.join(workdir, "metrics.json")
@@ -140,29 +115,43 @@ def _write_assets(directory, *, config, facts, augment, model_name, version, top
     if os.path.exists(metrics_path):
         with open(metrics_path, encoding="utf-8") as f:
             metrics = json.load(f)
-    contract = sig.contract(len(names), int(facts["image_shape"][-1]), feature_dim, top_k)
-    manifest = {
-        "format": "cskd_tf.serving/1",
-        "model_name": model_name,
-        "version": int(version),
-        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cskd_tf_version": __version__,
-        "source_workdir": os.path.abspath(workdir),
-        "class_names": names,
-        "num_classes": len(names),
-        "top_k": min(int(top_k), len(names)),
-        "feature_dim": int(feature_dim),
-        "preprocessing": _describe_preprocessing(facts, augment),
-        "signatures": {name: {side: {t: {"dtype": d, "shape": s} for t, (d, s) in spec.items()}
-                              for side, spec in entry.items()}
-                       for name, entry in contract.items()},
-        "data": {k: v for k, v in facts.items() if k != "cache_path"},
-        "metrics": metrics,
-    }
-    with open(os.path.join(assets, loading.MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
-    return contract
+    return {"source_workdir": os.path.abspath(workdir),
+            "data": {k: v for k, v in facts.items() if k != "cache_path"},
+            "metrics": metrics}
+
+
+def _functions_for_run(checked, top_k):
+    """(ServingFunctions, feature dim, manifest fields, writer of the run's assets)."""
+    from cskd_tf.training.restore import load_checked_run
+
+    config, facts, model, run_path = load_checked_run(*checked)
+    augment = resolve_augment(config, facts)
+    description = sig.describe_preprocessing(facts["image_shape"], facts["mean"], facts["std"],
+                                             augment)
+    functions = sig.ServingFunctions(model, preprocess_for(facts, augment), facts["class_names"],
+                                     facts["image_shape"], top_k=top_k, description=description)
+    feature_dim = int(model.embed(np.zeros((1, *facts["image_shape"]), np.float32)).shape[-1])
+
+    def write(directory):
+        return _run_manifest(directory, config=config, facts=facts, workdir=run_path)
+
+    return functions, feature_dim, write
+
+
+def _functions_for_keras_file(path, top_k):
+    """The same for a standalone .keras file: everything from what the model carries."""
+    from cskd_tf.training.restore import load_keras_file
+
+    model = load_keras_file(path)
+    if not hasattr(model, "forward") or not hasattr(model, "backbone"):
+        raise ServingError(f"{path} holds a {type(model).__name__}, not a cskd_tf CSKDModel; "
+                           "export a plain Keras model with model.export(path)")
+    functions, facts = sig.functions_for_model(model, top_k)
+
+    def write(directory):
+        return {"source_keras_file": os.path.abspath(path)}
+
+    return functions, facts["feature_dim"], write
 
 
 def _verify(directory, functions, contract, image_shape):
@@ -203,7 +192,9 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
     """Exports the finished run in ``workdir`` as ``export_base/model_name/<version>``.
 
     ``workdir`` may also be the run's ``DIR/model.keras`` file
-    (see :func:`cskd_tf.training.restore.load_run`).
+    (see :func:`cskd_tf.training.restore.load_run`), or a standalone ``.keras`` file of a
+    CSKDModel (e.g. trained from Python): then the model's own input size, normalisation,
+    class names and pixel range define the export, as ``model.export`` does.
 
     Args:
       version: an int >= 1, or None for the next free version.
@@ -215,9 +206,7 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
       verify: reload the export and compare it with the Keras model before publishing.
       verbose: 0 prints no progress (one line per step on stderr otherwise).
     """
-    import keras
-
-    from cskd_tf.training.restore import check_run, load_checked_run
+    from cskd_tf.training.restore import check_run, is_standalone_keras_file
 
     model_name = check_model_name(model_name)
     if int(top_k) < 1:
@@ -228,7 +217,8 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
     if version_policy is not None and version_policy not in models_config.POLICIES:
         raise ServingError(f"--version_policy={version_policy!r} is not one of "
                            f"{', '.join(models_config.POLICIES)}")
-    checked = check_run(workdir)
+    standalone = is_standalone_keras_file(workdir)
+    checked = None if standalone else check_run(workdir)
 
     export_base = os.path.abspath(os.path.expanduser(export_base))
     model_dir = os.path.join(export_base, model_name)
@@ -240,30 +230,24 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
 
     steps = progress.Steps(f"cskd-export {model_name}/{version}", total=3 + bool(verify),
                            verbose=verbose)
-    steps.next(f"loading the run {workdir}")
-    config, facts, model, run_path = load_checked_run(*checked)
-    augment = resolve_augment(config, facts)
-    functions = sig.ServingFunctions(model, preprocess_for(facts, augment), facts["class_names"],
-                                     facts["image_shape"], top_k=top_k)
-    feature_dim = int(model.embed(np.zeros((1, *facts["image_shape"]), np.float32)).shape[-1])
+    if standalone:
+        steps.next(f"loading the model {workdir}")
+        functions, feature_dim, run_assets = _functions_for_keras_file(workdir, top_k)
+    else:
+        steps.next(f"loading the run {workdir}")
+        functions, feature_dim, run_assets = _functions_for_run(checked, top_k)
 
     os.makedirs(model_dir, exist_ok=True)
     # Hidden and non-numeric: TF Serving ignores it while it is being written.
     staging = os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
     try:
-        archive = keras.export.ExportArchive()
-        # Not archive.track(model): only the variables the endpoints use are saved, so
-        # training-only state (e.g. λ, a KD teacher) stays out of the served model.
-        for name, fn, spec in functions.endpoints():
-            archive.add_endpoint(name, fn, input_signature=spec)
         steps.next("tracing the signatures and writing the SavedModel")
-        archive.write_out(staging, verbose=False)
-        contract = _write_assets(staging, config=config, facts=facts, augment=augment,
-                                 model_name=model_name, version=version, top_k=top_k,
-                                 feature_dim=feature_dim, workdir=run_path)
+        sig.write_saved_model(staging, functions)
+        extra = {"model_name": model_name, "version": int(version), **run_assets(staging)}
+        contract = sig.write_assets(staging, functions, feature_dim, extra=extra)
         if verify:
             steps.next("self-check: reloading it and comparing with the Keras model")
-            _verify(staging, functions, contract, tuple(int(d) for d in facts["image_shape"]))
+            _verify(staging, functions, contract, functions.image_shape)
         if os.path.exists(final):  # another export took this version meanwhile
             raise ServingError(f"{final} appeared while exporting; rerun cskd-export")
         os.rename(staging, final)

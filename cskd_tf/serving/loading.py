@@ -12,9 +12,8 @@ import json
 import os
 
 from cskd_tf.serving import ServingError
+from cskd_tf.signatures import LABELS, MANIFEST  # noqa: F401 (read here by the serving code)
 
-MANIFEST = "cskd_export.json"
-LABELS = "labels.txt"
 CONFIG = "config.json"
 SERVE_TAG = "serve"
 

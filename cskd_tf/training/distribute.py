@@ -20,11 +20,14 @@ What changes under a strategy (:func:`setup` returns a :class:`Placement` descri
 * ``config.batch_size`` is the *global* batch: each of the R replicas gets
   ``batch_size / R`` examples per step (it must divide evenly).
 * Data (:func:`train_dataset`): each worker's input pipeline is
-  ``data.train_dataset(num_shards=W, shard_index=w, batch_size=batch_size / W)`` through
+  ``data.train_dataset(num_shards=W, shard_index=w, batch_size=batch_size / W,
+  drop_remainder=True)`` through
   ``distribute_datasets_from_function`` (no auto-sharding): the W shards of an epoch are
-  disjoint and cover every training example once; the union of the replicas' batches at a
-  step is exactly the single-device batch at that step, and partners are drawn from the
-  whole class (see cskd_tf.data.pairs).
+  disjoint and cover every training example once but the remainder of
+  ``N / batch_size`` (a different few each epoch; the single-device path keeps that last
+  partial batch); the union of the replicas' batches at a step is exactly the
+  single-device batch at that step, and partners are drawn from the whole class (see
+  cskd_tf.data.pairs).
 * Loss: ``CSKDModel.train_step`` divides each replica's batch-mean objective by R, because
   Keras' TensorFlow optimizer *sums* the replicas' gradients (an all-reduce SUM); the sum
   is then the gradient of the mean over the global batch, for the cross-entropy and for
@@ -277,10 +280,14 @@ def pipeline_dataset(config, info, split, views, start_epoch, global_batch: int,
     """
     per_pipeline = global_batch // context.num_input_pipelines
     per_replica = context.get_per_replica_batch_size(global_batch)
+    # Full batches only (see drop_remainder): the step divides each replica's mean by R,
+    # which is the global mean only when every replica holds the same number of examples,
+    # and a short last global batch would leave some replicas with a smaller (or empty)
+    # slice; the shards of the workers must also have the same number of steps.
     ds, steps = data_lib.train_dataset(
         config, info, split, views=views, start_epoch=start_epoch,
         num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id,
-        batch_size=per_pipeline)
+        batch_size=per_pipeline, drop_remainder=True)
     if per_replica != per_pipeline:
         # A step takes one pipeline batch, its consecutive slices going to the local replicas.
         ds = ds.rebatch(per_replica, drop_remainder=True)
@@ -290,14 +297,17 @@ def pipeline_dataset(config, info, split, views, start_epoch, global_batch: int,
     return ds.with_options(options), steps
 
 
-def train_dataset(placement: Placement, config, info, split, views, start_epoch=0):
+def train_dataset(placement: Placement, config, info, split, views, start_epoch=0,
+                  drop_remainder=False):
     """(dataset for ``model.fit``, steps per epoch) under a placement.
 
-    On the single-device path this is ``data.train_dataset`` unchanged.
+    On the single-device path this is ``data.train_dataset`` unchanged: every epoch's last
+    batch is kept, short, unless ``drop_remainder``. Under a strategy only full batches
+    (see :func:`pipeline_dataset`).
     """
     if not placement.distributed:
         return data_lib.train_dataset(config, info, split, views=views,
-                                      start_epoch=start_epoch)
+                                      start_epoch=start_epoch, drop_remainder=drop_remainder)
     global_batch = int(config.batch_size)
     check_global_batch(placement, global_batch)
     steps = []

@@ -4,8 +4,8 @@ Both train the same way, so both call these in this order:
 
 1. :func:`check_names`: the model and method names, as one-line errors before any data is
    read or anything is written.
-2. :func:`steps_per_epoch`: ``config.steps_per_epoch`` or one pass over the training split;
-   ConfigError when the batch is larger than the split.
+2. :func:`steps_per_epoch`: ``config.steps_per_epoch`` or one pass over the training split
+   (its last batch short); ConfigError when dropping the remainder leaves no batch.
 3. :func:`build_for_fit`: the CSKDModel (:func:`build_model`), synchronized batch norm when
    ``config.sync_batch_norm``, the method's training state (e.g. a KD teacher) and the
    compiled optimizer (:func:`compile_model`), inside the strategy's scope.
@@ -40,23 +40,32 @@ def check_names(config):
     return losses.get_method(config.method, config)
 
 
-def steps_per_epoch(config, info) -> int:
-    """Optimizer steps per epoch: ``config.steps_per_epoch`` or ⌊train examples / batch⌋."""
-    steps = config.steps_per_epoch or info.splits["train"] // config.batch_size
+def steps_per_epoch(config, info, drop_remainder=False) -> int:
+    """Optimizer steps per epoch: ``config.steps_per_epoch``, else ⌈train examples / batch⌉
+    (the last batch short: every example an anchor once per epoch, as the reference's
+    DataLoader), or ⌊train examples / batch⌋ with ``drop_remainder`` (multi-replica
+    training, see training/distribute.py)."""
+    count, batch = int(info.splits["train"]), int(config.batch_size)
+    steps = config.steps_per_epoch or (count // batch if drop_remainder else -(-count // batch))
     if steps < 1:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
                           f"split ({info.splits['train']} examples); lower --config.batch_size")
     return int(steps)
 
 
-def build_model(config, num_classes, image_shape, mean, std, method=None):
-    """The CSKDModel for a config, built (weights created) but not compiled."""
+def build_model(config, num_classes, image_shape, mean, std, method=None, class_names=None):
+    """The CSKDModel for a config, built (weights created) but not compiled.
+
+    It takes images in [0, 1] (``pixel_max=1``, what the data pipeline yields) and carries
+    ``class_names``, so its ``model.keras`` exports and evaluates on its own.
+    """
     method = method or losses.get_method(config.method, config)
     backbone = models.build(config.model, num_classes=num_classes, input_shape=tuple(image_shape),
                             width=int(config.model_width), head=method.head, init=config.init)
     # λ and T are the method's (built from config.lambda_cls / config.temperature).
     model = CSKDModel(backbone, method=method, mean=mean, std=std,
-                      weight_decay=float(config.weight_decay))
+                      weight_decay=float(config.weight_decay), class_names=class_names,
+                      pixel_max=1.0)
     model(tf.zeros((1, *image_shape), tf.float32))
     return model
 
@@ -98,7 +107,8 @@ def build_for_fit(config, info, steps, jit_compile, method=None):
     :func:`cskd_tf.runtime.resolve_jit_compile` with the run's placement).
     """
     method = method or losses.get_method(config.method, config)
-    model = build_model(config, info.num_classes, info.image_shape, info.mean, info.std, method)
+    model = build_model(config, info.num_classes, info.image_shape, info.mean, info.std, method,
+                        class_names=info.class_names)
     if config.sync_batch_norm and not distribute.sync_batch_norm(model):
         raise ConfigError(f"config.sync_batch_norm=True but model {config.model!r} has no "
                           "BatchNormalization layer; drop --config.sync_batch_norm")

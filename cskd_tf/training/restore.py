@@ -59,7 +59,7 @@ def restore_model(workdir: Workdir, config, facts):
                    "checkpoint)")
         raise WorkdirError(f"the newest checkpoint {latest} is unreadable ({broken}); {instead}")
     model = build_model(config, facts["num_classes"], facts["image_shape"], facts["mean"],
-                        facts["std"])
+                        facts["std"], class_names=facts.get("class_names"))
     fits = True
     try:
         status = tf.train.Checkpoint(model=model).restore(latest)
@@ -96,6 +96,19 @@ def setup_as_trained(workdir: Workdir, config):
 
 
 # ------------------------------------------------------- a workdir or its DIR/model.keras
+def is_standalone_keras_file(path) -> bool:
+    """Whether ``path`` is an existing ``.keras`` file outside a cskd-train run folder.
+
+    Such a file (e.g. ``model.save`` after training from Python) carries what serving and
+    evaluation need in the model itself (``CSKDModel(class_names=..., pixel_max=...)``);
+    a file inside a run folder is read with the run's config and data facts instead.
+    """
+    path = str(path)
+    return (path.endswith(".keras") and os.path.isfile(path)
+            and not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(path)),
+                                                "data.json")))
+
+
 def check_run(path, need_finished=True):
     """(Workdir, .keras path or None) for a run folder or a .keras file saved in one."""
     keras_file = str(path).endswith(".keras")

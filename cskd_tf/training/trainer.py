@@ -54,12 +54,19 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
         print(f"Precision: {runtime.describe_precision(config.mixed_precision)}")
         print(f"Distribution: {placement.describe()}")
     info, splits = data_lib.prepare(config)
+    if config.verbose:
+        print(f"Images: {data_lib.describe_images(info)}")
+    warning = data_lib.mismatch_warning(config, info)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     # Refused before the (possibly slow) model build; output_workdir checks again.
     workdir.refuse_if_finished(overwrite)
 
     # Model, method state, optimizer and metrics belong to the strategy (a no-op scope on
     # the single-device path).
-    steps_per_epoch = fit_setup.steps_per_epoch(config, info)
+    # Under a strategy only full batches (training/distribute.py); else the last is short.
+    steps_per_epoch = fit_setup.steps_per_epoch(config, info,
+                                                drop_remainder=placement.distributed)
     with placement.scope():
         model = fit_setup.build_for_fit(config, info, steps_per_epoch,
                                         runtime.resolve_jit_compile(jit_compile, placement),
@@ -127,8 +134,11 @@ def save_keras_model(model, workdir: Workdir):
 
 
 # ---------------------------------------------------------------------------------------
-def evaluate_splits(model, config, info, splits, jit_compile=False):
+def evaluate_splits(model, config, info, splits, jit_compile=False, pixel_max=1.0):
     """metrics.json: {split: the paper's metrics} for each split of ``config.eval_splits``.
+
+    ``pixel_max``: the model's input value of a full pixel (255.0 for a model trained on
+    0..255 images from Python; the pipeline yields [0, 1]).
 
     Where the run has a val split, temperature scaling (cskd_tf.evaluation.calibration) is
     fitted on val only and adds ``ece_ts``, ``nll_ts`` and ``temperature_ts`` to every
@@ -144,8 +154,11 @@ def evaluate_splits(model, config, info, splits, jit_compile=False):
         needed.append(FIT_SPLIT)
     results, arrays = {}, {}
     for name in needed:
+        dataset = data_lib.eval_dataset(config, info, splits[name])
+        if float(pixel_max) != 1.0:
+            dataset = dataset.map(lambda x, y: (x * float(pixel_max), y))
         logits, features, labels = logits_and_features(
-            model, data_lib.eval_dataset(config, info, splits[name]), jit_compile,
+            model, dataset, jit_compile,
             verbose=int(config.verbose > 0), label=f"evaluating {name}")
         arrays[name] = (logits, labels)
         if name in reported:
