@@ -693,13 +693,10 @@ def test_cli_trains_a_byot_teacher_then_a_kd_cskd_student(tmp_path):
     teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
     for args in ([f"--workdir={teacher}", "--config.method=byot"],
                  [f"--workdir={student}", "--config.method=kd_cskd",
-                  # The flat name of earlier releases: still accepted, with a warning.
-                  "--config.model=preact_resnet10", f"--config.teacher_workdir={teacher}"]):
+                  "--config.model=preact_resnet10", f"--config.kd.teacher_workdir={teacher}"]):
         result = subprocess.run([console_script("cskd-train"), *common, *args],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
-    warning = "warning: config.teacher_workdir is deprecated; use config.kd.teacher_workdir"
-    assert result.stderr.count(warning) == 1, result.stderr[-3000:]
     metrics = json.load(open(os.path.join(student, "metrics.json")))
     assert 0 <= metrics["val"]["top1_error"] <= 100
     shutil.move(teacher, str(tmp_path / "moved"))
