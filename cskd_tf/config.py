@@ -14,6 +14,7 @@ import json
 import ml_collections
 
 from cskd_tf.errors import ConfigError
+from cskd_tf.registry import METHODS
 
 # Values of config fields that choose from a fixed set.
 CHOICES = {
@@ -32,42 +33,43 @@ def group(**fields) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(fields)
 
 
+def method_groups() -> dict:
+    """{method name: {field: default}} of every method that declares a config group.
+
+    Read from the method registry: the declarations in cskd_tf/losses/methods/ (parsed,
+    not imported, so the config needs no TensorFlow) and any method registered at run
+    time by a module outside that package.
+    """
+    return {e.name: dict(e.defaults) for e in METHODS.entries(declared=True) if e.defaults}
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Every field an experiment may set, with the paper's defaults."""
     c = ml_collections.ConfigDict()
 
     # What to train.
-    c.method = "cskd"  # a name in cskd_tf.losses.METHODS
-    c.model = "preact_resnet18"  # a name in cskd_tf.models registry
+    c.method = "cskd"  # a name in cskd_tf.registry.METHODS (cskd_tf/losses/methods/)
+    c.model = "preact_resnet18"  # a name in cskd_tf.registry.MODELS (cskd_tf/models/)
     c.model_width = 0  # base width of the backbone; 0 = the architecture's own
     c.init = "he_normal"  # initial weights: he_normal | torch (PyTorch defaults, as the paper's code)
     c.lambda_cls = 1.0  # λ, weight of the class-wise KL term (3.0 for fine-grained)
     c.lambda_warmup_epochs = 0  # λ rises linearly from 0 over this many epochs
     c.temperature = 4.0  # T of the softened predictions
 
-    # Method hyperparameters: one group per method, named after it, read only by that method
-    # (and by the combinations that include it) through Method.from_config. CS-KD's own λ and
-    # T above stay top-level: they are the headline knobs and cskd-tune searches them.
-    c.label_smoothing = group(epsilon=0.1)  # ε, weight of the uniform target
-    c.max_entropy = group(beta=0.1)  # β, weight of the entropy bonus
-    c.mixup = group(alpha=1.0)  # α of Beta(α, α)
-    c.kd = group(
-        temperature=4.0,
-        alpha=0.9,  # weight of the distillation term
-        teacher_workdir="",  # a cskd-train workdir or a SavedModel path
-        teacher_model="",  # teacher architecture, if it differs from what the workdir says
-    )
-    # BYOT T, α, λ: the reference code's defaults (the paper gives none), see losses/methods/byot.py.
-    c.byot = group(temperature=3.0, alpha=0.1, beta=1e-6)  # beta: λ of the summed feature hint
-    c.ddgsd = group(mmd_weight=0.0005, temperature=3.0)  # see losses/methods/ddgsd.py
-    c.cskd_e = group(lambda_sample=1.0)  # weight of the sample-wise term
+    # Method hyperparameters: one group per method that declares one, named after it, read
+    # only by that method (and by the combinations that include it) through
+    # Method.from_experiment_config. Each method declares its group in its @register(...)
+    # (cskd_tf/losses/methods/); the group's defaults are its constructor's, the paper's.
+    # CS-KD's own λ and T above stay top-level: the headline knobs, searched by cskd-tune.
+    for name, defaults in method_groups().items():
+        c[name] = group(**defaults)
 
     # Data.
-    c.dataset = "digits"  # digits | tinyimagenet | imagefolder | mit67 | fashion_mnist | tfds:<name>
+    c.dataset = "digits"  # a name in cskd_tf.registry.SOURCES (cskd_tf/data/sources/)
     c.data_dir = ""
     c.cache_dir = ""  # per-class TFRecord shard cache; "" = $CSKD_CACHE_DIR or ~/.cache/cskd_tf
     c.image_size = 0  # model input size in px; 0 = the dataset's default
-    c.augment = "auto"  # auto | none | cifar | tinyimagenet | finegrained | digits
+    c.augment = "auto"  # auto (the dataset's) | a name in cskd_tf.data.augment.AUGMENTS
     # Per-channel mean/std (of [0, 1] pixels) the model normalises its input with; () = the
     # source's published statistics, else the training split's. The CIFAR-100 recipe sets
     # the reference code's constants (cskd_tf/recipes.py).
@@ -128,9 +130,13 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks field names and values; raises ConfigError with a one-line fix."""
+    """Checks field names and values; raises ConfigError with a one-line fix (ModelError
+    for an unknown ``config.method``: the method registry's own error)."""
     reference = default_config()
     _check_keys(config, reference, prefix="")
+    # The registered and declared methods: known before the method modules (and TensorFlow)
+    # are imported, so the CLI rejects a misspelt --config.method at once.
+    METHODS.check(config.method, declared=True)
     for field, allowed in CHOICES.items():
         value = config.get(field)
         if value not in allowed:

@@ -338,11 +338,17 @@ def test_missing_directory(tmp_path):
 
 
 def test_sources_register_by_decorator(tmp_path):
+    # Every module of cskd_tf/data/sources is imported, so every declared source is registered.
+    assert sources.SOURCES.names() == sources.SOURCES.names(declared=True)
     assert {"digits", "fashion_mnist", "tinyimagenet", "imagefolder", "mit67", "shards",
             "tfds:"} <= set(sources.SOURCES)
     assert "tfds:<name>" in sources.source_names()
+    assert "tfds:cifar100" in sources.SOURCES and "tfds:" not in sources.SOURCES
+    assert sources.SOURCES.get("tinyimagenet").display_name == "TinyImageNet"
+    assert sources.SOURCES.get("digits").defaults == {"image_size": 8, "augment": "digits",
+                                                      "channels": 1}
 
-    @sources.register_source("test_ones")
+    @sources.register_source("test_ones", display_name="Ones")
     class Ones(sources.Source):
         name, channels, default_image_size, default_augment = "test_ones", 1, 4, "none"
 
@@ -358,13 +364,21 @@ def test_sources_register_by_decorator(tmp_path):
             return sources.Listing(class_names=["a", "b"],
                                    splits={"train": split, "val": split, "test": split})
 
+    class Other(Ones):
+        pass
+
     try:
-        with pytest.raises(ValueError, match="registered twice"):
-            sources.register_source("test_ones")(Ones)
+        sources.register_source("test_ones")(Ones)  # the same class again: a reload
+        with pytest.raises(ConfigError, match="'test_ones' is already registered by .*Ones"):
+            sources.register_source("test_ones")(Other)
+        assert "test_ones" in sources.source_names()
         info, _ = prepare(make_config(tmp_path, dataset="test_ones", augment="auto"))
         assert info.num_classes == 2 and info.image_shape == (4, 4, 1)
     finally:
-        del sources.SOURCES["test_ones"]
+        sources.SOURCES.remove("test_ones")
+    with pytest.raises(ConfigError, match="unknown dataset 'tinyimagenett'; did you mean "
+                       "'tinyimagenet'\\? set --config.dataset to one of: digits, "):
+        sources.get_source("tinyimagenett")
 
 
 @pytest.mark.cli

@@ -33,8 +33,9 @@ LAYERS = [
     # runtime (seeds, precision, gpu_present), progress (console progress lines), layers
     # (the convolution blocks backbones and BYOT's branches share),
     # images (the eval transform data and serving share), signatures (the serving
-    # contract that CSKDModel.export and cskd-export both write).
-    {"config", "runtime", "progress", "layers", "images", "signatures"},
+    # contract that CSKDModel.export and cskd-export both write), registry (the Registry
+    # class and the method/backbone/source registries, readable before their packages load).
+    {"config", "runtime", "progress", "layers", "images", "signatures", "registry"},
     # The three libraries a run is made of, and the paper's recipes (configs from config).
     {"data", "models", "losses", "recipes"},
     # Measuring: metrics, numpy inference, reports, plots.
@@ -49,6 +50,7 @@ LAYERS = [
 
 # Imports allowed between different parts of one layer (importer, imported).
 PEER_EDGES = {
+    ("config", "registry"),  # each method declares its config group (default_config)
     ("models", "losses"),  # CSKDModel's train step runs a losses.Method
     ("signatures", "images"),  # the serving graph runs evaluation's transform
 }

@@ -15,45 +15,26 @@ from cskd_tf.errors import ConfigError
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
-# What each method's get_config() must say when built from default_config(): the group it
-# reads (combinations: their parts' fields, flat) plus the shared fields (T, λ as `weight`).
-KD_DEFAULTS = {"temperature": 4.0, "alpha": 0.9, "teacher_workdir": "", "teacher_model": ""}
-FROM_DEFAULTS = {
-    "ce": {},
-    "adacos": {},
-    "virtual_softmax": {},
-    "cskd": {"temperature": 4.0, "weight": 1.0},
-    "cskd_e": {"temperature": 4.0, "weight": 1.0, "lambda_sample": 1.0},
-    "label_smoothing": {"epsilon": 0.1},
-    "max_entropy": {"beta": 0.1},
-    "mixup": {"alpha": 1.0, "seed": 0},
-    "mixup_cskd": {"temperature": 4.0, "weight": 1.0, "alpha": 1.0, "seed": 0},
-    "kd": KD_DEFAULTS,
-    "kd_cskd": {"temperature": 4.0, "weight": 1.0, "kd_temperature": 4.0, "alpha": 0.9,
-                "teacher_workdir": "", "teacher_model": ""},
-    "byot": {"temperature": 3.0, "alpha": 0.1, "beta": 1e-6},
-    "ddgsd": {"mmd_weight": 0.0005, "temperature": 3.0},
-}
-CLASS_NAMES = {"ce": "CrossEntropy", "adacos": "AdaCos", "virtual_softmax": "VirtualSoftmax",
-               "cskd": "CSKD", "cskd_e": "CSKDE", "label_smoothing": "LabelSmoothing",
-               "max_entropy": "MaxEntropy", "mixup": "Mixup", "mixup_cskd": "MixupCSKD",
-               "kd": "KD", "kd_cskd": "KDCSKD", "byot": "BYOT", "ddgsd": "DDGSD"}
+
+def test_the_exported_method_classes_are_the_registered_ones():
+    classes = [getattr(losses, n) for n in losses.__all__]
+    classes = [c for c in classes if isinstance(c, type) and issubclass(c, losses.Method)
+               and c is not losses.Method and "name" in vars(c)]
+    assert len(classes) >= 13  # the paper's tables
+    for cls in classes:
+        assert losses.METHODS[cls.name] is cls
 
 
-def test_every_registered_method_is_listed_here():
-    assert set(FROM_DEFAULTS) == set(losses.METHODS) == set(CLASS_NAMES)
-
-
-@pytest.mark.parametrize("name", sorted(FROM_DEFAULTS))
-def test_method_builds_from_default_config_and_round_trips_get_config(name):
+def check_method_config(name):
+    """What every method must do with its config: build from default_config() with its
+    constructor's (the paper's) defaults, round-trip Keras' get_config/from_config, and
+    declare its group (if any) in @register so that default_config() holds it."""
     import keras
 
     cls = losses.METHODS[name]
-    assert getattr(losses, CLASS_NAMES[name]) is cls  # exported under its CamelCase name
     method = losses.get_method(name, default_config())
     assert type(method) is cls and method.name == name
     config = method.get_config()
-    assert config == FROM_DEFAULTS[name]
     json.dumps(config)  # plain values only
     # Keras' pair: from_config inverts get_config, and the class is a registered serializable.
     assert cls.from_config(config).get_config() == config
@@ -65,6 +46,21 @@ def test_method_builds_from_default_config_and_round_trips_get_config(name):
     assert losses.get(name).get_config().items() >= defaults.items()
     # The constructor takes named hyperparameters, never the experiment config.
     assert "config" not in inspect.signature(cls.__init__).parameters
+    # Its config group: what it declares, read the same from the source (no import) as from
+    # the registered class, with the constructor's defaults.
+    entry = losses.METHODS.get(name)
+    declared = losses.METHODS.declared()[name]
+    assert (declared.display_name, declared.defaults) == (entry.display_name, entry.defaults)
+    if entry.defaults:
+        assert default_config()[name].to_dict() == entry.defaults
+        assert config.items() >= entry.defaults.items()
+    else:
+        assert name not in default_config()
+
+
+@pytest.mark.parametrize("name", losses.METHODS.names())
+def test_method_builds_from_default_config_and_round_trips_get_config(name):
+    check_method_config(name)
 
 
 def test_from_experiment_config_reads_the_method_groups_and_the_shared_fields():

@@ -2,8 +2,14 @@
 
 Every registered model is built once per module at 1000 classes on small
 (32, 32, 3) inputs: parameter counts of these globally pooled conv nets do
-not depend on the spatial size, and small maps keep building cheap.
+not depend on the spatial size, and small maps keep building cheap. The
+battery (forward contract, stages, initialisers) runs over whatever the
+registry holds, so a new backbone module is tested without editing this file;
+test_a_backbone_is_one_new_file shows it with a throwaway module.
 """
+
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,11 +18,12 @@ from keras import layers
 
 from cskd_tf import models
 from cskd_tf.errors import ModelError
-from cskd_tf.models import registry
+from cskd_tf.registry import MODELS
 
 SMALL_SHAPE = (32, 32, 3)
 
-# Trainable parameters at 1000 classes (exact values). Those of resnet18, resnet50,
+# Trainable parameters at 1000 classes (exact values), measured against the reference
+# implementations; a backbone added later has no reference count until someone measures one. Those of resnet18, resnet50,
 # resnet101, densenet121 and resnext101_32x4d are torchvision 0.29's, measured with
 # sum(p.numel() for p in net.parameters()) (ResNeXt-101 32x4d as its ResNet(Bottleneck,
 # [3, 4, 23, 3], groups=32, width_per_group=4)); resnet10's is the CS-KD code's
@@ -37,24 +44,11 @@ EXPECTED_1000 = {
     "keras_resnet101": 44_601_832,
     "keras_densenet121": 7_978_856,
 }
-FEATURE_DIMS = {
-    "cskd_preact_resnet10": 512,
-    "cskd_preact_resnet18": 512,
-    "preact_resnet10": 512,
-    "preact_resnet18": 512,
-    "densenet121_cifar": 1024,
-    "resnet10": 512,
-    "resnet18": 512,
-    "resnet50": 2048,
-    "resnet101": 2048,
-    "densenet121": 1024,
-    "resnext101_32x4d": 2048,
-    "keras_resnet50": 2048,
-    "keras_resnet101": 2048,
-    "keras_densenet121": 1024,
-}
-CIFAR_STYLE = ["cskd_preact_resnet10", "cskd_preact_resnet18", "preact_resnet10", "preact_resnet18",
-               "densenet121_cifar"]
+# The standard feature width of the measured backbones (the battery checks any backbone's
+# features against its own stage4 instead).
+FEATURE_DIMS = {"preact_resnet18": 512, "densenet121_cifar": 1024, "resnet50": 2048,
+                "densenet121": 1024, "resnext101_32x4d": 2048, "keras_resnet50": 2048}
+
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +76,9 @@ def densenet_bc_params(growth, blocks, num_classes, in_channels=3):
     return total + 2 * c + (c + 1) * num_classes  # final BN + classifier
 
 
-def test_registry_lists_exactly_the_known_models():
-    assert models.available() == sorted(EXPECTED_1000)
+def test_registry_holds_the_measured_models():
+    assert set(EXPECTED_1000) <= set(models.available())
+    assert models.available() == MODELS.names()
     assert models.default_input_shape("preact_resnet18") == (32, 32, 3)
     assert models.default_input_shape("densenet121_cifar") == (32, 32, 3)
     assert models.default_input_shape("resnet50") == (224, 224, 3)
@@ -110,20 +105,22 @@ def test_densenet121_cifar_matches_hand_formula(built):
     assert abs(at_100 / 7_050_000 - 1) < 0.01  # CS-KD repo: "about 7.05M"
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_1000))
-def test_forward_shapes_and_dtypes(built, name):
-    model = built[name]
-    out = model(_images(SMALL_SHAPE), training=False)
+@pytest.mark.parametrize("name", sorted(FEATURE_DIMS))
+def test_standard_feature_widths(built, name):
+    assert built[name].get_layer("features").output.shape[-1] == FEATURE_DIMS[name]
+
+
+# ----------------------------------------------------------------- the battery, per backbone
+def check_forward(model, num_classes=1000, shape=SMALL_SHAPE):
+    out = model(_images(shape), training=False)
     assert set(out) == {"logits", "features"}
-    assert tuple(out["logits"].shape) == (2, 1000)
-    assert tuple(out["features"].shape) == (2, FEATURE_DIMS[name])
+    assert tuple(out["logits"].shape) == (2, num_classes)
+    assert tuple(out["features"].shape) == (2, model.get_layer("stage4").output.shape[-1])
     assert out["logits"].dtype == "float32" and out["features"].dtype == "float32"
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(out["logits"])))
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_1000))
-def test_stage_layers_in_increasing_depth(built, name):
-    model = built[name]
+def check_stages(model):
     order = {layer.name: i for i, layer in enumerate(model.layers)}
     stages = [model.get_layer(f"stage{k}") for k in range(1, 5)]
     assert "stage5" not in order
@@ -132,19 +129,84 @@ def test_stage_layers_in_increasing_depth(built, name):
     shapes = [tuple(s.output.shape) for s in stages]
     assert all(a[1] >= b[1] and a[3] <= b[3] for a, b in zip(shapes, shapes[1:]))
     assert shapes[0][1] > shapes[-1][1]
-    assert shapes[-1][3] == FEATURE_DIMS[name]
     assert order["features"] < order["classifier"]
     classifier = model.get_layer("classifier")
     assert isinstance(classifier, layers.Dense) and classifier.use_bias
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_1000))
-def test_he_normal_init_and_no_regularizers(built, name):
-    convs = [l for l in built[name].layers if isinstance(l, (layers.Conv2D, layers.Dense))]
+def check_init(model):
+    convs = [layer for layer in model.layers if isinstance(layer, (layers.Conv2D, layers.Dense))]
     assert convs
     for layer in convs:
         assert isinstance(layer.kernel_initializer, keras.initializers.HeNormal), layer.name
         assert layer.kernel_regularizer is None and layer.bias_regularizer is None
+
+
+def check_small_inputs(name):
+    """Builds and trains-mode runs at the smallest input the backbone declares."""
+    spec = models.get_spec(name)
+    width = 0 if spec.standard_width is None else 4
+    size = max(spec.min_size, 8)
+    model = models.build(name, 10, input_shape=(size, size, 1), width=width)
+    out = model(_images((size, size, 1)), training=True)
+    assert tuple(out["logits"].shape) == (2, 10)
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_forward_shapes_and_dtypes(built, name):
+    check_forward(built[name])
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_stage_layers_in_increasing_depth(built, name):
+    check_stages(built[name])
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_he_normal_init_and_no_regularizers(built, name):
+    check_init(built[name])
+
+
+THROWAWAY_BACKBONE = '''
+"""A throwaway backbone written by tests/test_models.py."""
+from keras import layers
+
+from cskd_tf.models.registry import register
+
+
+@register("throwaway_net", style="cifar", standard_width=4, display_name="Throwaway-Net")
+def throwaway_net(inputs, width, depth=4):
+    """Four strided convolutions."""
+    x = inputs
+    for k in range(1, depth + 1):
+        x = layers.Conv2D(width * k, 3, strides=2 if k > 1 else 1, padding="same",
+                          kernel_initializer="he_normal", name=f"stage{k}")(x)
+    return layers.GlobalAveragePooling2D()(x)
+'''
+
+
+def test_a_backbone_is_one_new_file(tmp_path, monkeypatch):
+    """One new module in the package (here a directory added to its __path__) is found by
+    discovery, listed by available() and passes the battery."""
+    (tmp_path / "throwaway_net.py").write_text(THROWAWAY_BACKBONE)
+    doc = (Path(__file__).parent.parent / "docs" / "architecture.md").read_text()
+    assert "## Adding a backbone (one file)" in doc and "one_new_file" in doc
+    monkeypatch.setattr(models, "__path__", [*models.__path__, str(tmp_path)])
+    try:
+        assert "throwaway_net" not in models.available()
+        MODELS.discover()
+        assert "throwaway_net" in models.available()
+        assert "throwaway_net" in MODELS.names(declared=True)  # read without importing too
+        entry = MODELS.get("throwaway_net")
+        assert entry.display_name == "Throwaway-Net" and entry.defaults == {"depth": 4}
+        model = models.build("throwaway_net", 1000, input_shape=SMALL_SHAPE)
+        check_forward(model)
+        check_stages(model)
+        check_init(model)
+        check_small_inputs("throwaway_net")
+    finally:
+        MODELS.remove("throwaway_net")
+        sys.modules.pop("cskd_tf.models.throwaway_net", None)
 
 
 def test_features_are_pooled_stage4():
@@ -154,7 +216,8 @@ def test_features_are_pooled_stage4():
     np.testing.assert_allclose(np.mean(stage4, axis=(1, 2)), features, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", CIFAR_STYLE)
+@pytest.mark.parametrize("name", [n for n in models.available()
+                                  if models.get_spec(n).style == "cifar"])
 def test_cifar_style_on_one_channel_8x8(name):
     width = 4 if name == "densenet121_cifar" else 8
     model = models.build(name, 10, input_shape=(8, 8, 1), width=width)
@@ -248,9 +311,7 @@ def test_bad_arguments_raise_model_error(kwargs, fragment):
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
-def test_register_decorator(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-
+def test_register_decorator():
     @models.register("tiny_test_net", style="cifar", standard_width=4)
     def tiny(inputs, width, depth=1):
         """A throwaway test backbone."""
@@ -259,9 +320,13 @@ def test_register_decorator(monkeypatch):
             x = layers.Conv2D(width, 3, padding="same", name=f"stage{k}")(x)
         return layers.GlobalAveragePooling2D()(x)
 
-    assert "tiny_test_net" in models.available()
-    model = models.build("tiny_test_net", 3, input_shape=(8, 8, 1), depth=2)
-    assert tuple(model.get_layer("stage2").output.shape) == (None, 8, 8, 4)
-    assert models.get_spec("tiny_test_net").summary == "A throwaway test backbone."
-    with pytest.raises(ModelError, match="already registered"):
-        models.register("tiny_test_net")(lambda inputs, width: inputs)
+    try:
+        assert "tiny_test_net" in models.available()
+        model = models.build("tiny_test_net", 3, input_shape=(8, 8, 1), depth=2)
+        assert tuple(model.get_layer("stage2").output.shape) == (None, 8, 8, 4)
+        assert models.get_spec("tiny_test_net").summary == "A throwaway test backbone."
+        models.register("tiny_test_net", style="cifar", standard_width=4)(tiny)  # a reload
+        with pytest.raises(ModelError, match="already registered by .*tiny; register"):
+            models.register("tiny_test_net")(lambda inputs, width: inputs)
+    finally:
+        models.MODELS.remove("tiny_test_net")

@@ -214,3 +214,33 @@ def test_ece_after_temperature_scaling_column(tmp_path):
                                                                                    "csv")))}
     assert rows["cskd"]["ece_ts_best"] == "1" and rows["ce"]["temperature_ts_mean"] == "1.5000"
     assert rows["ce"]["temperature_ts_best"] == "0"  # no "best" temperature
+
+
+def test_titles_are_the_registries_display_names():
+    """Column titles come from the source registry (TFDS members from TFDS_TITLES), read
+    without importing the data package (cskd-report never imports TensorFlow)."""
+    from cskd_tf.registry import SOURCES
+
+    for entry in SOURCES.entries(declared=True):
+        if not entry.family:
+            assert report.dataset_name(entry.name) == entry.display_name
+    assert report.dataset_name("tinyimagenet (max_classes=10)") == "TinyImageNet (max_classes=10)"
+    assert report.dataset_name("tfds:cifar100") == "CIFAR-100"
+    assert report.dataset_name("tfds:oxford_flowers102") == "tfds:oxford_flowers102"
+    code = ("import sys; from cskd_tf.evaluation import report; "
+            "assert report.dataset_name('shards') == 'Shard cache'; "
+            "assert 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_method_rows_are_named_by_the_methods():
+    """Row titles are the display names the method modules declare (read unimported); the
+    paper's order places the known ones, any other method comes last."""
+    from cskd_tf.registry import METHODS
+
+    names = report.method_names()
+    assert set(names) == set(METHODS.names(declared=True)) >= set(report.METHOD_ORDER)
+    assert (names["cskd"], names["kd_cskd"], names["ce"]) == ("CS-KD", "KD + CS-KD",
+                                                             "Cross-entropy")
+    assert report.method_name("not_a_method") == "not_a_method"
+    assert sorted(["zz_new", "cskd", "ce"], key=report._method_order) == ["ce", "cskd", "zz_new"]

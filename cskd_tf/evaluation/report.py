@@ -37,6 +37,7 @@ from cskd_tf.errors import ConfigError
 from cskd_tf.evaluation import table_format
 from cskd_tf.evaluation.runs import Run, find_run_dirs, load_run, select_best_test_epoch
 from cskd_tf.evaluation.seed_stats import Stat, mean_std, relative_change
+from cskd_tf.registry import METHODS, SOURCES
 
 __all__ = ["Group", "Run", "SELECTIONS", "Stat", "build_report", "choose_split", "csv_report",
            "find_run_dirs", "group_runs", "load_run", "mean_std", "relative_change",
@@ -44,39 +45,27 @@ __all__ = ["Group", "Run", "SELECTIONS", "Stat", "build_report", "choose_split",
 
 BASELINE = "ce"
 
-# Display names, in the paper's row order: the baselines and regularisers of
-# Table 1, the self-distillation methods, CS-KD, then the combinations with
-# Mixup and KD (Table 5). Methods not listed here come last, alphabetically.
-METHOD_NAMES = {
-    "ce": "Cross-entropy",
-    "adacos": "AdaCos",
-    "virtual_softmax": "Virtual-softmax",
-    "max_entropy": "Maximum-entropy",
-    "label_smoothing": "Label-smoothing",
-    "ddgsd": "DDGSD",
-    "byot": "BYOT",
-    "cskd": "CS-KD",
-    "cskd_e": "CS-KD-E",
-    "mixup": "Mixup",
-    "mixup_cskd": "Mixup + CS-KD",
-    "kd": "KD",
-    "kd_cskd": "KD + CS-KD",
-}
-_METHOD_RANK = {name: i for i, name in enumerate(METHOD_NAMES)}
+# Row order of the paper: the baselines and regularisers of Table 1, the self-distillation
+# methods, CS-KD, then the combinations with Mixup and KD (Table 5). Other methods come
+# last, alphabetically. The names printed are the methods' own display names
+# (cskd_tf.registry.METHODS, read without importing the method modules).
+METHOD_ORDER = ("ce", "adacos", "virtual_softmax", "max_entropy", "label_smoothing", "ddgsd",
+                "byot", "cskd", "cskd_e", "mixup", "mixup_cskd", "kd", "kd_cskd")
+_METHOD_RANK = {name: i for i, name in enumerate(METHOD_ORDER)}
 
-# config.dataset -> column title, in the paper's column order.
-DATASET_NAMES = {
+# Column titles of the TFDS members in the paper (the tfds: family is one registry entry)
+# and of "cifar100"; the other sources' titles are their registry display names.
+TFDS_TITLES = {
     "tfds:cifar100": "CIFAR-100",
     "cifar100": "CIFAR-100",
-    "tinyimagenet": "TinyImageNet",
     "tfds:caltech_birds2011": "CUB-200-2011",
     "tfds:stanford_dogs": "Stanford Dogs",
-    "mit67": "MIT67",
     "tfds:imagenet2012": "ImageNet",
-    "digits": "Digits",
-    "fashion_mnist": "Fashion-MNIST",
 }
-_DATASET_RANK = {name: i for i, name in enumerate(DATASET_NAMES)}
+# The paper's column order; other datasets come last, alphabetically.
+DATASET_ORDER = ("tfds:cifar100", "cifar100", "tinyimagenet", "tfds:caltech_birds2011",
+                 "tfds:stanford_dogs", "mit67", "tfds:imagenet2012", "digits", "fashion_mnist")
+_DATASET_RANK = {name: i for i, name in enumerate(DATASET_ORDER)}
 
 # (key in metrics.json, column title, lower is better? None: no "best")
 METRICS = (
@@ -104,14 +93,20 @@ _FREE_FIELDS = {"seed", "verbose", "data_dir", "cache_dir", "jit_compile", "mixe
                 "eval_splits", "checkpoint_every_epochs", "search"}
 
 
+def method_names() -> dict:
+    """{registered method name: display name}, every method (registered or declared)."""
+    return {e.name: e.display_name for e in METHODS.entries(declared=True)}
+
+
 def method_name(method: str) -> str:
-    return METHOD_NAMES.get(method, method)
+    return method_names().get(method, method)
 
 
 def dataset_name(dataset: str) -> str:
     """Column title; a subset suffix such as " (max_classes=10)" is kept."""
     base, sep, subset = dataset.partition(" (")
-    return DATASET_NAMES.get(base, base) + sep + subset
+    titles = {e.name: e.display_name for e in SOURCES.entries(declared=True) if not e.family}
+    return (TFDS_TITLES.get(base) or titles.get(base, base)) + sep + subset
 
 
 def _dataset_order(dataset: str):

@@ -5,16 +5,12 @@ the paper's hyperparameters as constructor defaults; :data:`METHODS` maps the re
 names (``"cskd"``, the CLI's ``--config.method``) to the classes.
 """
 
-import importlib
-import pkgutil
-
 from cskd_tf.losses.kl import class_wise_kl, softened_kl_per_example
 from cskd_tf.losses.methods.base import (METHODS, ClassWiseTerm, Method, cross_entropy, get,
                                          get_method, register)
 
-# Importing each module of cskd_tf.losses.methods registers its method.
-for _info in pkgutil.iter_modules(importlib.import_module("cskd_tf.losses.methods").__path__):
-    importlib.import_module(f"cskd_tf.losses.methods.{_info.name}")
+# Importing every module of cskd_tf.losses.methods registers its method.
+METHODS.discover()
 
 from cskd_tf.losses.methods.adacos import AdaCos  # noqa: E402
 from cskd_tf.losses.methods.byot import BYOT  # noqa: E402

@@ -6,12 +6,9 @@ returns a functional ``keras.Model`` mapping a normalized image batch to
 named ``stage1``..``stage4``, ``features`` and ``classifier`` are part of the
 contract other modules rely on. See :mod:`cskd_tf.models.registry`.
 
-Registered names: preact_resnet10, preact_resnet18, cskd_preact_resnet10,
-cskd_preact_resnet18 (the CS-KD code's layout), densenet121_cifar
-(CIFAR-style, 32x32 default) and resnet10, resnet18, resnet50, resnet101,
-densenet121, resnext101_32x4d (ImageNet-style, 224x224 default, torchvision's
-layout as the CS-KD code uses it), keras_resnet50, keras_resnet101,
-keras_densenet121 (``keras.applications``' own).
+Every module of this package is imported here, so a backbone module registers
+itself (``@register``); ``available()`` lists the names, :data:`MODELS` holds the
+entries (each with its :class:`ModelSpec`).
 """
 
 from cskd_tf.models.heads import CosineClassifier, HEADS, attach_head
@@ -25,11 +22,12 @@ from cskd_tf.models.registry import (
     register,
 )
 
-# Importing the backbone modules registers their architectures.
-from cskd_tf.models import (  # noqa: E402,F401
-    cskd_preact_resnet, densenet, preact_resnet, resnet, resnext)
-from cskd_tf.models.cskd_model import CSKDModel, Normalize  # noqa: E402
-from cskd_tf.models.compile_args import evaluation_only  # noqa: E402
+from cskd_tf.models.cskd_model import CSKDModel, Normalize
+from cskd_tf.models.compile_args import evaluation_only
+from cskd_tf.registry import MODELS
+
+# Importing every module of the package registers its backbones.
+MODELS.discover()
 
 __all__ = [
     "CSKDModel",
@@ -37,6 +35,7 @@ __all__ = [
     "CosineClassifier",
     "Normalize",
     "HEADS",
+    "MODELS",
     "ModelSpec",
     "attach_head",
     "available",

@@ -1,8 +1,10 @@
-"""Name -> backbone constructor registry.
+"""Backbones by name: the :data:`cskd_tf.registry.MODELS` registry and :func:`build`.
 
-A backbone module registers a *body* function::
+A backbone module in this package registers a *body* function (importing
+:mod:`cskd_tf.models` imports every module of the package, so the module is all
+there is to add)::
 
-    @register("my_net", style="cifar", standard_width=64)
+    @register("my_net", style="cifar", standard_width=64, display_name="My-Net")
     def my_net(inputs, width):
         ...                      # creates layers named stage1..stageN
         return pooled            # (B, D) globally pooled features
@@ -21,7 +23,6 @@ flooring transition pools would shrink a smaller map to zero).
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import numbers
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import keras
 from cskd_tf.errors import ModelError
 from cskd_tf.models import heads
 from cskd_tf.models.init import apply_init, check_init
+from cskd_tf.registry import MODELS
 
 _DEFAULT_INPUT_SHAPES = {"cifar": (32, 32, 3), "imagenet": (224, 224, 3)}
 # Keyword arguments build() consumes itself; the rest go to the body.
@@ -59,12 +61,13 @@ class ModelSpec:
         return doc.splitlines()[0] if doc else self.name
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
-
-
 def register(name, *, style="cifar", min_size=8, standard_width=None,
-             torch_conv_init="pytorch_default"):
-    """Decorator registering a backbone body under ``name``.
+             torch_conv_init="pytorch_default", display_name=None):
+    """Decorator registering a backbone body under ``name`` in :data:`MODELS`.
+
+    The entry's ``meta`` is the :class:`ModelSpec`; its ``defaults`` are the body's
+    keyword arguments after ``(inputs, width)`` with their default values. Keep the
+    arguments literals: :meth:`cskd_tf.registry.Registry.declared` reads them unimported.
 
     Args:
         name: registry name (lower case, used in configs).
@@ -75,6 +78,7 @@ def register(name, *, style="cifar", min_size=8, standard_width=None,
         torch_conv_init: how the CS-KD reference code initialises this
             architecture's convolutions, used by ``build(..., init="torch")``
             (see :mod:`cskd_tf.models.init`).
+        display_name: how reports name the architecture (default: ``name``).
     """
     if style not in _DEFAULT_INPUT_SHAPES:
         raise ModelError(
@@ -83,40 +87,23 @@ def register(name, *, style="cifar", min_size=8, standard_width=None,
         )
 
     def decorator(body):
-        old = _REGISTRY.get(name)
-        # Re-registering the same function (module reload) is harmless; a
-        # different function under a taken name is almost surely a typo.
-        if old is not None and _qualname(old.body) != _qualname(body):
-            raise ModelError(
-                f"model name {name!r} is already registered by {_qualname(old.body)}; "
-                "register the new backbone under another name"
-            )
-        _REGISTRY[name] = ModelSpec(name, body, style, int(min_size), standard_width,
-                                    torch_conv_init)
+        spec = ModelSpec(name, body, style, int(min_size), standard_width, torch_conv_init)
+        params = list(inspect.signature(body).parameters.values())[2:]
+        defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        MODELS.add(name, body, display_name=display_name, defaults=defaults, meta=spec)
         return body
 
     return decorator
 
 
-def _qualname(fn):
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
 def available():
     """Sorted list of registered model names."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def get_spec(name):
     """The :class:`ModelSpec` of ``name``; raises ModelError for unknown names."""
-    spec = _REGISTRY.get(name) if isinstance(name, str) else None
-    if spec is None:
-        close = difflib.get_close_matches(str(name), _REGISTRY, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ModelError(
-            f"unknown model {name!r}{hint}; valid names: {', '.join(available())}"
-        )
-    return spec
+    return MODELS.get(name).meta
 
 
 def default_input_shape(name):
@@ -225,7 +212,7 @@ def _check_width(spec, width):
     width = int(width)
     if spec.standard_width is None:
         if width:
-            supported = [s.name for s in _REGISTRY.values() if s.standard_width is not None]
+            supported = [e.name for e in MODELS.entries() if e.meta.standard_width is not None]
             raise ModelError(
                 f"model {spec.name!r} has no width setting; pass width=0 or pick a model that has one: "
                 f"{', '.join(sorted(supported))}"

@@ -12,7 +12,7 @@ from cskd_tf.data.sources.base import (Listing, Source, SplitData, array_fingerp
 from cskd_tf.errors import DataError
 
 
-@register_source("digits")
+@register_source("digits", display_name="Digits")
 class DigitsSource(Source):
     """scikit-learn's bundled digits: 1,797 8x8 greyscale images, 10 classes.
 
@@ -76,7 +76,7 @@ def read_idx(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=start).reshape(dims)
 
 
-@register_source("fashion_mnist")
+@register_source("fashion_mnist", display_name="Fashion-MNIST")
 class FashionMNISTSource(Source):
     """Fashion-MNIST IDX files: ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
 

@@ -8,13 +8,13 @@ goes into the cache key, so changed data means a new cache. The split rules appl
 every listing are in :mod:`cskd_tf.data.sources.splits`.
 
 Adding a source: one module in this package with a :class:`Source` subclass decorated
-``@register_source("name")`` (a name ending in ``:`` registers a family: ``tfds:`` makes
-``tfds:<spec>`` call ``TFDSSource(spec, data_dir)``), imported in ``__init__.py``.
+``@register_source("name", display_name="Title")`` (a name ending in ``:`` registers a
+family: ``tfds:`` makes ``tfds:<spec>`` call ``TFDSSource(spec, data_dir)``); importing the
+package imports every module of it, so nothing else changes.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from cskd_tf.errors import ConfigError, DataError
+from cskd_tf.registry import SOURCES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -163,37 +164,31 @@ def array_fingerprint(*arrays) -> str:
 
 # --------------------------------------------------------------------------- registry
 
-SOURCES: dict[str, type[Source]] = {}
-
-
-def register_source(name):
-    """Class decorator: ``config.dataset = name`` selects the class.
+def register_source(name, display_name=None):
+    """Class decorator registering a :class:`Source` in :data:`cskd_tf.registry.SOURCES`:
+    ``config.dataset = name`` selects the class.
 
     ``name`` ending in ``:`` registers a family (``"tfds:"``): ``"tfds:cifar100"`` then makes
-    ``cls("cifar100", data_dir)``; any other name makes ``cls(data_dir)``.
+    ``cls("cifar100", data_dir)``; any other name makes ``cls(data_dir)``. ``display_name``
+    is the report's column title (default ``name``). The entry's ``defaults`` are the
+    class's image size, augmentation and channels.
     """
     def wrap(cls):
-        if name in SOURCES:
-            raise ValueError(f"data source {name!r} registered twice")
-        SOURCES[name] = cls
+        defaults = {"image_size": cls.default_image_size, "augment": cls.default_augment,
+                    "channels": cls.channels}
+        SOURCES.add(name, cls, display_name=display_name, defaults=defaults)
         return cls
     return wrap
 
 
 def source_names() -> list:
     """The values ``config.dataset`` accepts, for messages and ``--help`` texts."""
-    return sorted(n if not n.endswith(":") else f"{n}<name>" for n in SOURCES)
+    return SOURCES.choices()
 
 
 def get_source(dataset: str, data_dir: str = "") -> Source:
-    """The source for ``config.dataset``; ConfigError for an unknown name."""
-    for name, cls in SOURCES.items():
-        if name.endswith(":") and dataset.startswith(name):
-            return cls(dataset[len(name):], data_dir)
-    plain = [n for n in SOURCES if not n.endswith(":")]
-    if dataset not in plain:
-        close = difflib.get_close_matches(dataset, plain, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown dataset {dataset!r}; {hint}set --config.dataset to one of "
-                          f"{', '.join(source_names())}")
-    return SOURCES[dataset](data_dir)
+    """The source for ``config.dataset``; ConfigError (with a "did you mean") if unknown."""
+    entry = SOURCES.get(dataset)
+    if entry.family:
+        return entry.obj(dataset[len(entry.name):], data_dir)
+    return entry.obj(data_dir)

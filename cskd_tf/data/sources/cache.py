@@ -17,7 +17,7 @@ from cskd_tf.data.sources.base import Listing, Source, register_source
 from cskd_tf.errors import ConfigError, DataError
 
 
-@register_source("shards")
+@register_source("shards", display_name="Shard cache")
 class ShardCacheSource(Source):
     name = "shards"
     prebuilt = True

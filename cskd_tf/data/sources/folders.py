@@ -40,7 +40,7 @@ def _split(paths, labels) -> SplitData:
     return SplitData(labels=np.asarray(labels, np.int64), paths=list(paths))
 
 
-@register_source("tinyimagenet")
+@register_source("tinyimagenet", display_name="TinyImageNet")
 class TinyImageNetSource(Source):
     """TinyImageNet-200 in its official layout::
 
@@ -109,7 +109,7 @@ class TinyImageNetSource(Source):
         return Listing(class_names=names, splits=splits)
 
 
-@register_source("imagefolder")
+@register_source("imagefolder", display_name="Image folder")
 class ImageFolderSource(Source):
     """A generic tree of class folders::
 
@@ -162,7 +162,7 @@ class ImageFolderSource(Source):
         return Listing(class_names=classes, splits=splits)
 
 
-@register_source("mit67")
+@register_source("mit67", display_name="MIT67")
 class MIT67Source(Source):
     """MIT Indoor-67 in its official layout::
 

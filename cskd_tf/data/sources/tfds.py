@@ -37,7 +37,7 @@ def parse_name(spec: str) -> str:
     return spec
 
 
-@register_source("tfds:")
+@register_source("tfds:", display_name="TFDS")
 class TFDSSource(Source):
     name = "tfds"
     layout = "a TFDS data_dir (prepared data or room to download it)"

@@ -57,7 +57,7 @@ def adaptive_scale(cosine, labels, scale):
     return tf.maximum(new_scale, MIN_SCALE)
 
 
-@register("adacos")
+@register("adacos", display_name="AdaCos")
 class AdaCos(Method):
     """AdaCos (no hyperparameters: the scale adapts)."""
 

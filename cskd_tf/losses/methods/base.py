@@ -46,8 +46,13 @@ of :func:`cskd_tf.losses.class_wise_kl`). CSKDModel refuses sample weights for
 the other methods.
 
 Adding a method: one module in this package defining a subclass decorated with
-``@register("name")``, plus its group in :func:`cskd_tf.config.default_config`
-if it has hyperparameters.
+``@register("name", display_name="Title", defaults=("keyword", ...))``; nothing else.
+``cskd_tf.losses`` imports every module of the package, ``defaults`` names the
+constructor keywords that form the method's config group ``config.<name>`` (their
+signature defaults, the paper's values, are the group's defaults in
+:func:`cskd_tf.config.default_config`), and ``display_name`` is the method's row title in
+reports. Keep the decorator's arguments literals: the config schema, the CLI's flag check
+and ``cskd-report`` read them from the source without importing the method modules.
 """
 
 from __future__ import annotations
@@ -57,28 +62,28 @@ import tensorflow as tf
 
 from cskd_tf.config import check_range
 from cskd_tf.errors import ModelError
+from cskd_tf.registry import METHODS
 
-METHODS: dict[str, type["Method"]] = {}
+def register(name, *, display_name=None, defaults=None):
+    """Registers a method class in :data:`cskd_tf.registry.METHODS` under ``name`` (the
+    CLI's --config.method) and with Keras' serialization (``package="cskd_tf"``, the class
+    name).
 
-
-def register(name):
-    """Registers a method class under ``name`` (the CLI's --config.method) and with Keras'
-    serialization (``package="cskd_tf"``, the class name)."""
+    ``display_name``: the report's row title (default ``name``). ``defaults``: the
+    constructor keywords that form the method's config group ``config.<name>`` (a tuple of
+    names; their signature defaults become the group's defaults), or None for a method
+    without a group of its own (it reads shared fields or another method's group).
+    """
     def wrap(cls):
-        if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice")
+        METHODS.add(name, cls, display_name=display_name, defaults=defaults)
         cls.name = name
-        METHODS[name] = cls
         return keras.saving.register_keras_serializable(package="cskd_tf")(cls)
     return wrap
 
 
 def get_method(name, config):
     """Instantiates the method ``name`` from an experiment config; ModelError if unknown."""
-    if name not in METHODS:
-        raise ModelError(f"unknown method {name!r}; set --config.method to one of: "
-                         f"{', '.join(sorted(METHODS))}")
-    return METHODS[name].from_experiment_config(config)
+    return METHODS.get(name).obj.from_experiment_config(config)
 
 
 def get(identifier) -> "Method":
@@ -87,10 +92,7 @@ def get(identifier) -> "Method":
     if isinstance(identifier, Method):
         return identifier
     if isinstance(identifier, str):
-        if identifier not in METHODS:
-            raise ModelError(f"unknown method {identifier!r}; use one of "
-                             f"{', '.join(sorted(METHODS))} or a cskd_tf.losses method object")
-        return METHODS[identifier]()
+        return METHODS.get(identifier).obj()
     if isinstance(identifier, dict) and "class_name" in identifier:
         return keras.saving.deserialize_keras_object(identifier)
     raise ModelError(f"method={identifier!r} is not a method; pass a name such as 'cskd' or "

@@ -141,7 +141,7 @@ def byot_loss(deep_logits, deep_features, aux_outputs, labels, temperature, alph
     return total, {"ce": ce, "aux_ce": aux_ce, "aux_kd": aux_kd, "hint": hint}
 
 
-@register("byot")
+@register("byot", display_name="BYOT", defaults=("temperature", "alpha", "beta"))
 class BYOT(Method):
     """BYOT: T = ``temperature`` (3), α = ``alpha`` (0.1), λ of the hint = ``beta`` (1e-6)."""
 

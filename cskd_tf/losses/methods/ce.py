@@ -9,6 +9,6 @@ backward pass per step.
 from cskd_tf.losses.methods.base import Method, register
 
 
-@register("ce")
+@register("ce", display_name="Cross-entropy")
 class CrossEntropy(Method):
     supports_sample_weight = True

@@ -17,7 +17,7 @@ from cskd_tf.losses.kl import class_wise_kl
 from cskd_tf.losses.methods.base import ClassWiseTerm, register
 
 
-@register("cskd")
+@register("cskd", display_name="CS-KD")
 class CSKD(ClassWiseTerm):
     """CS-KD with T = ``temperature`` and λ = ``weight`` (the paper's 4 and 1)."""
 

@@ -27,7 +27,7 @@ from cskd_tf.losses.kl import class_wise_kl
 from cskd_tf.losses.methods.base import ClassWiseTerm, register
 
 
-@register("cskd_e")
+@register("cskd_e", display_name="CS-KD-E", defaults=("lambda_sample",))
 class CSKDE(ClassWiseTerm):
     """CS-KD-E: T = ``temperature``, λ = ``weight``, λ_s = ``lambda_sample``."""
 

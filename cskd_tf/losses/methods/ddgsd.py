@@ -52,7 +52,7 @@ def linear_mmd(features_a, features_b):
     return tf.reduce_sum(tf.square(diff))
 
 
-@register("ddgsd")
+@register("ddgsd", display_name="DDGSD", defaults=("mmd_weight", "temperature"))
 class DDGSD(Method):
     """DDGSD with μ = ``mmd_weight`` (5e-4) and T = ``temperature`` (3)."""
 

@@ -49,7 +49,8 @@ def kd_loss(logits, teacher_logits, labels, temperature, alpha, ce=None):
     return (1.0 - alpha) * ce + alpha * kd, ce, kd
 
 
-@register("kd")
+@register("kd", display_name="KD",
+          defaults=("temperature", "alpha", "teacher_workdir", "teacher_model"))
 class KD(Method):
     """KD from a frozen teacher: T = ``temperature`` (4), α = ``alpha`` (0.9)."""
 

@@ -18,7 +18,7 @@ from cskd_tf.losses.methods.base import ClassWiseTerm, register
 from cskd_tf.losses.methods.kd import KD
 
 
-@register("kd_cskd")
+@register("kd_cskd", display_name="KD + CS-KD")
 class KDCSKD(ClassWiseTerm):
     """KD plus the class-wise term: T = ``temperature``, λ = ``weight`` (CS-KD's), T_kd =
     ``kd_temperature``, α = ``alpha`` and the teacher as for :class:`KD`."""

@@ -15,7 +15,7 @@ from cskd_tf.config import check_range
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
 
 
-@register("label_smoothing")
+@register("label_smoothing", display_name="Label-smoothing", defaults=("epsilon",))
 class LabelSmoothing(Method):
     """Label smoothing with ε = ``epsilon`` (the paper's comparison: 0.1)."""
 

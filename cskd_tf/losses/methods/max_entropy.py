@@ -20,7 +20,7 @@ def mean_entropy(logits):
     return tf.reduce_mean(-tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1))
 
 
-@register("max_entropy")
+@register("max_entropy", display_name="Maximum-entropy", defaults=("beta",))
 class MaxEntropy(Method):
     """Confidence penalty with β = ``beta`` (0.1); CE is the compiled loss."""
 

@@ -25,7 +25,7 @@ from cskd_tf.losses.methods._mixing import MixSampler, mix, mixup_cross_entropy
 from cskd_tf.losses.methods.base import Method, register
 
 
-@register("mixup")
+@register("mixup", display_name="Mixup", defaults=("alpha",))
 class Mixup(Method):
     """Mixup with α = ``alpha`` (1.0); ``seed`` of the λ and permutation draws (None: random)."""
 

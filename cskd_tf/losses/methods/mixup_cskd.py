@@ -31,7 +31,7 @@ from cskd_tf.losses.methods.base import ClassWiseTerm, register
 from cskd_tf.losses.methods.mixup import Mixup
 
 
-@register("mixup_cskd")
+@register("mixup_cskd", display_name="Mixup + CS-KD")
 class MixupCSKD(ClassWiseTerm):
     """Mixup's step plus the class-wise term on the equally mixed partners: T =
     ``temperature``, λ_cls = ``weight``, α = ``alpha``, ``seed`` of the mixing draws."""

@@ -46,7 +46,7 @@ def virtual_softmax_loss(logits, features, kernel, labels):
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, augmented))
 
 
-@register("virtual_softmax")
+@register("virtual_softmax", display_name="Virtual-softmax")
 class VirtualSoftmax(Method):
     """Virtual-softmax (no hyperparameters)."""
 
