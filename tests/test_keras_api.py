@@ -238,7 +238,7 @@ def test_labels_outside_0_to_c_and_single_classes_are_named(tmp_path):
 
     with pytest.raises(DataError) as e:
         pairs([10, 11, 12, 13] * 2)
-    one_line(e, "labels seen are 10, 11, 12, 13", "class(es) 0, 1, 2", "0..C-1",
+    one_line(e, "labels seen are 10..13", "class(es) 0..9", "0..C-1",
              "remap the labels to 0..3")
     with pytest.raises(DataError) as e:
         pairs([0] * 8)

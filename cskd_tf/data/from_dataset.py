@@ -230,12 +230,6 @@ class _DatasetSource(Source):
         return Listing(class_names=names, splits={"train": split})
 
 
-def _describe(values, limit=8):
-    values = sorted(int(v) for v in values)
-    shown = ", ".join(str(v) for v in values[:limit])
-    return shown + (f", … ({len(values)} in all)" if len(values) > limit else "")
-
-
 def pairs_from_dataset(ds, *, batch_size, seed, augment=None, cache_dir=None, fingerprint=None,
                        image_size=None, channels=None, num_classes=None,
                        views=("anchor", "partner"), max_examples=DEFAULT_MAX_EXAMPLES):
