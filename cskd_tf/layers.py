@@ -123,13 +123,14 @@ class FusedBatchNormalization(layers.BatchNormalization):
         if mask is not None:
             raise ValueError(f"{self.name}: unbiased_running_variance=True does not take "
                              "masked inputs; pass unbiased_running_variance=False")
-        before = keras.ops.convert_to_tensor(self.moving_variance)
+        # An op reading the variable now (a plain conversion may alias the variable and
+        # see the update Keras makes next).
+        held = keras.ops.multiply(self.moving_variance, self.momentum)
         outputs = super().call(inputs, training=training, mask=mask)
         count = keras.ops.cast(keras.ops.size(inputs) // inputs.shape[self.axis], "float32")
         if self.synchronized and keras.backend.backend() == "tensorflow":
             count = count * tf.distribute.get_replica_context().num_replicas_in_sync
-        held = before * self.momentum
-        after = keras.ops.convert_to_tensor(self.moving_variance)
+        after = keras.ops.add(self.moving_variance, 0.0)
         self.moving_variance.assign(held + (after - held) * (count / (count - 1.0)))
         return outputs
 
