@@ -70,8 +70,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
     back by (n − 1)/n. The fused path covers 4-D channels-last inputs without a mask,
     renorm or synchronized statistics; every other case (and every non-TensorFlow
     backend) runs Keras' own, whose variance update is then rescaled to the unbiased
-    one when asked (n counts every replica's examples under synchronized statistics;
-    masked inputs are refused in that mode).
+    one when asked (n summed over the replicas under synchronized statistics, as Keras
+    pools their moments; masked inputs are refused in that mode).
     """
 
     def __init__(self, *args, unbiased_running_variance=False, **kwargs):
@@ -128,8 +128,10 @@ class FusedBatchNormalization(layers.BatchNormalization):
         held = keras.ops.multiply(self.moving_variance, self.momentum)
         outputs = super().call(inputs, training=training, mask=mask)
         count = keras.ops.cast(keras.ops.size(inputs) // inputs.shape[self.axis], "float32")
-        if self.synchronized and keras.backend.backend() == "tensorflow":
-            count = count * tf.distribute.get_replica_context().num_replicas_in_sync
+        replica = (tf.distribute.get_replica_context()
+                   if self.synchronized and keras.backend.backend() == "tensorflow" else None)
+        if replica is not None:  # Keras' synchronized moments pool every replica's examples
+            count = replica.all_reduce(tf.distribute.ReduceOp.SUM, count)
         after = keras.ops.add(self.moving_variance, 0.0)
         self.moving_variance.assign(held + (after - held) * (count / (count - 1.0)))
         return outputs
