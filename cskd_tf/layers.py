@@ -55,11 +55,32 @@ class FusedBatchNormalization(layers.BatchNormalization):
     (benchmarks/README.md). Outputs, gradients and running statistics agree with
     Keras' layer to float rounding (tests/test_fused_batch_norm.py).
 
-    The kernel returns Bessel-corrected batch variances for the running average; they
-    are scaled back by (n − 1)/n so the running statistics follow Keras' rule. The
-    fused path covers 4-D channels-last inputs without a mask, renorm or synchronized
-    statistics; every other case (and every non-TensorFlow backend) runs Keras' own.
+    ``unbiased_running_variance=True`` averages PyTorch's ``BatchNorm2d`` statistic
+    instead, the unbiased batch variance n/(n − 1)·σ²_B with n = batch × H × W:
+
+        σ²_run ← m · σ²_run + (1 − m) · n/(n − 1) · σ²_B
+
+    (normalisation in training still divides by the biased σ²_B, as both frameworks
+    do). The default, False, keeps the layer a drop-in for Keras' own; the backbones
+    of :mod:`cskd_tf.models` pass True through :func:`batch_norm`, since every one of
+    them transcribes a PyTorch network whose running variances the paper's recipe
+    produced that way (tests/test_golden_step.py compares them with the reference's).
+
+    The kernel returns Bessel-corrected batch variances; in Keras' mode they are scaled
+    back by (n − 1)/n. The fused path covers 4-D channels-last inputs without a mask,
+    renorm or synchronized statistics; every other case (and every non-TensorFlow
+    backend) runs Keras' own, whose variance update is then rescaled to the unbiased
+    one when asked (n summed over the replicas under synchronized statistics, as Keras
+    pools their moments; masked inputs are refused in that mode).
     """
+
+    def __init__(self, *args, unbiased_running_variance=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.unbiased_running_variance = bool(unbiased_running_variance)
+
+    def get_config(self):
+        return {**super().get_config(),
+                "unbiased_running_variance": self.unbiased_running_variance}
 
     def _fused_applies(self, inputs, mask):
         return (keras.backend.backend() == "tensorflow" and mask is None and not self.renorm
@@ -69,7 +90,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         if not self._fused_applies(inputs, mask):
-            return super().call(inputs, training=training, mask=mask)
+            return self._keras_call(inputs, training, mask)
         channels = inputs.shape[-1]
         gamma = (tf.cast(self.gamma, tf.float32) if self.scale
                  else tf.ones([channels], tf.float32))
@@ -79,8 +100,11 @@ class FusedBatchNormalization(layers.BatchNormalization):
             outputs, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
                 inputs, gamma, beta, epsilon=self.epsilon, data_format="NHWC",
                 is_training=True)
-            count = tf.cast(tf.size(inputs, out_type=tf.int64) // channels, tf.float32)
-            variance = unbiased_variance * ((count - 1.0) / count)
+            if self.unbiased_running_variance:
+                variance = unbiased_variance
+            else:
+                count = tf.cast(tf.size(inputs, out_type=tf.int64) // channels, tf.float32)
+                variance = unbiased_variance * ((count - 1.0) / count)
             m = self.momentum
             self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
             self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
@@ -91,9 +115,33 @@ class FusedBatchNormalization(layers.BatchNormalization):
                 data_format="NHWC", is_training=False)
         return tf.cast(outputs, self.compute_dtype)
 
+    def _keras_call(self, inputs, training, mask):
+        """Keras' own layer; in unbiased mode its biased update m·v + (1 − m)·σ²_B is
+        rescaled to m·v + (1 − m)·n/(n − 1)·σ²_B afterwards."""
+        if not (self.unbiased_running_variance and training and self.trainable):
+            return super().call(inputs, training=training, mask=mask)
+        if mask is not None:
+            raise ValueError(f"{self.name}: unbiased_running_variance=True does not take "
+                             "masked inputs; pass unbiased_running_variance=False")
+        # An op reading the variable now (a plain conversion may alias the variable and
+        # see the update Keras makes next).
+        held = keras.ops.multiply(self.moving_variance, self.momentum)
+        outputs = super().call(inputs, training=training, mask=mask)
+        count = keras.ops.cast(keras.ops.size(inputs) // inputs.shape[self.axis], "float32")
+        replica = (tf.distribute.get_replica_context()
+                   if self.synchronized and keras.backend.backend() == "tensorflow" else None)
+        if replica is not None:  # Keras' synchronized moments pool every replica's examples
+            count = replica.all_reduce(tf.distribute.ReduceOp.SUM, count)
+        after = keras.ops.add(self.moving_variance, 0.0)
+        self.moving_variance.assign(held + (after - held) * (count / (count - 1.0)))
+        return outputs
+
 
 def batch_norm(x, name):
-    return FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
+    """PyTorch's ``BatchNorm2d`` defaults: momentum 0.1 (0.9 here), ε 1e-5, unbiased
+    running variance."""
+    return FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                   unbiased_running_variance=True, name=name)(x)
 
 
 def relu(x, name):

@@ -2,7 +2,9 @@
 
 The fused layer must be the same function as ``keras.layers.BatchNormalization`` (outputs,
 gradients, running statistics, in training and inference, float32 and bfloat16) and fall
-back to Keras' own code wherever the fused kernel does not apply.
+back to Keras' own code wherever the fused kernel does not apply. With
+``unbiased_running_variance=True`` (the backbones' setting) only the running variance
+differs: PyTorch's average of the unbiased batch variance.
 """
 
 import keras
@@ -64,6 +66,57 @@ def test_running_variance_is_keras_biased_one():
     np.testing.assert_allclose(layer.moving_variance.numpy(), 0.1 * biased, rtol=1e-5)
     np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * np.mean(x.numpy(), (0, 1, 2)),
                                rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape, synchronized", [((2, 2, 2, 3), False),  # fused kernel
+                                                  ((2, 2, 2, 3), True),   # Keras' code
+                                                  ((8, 3), False)])       # Keras' code
+def test_unbiased_running_variance_is_pytorch_rule(shape, synchronized):
+    """unbiased_running_variance=True: one update from zero statistics gives
+    (1 − m) · n/(n − 1) · σ²_B (PyTorch's BatchNorm2d), on the fused path and on Keras'
+    fallback; outputs and gradients stay those of Keras' layer."""
+    args = dict(momentum=0.9, epsilon=1e-5, moving_variance_initializer="zeros",
+                synchronized=synchronized)
+    layer = FusedBatchNormalization(unbiased_running_variance=True, **args)
+    keras_mode = FusedBatchNormalization(**args)
+    x = tf.random.stateless_normal(shape, seed=[3, 4])  # n = 8: Bessel's 8/7 shows
+    y, grads = _step(layer, x, True)
+    y_keras, grads_keras = _step(keras_mode, x, True)
+    np.testing.assert_allclose(y.numpy(), y_keras.numpy(), rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads, grads_keras):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+    axes = tuple(range(len(shape) - 1))
+    unbiased = np.var(x.numpy().astype(np.float64), axis=axes, ddof=1)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), 0.1 * unbiased, rtol=1e-5)
+    np.testing.assert_allclose(keras_mode.moving_variance.numpy(), 0.1 * unbiased * 7 / 8,
+                               rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), keras_mode.moving_mean.numpy(),
+                               rtol=1e-6, atol=1e-7)
+    # A second update averages on from the first: v ← 0.9·v + 0.1·n/(n − 1)·σ²_B.
+    layer(x, training=True)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), 0.19 * unbiased, rtol=1e-5)
+    # Inference does not move the statistics.
+    layer(x, training=False)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), 0.19 * unbiased, rtol=1e-5)
+
+
+def test_unbiased_mode_refuses_masks_and_round_trips_its_config():
+    layer = FusedBatchNormalization(unbiased_running_variance=True)
+    with pytest.raises(ValueError, match="unbiased_running_variance=True does not take masked"):
+        layer(tf.ones((4, 3)), training=True, mask=tf.constant([True, True, False, True]))
+    clone = FusedBatchNormalization.from_config(layer.get_config())
+    assert clone.unbiased_running_variance and not FusedBatchNormalization().unbiased_running_variance
+
+
+def test_backbones_use_pytorch_running_variance():
+    from cskd_tf import models
+    from cskd_tf.layers import batch_norm
+
+    out = batch_norm(keras.Input((4, 4, 3)), "bn")
+    assert out._keras_history.operation.unbiased_running_variance
+    backbone = models.build("cskd_preact_resnet18", num_classes=10, width=2, init="torch")
+    norms = [layer for layer in backbone.layers if isinstance(layer, FusedBatchNormalization)]
+    assert norms and all(layer.unbiased_running_variance for layer in norms)
 
 
 def test_bfloat16_inputs_match_keras_to_bfloat16_precision():

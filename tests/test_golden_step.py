@@ -20,29 +20,13 @@ What the reference's CS-KD step does, and what is compared:
   θ −= lr·buf (the project: wd/2·Σθ² in the objective, Keras SGD's momentum) —
   every weight compared after two steps (the second step uses the momentum buffer);
 * both passes in training mode: the anchor pass first, then the partner pass, each
-  with its own batch statistics, each moving the running statistics
-  (r ← 0.9·r + 0.1·batch stat, PyTorch's momentum 0.1).
-
-Known differences in the running statistics (only they; inference uses them, training
-does not, so they do not reach the losses or the weights):
-
-* order: CSKDModel runs the partner pass first (outside the gradient tape) and the
-  anchor pass second, so after a step r = 0.81·r₀ + 0.09·anchor + 0.1·partner in the
-  reference and 0.81·r₀ + 0.09·partner + 0.1·anchor here: a difference of
-  0.01·(anchor − partner) batch statistics per step;
-* variance: PyTorch averages the unbiased batch variance (n/(n−1)·σ²_B) into
-  ``running_var``, Keras the biased one, n = batch × H × W (8·4·4 = 128 per channel in
-  the last stage: 0.1·σ²_B/127 per pass there).
-
-On this fixture, after two steps, the two together leave the running means up to 2.2e-3
-(1% of the tensor's largest value) and the running variances up to 1.5e-3 (0.14%) from
-the reference's; CE, which has one pass per step, differs by the variance rule only
-(up to 9e-4).
-
-The running-statistics test therefore checks that each of this project's passes computes
-the reference's batch statistics (recovered from the reference's snapshots) and combines
-them by the project's rule; ``test_running_statistics_difference_is_small`` bounds how
-far that puts them from the reference's own values.
+  with its own batch statistics, each moving the running statistics by PyTorch's rule
+  r ← 0.9·r + 0.1·μ_B and v ← 0.9·v + 0.1·n/(n−1)·σ²_B (the unbiased batch variance,
+  n = batch × H × W per channel) — the running statistics compared after each step to
+  ~1e-6 relative. The order matters: after a step r = 0.81·r₀ + 0.09·anchor + 0.1·partner,
+  so the partner pass first would leave 0.01·(anchor − partner) batch statistics per step
+  (up to ~2e-3 here); the biased variance would leave 0.1·σ²_B/(n − 1) per pass (up to
+  ~1.5e-3). CE has one pass per step.
 """
 
 import os
@@ -59,7 +43,6 @@ from test_reference_backbones import _keras_name, _load_torch_weights
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "cskd_golden_step_w2_torch.npz")
 LR, MOMENTUM, WEIGHT_DECAY, TEMPERATURE, LAMBDA = 0.1, 0.9, 1e-4, 4.0, 1.0
-BN_MOMENTUM = 0.1  # PyTorch's convention: r ← (1 − m)·r + m·batch statistic
 STEPS = 2
 
 
@@ -115,7 +98,8 @@ _RUNS = {}
 
 
 def _trained(method_name):
-    """(model, history, initial state) after two fit epochs of the golden batch (cached)."""
+    """(model, history, initial state, BN running statistics after each step) after two fit
+    epochs of the golden batch (cached)."""
     if method_name not in _RUNS:
         keras.config.set_dtype_policy("float32")
         golden = _golden()
@@ -130,16 +114,20 @@ def _trained(method_name):
         else:  # the single-view pipeline's element: (image, label)
             batch = (anchors, labels)
         ds = tf.data.Dataset.from_tensors(batch)
+        snapshots = []  # the BN running statistics after each step
+        record = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs: snapshots.append(
+                _bn_state(model.backbone, golden)))
         # One batch per epoch: the per-epoch logs are the per-step loss terms.
-        history = model.fit(ds, epochs=STEPS, verbose=0, shuffle=False)
-        _RUNS[method_name] = model, history.history, state
+        history = model.fit(ds, epochs=STEPS, verbose=0, shuffle=False, callbacks=[record])
+        _RUNS[method_name] = model, history.history, state, snapshots
     return _RUNS[method_name]
 
 
 @pytest.mark.parametrize("method_name", ["cskd", "ce"])
 def test_loss_terms_match_reference_per_step(method_name):
     golden = _golden()
-    _, history, _ = _trained(method_name)
+    _, history, _, _ = _trained(method_name)
     terms = ("loss", "ce", "cls") if method_name == "cskd" else ("loss", "ce")
     for term in terms:
         np.testing.assert_allclose(history[term], golden[f"{method_name}/{term}"], rtol=0,
@@ -149,7 +137,7 @@ def test_loss_terms_match_reference_per_step(method_name):
 @pytest.mark.parametrize("method_name", ["cskd", "ce"])
 def test_weights_after_two_steps_match_reference(method_name):
     golden = _golden()
-    model, _, init = _trained(method_name)
+    model, _, init, _ = _trained(method_name)
     expected = _unflatten(golden, golden[f"{method_name}/final"])
     weights = [k for k in expected if "running_" not in k]
     actual = _torch_layout_state(model.backbone, weights)
@@ -168,65 +156,27 @@ def test_weights_after_two_steps_match_reference(method_name):
         assert np.abs(expected[key] - init[key]).max() / scale > 1e-4, key
 
 
-def _reference_batch_statistics(golden, method_name, n_per_channel):
-    """Each reference pass's batch mean and biased variance, from its running-stat snapshots.
-
-    PyTorch: r_k = 0.9·r_{k−1} + 0.1·μ_k and v_k = 0.9·v_{k−1} + 0.1·n/(n−1)·σ²_k.
-    """
-    keys, sizes = list(golden["bn_keys"]), golden["bn_sizes"]
-    rows = [np.concatenate([golden[f"init/{k}"] for k in keys])] + list(golden[f"{method_name}/passes"])
-    snapshots = [dict(zip(keys, np.split(row.astype(np.float64), np.cumsum(sizes)[:-1])))
-                 for row in rows]
-    stats = []
-    for before, after in zip(snapshots, snapshots[1:]):
-        pass_stats = {}
-        for key in keys:
-            value = (after[key] - (1 - BN_MOMENTUM) * before[key]) / BN_MOMENTUM
-            if key.endswith("running_var"):
-                n = n_per_channel[key.rsplit(".", 1)[0]]
-                value = value * (n - 1) / n
-            pass_stats[key] = value
-        stats.append(pass_stats)
-    return snapshots, stats
-
-
-def _bn_counts(backbone, golden, batch):
-    counts = {}
-    for key in golden["bn_keys"]:
-        prefix = key.rsplit(".", 1)[0]
-        _, h, w, _ = backbone.get_layer(_keras_name(prefix)).input.shape
-        counts[prefix] = batch * h * w
-    return counts
+def _bn_state(backbone, golden):
+    keys = list(golden["bn_keys"])
+    state = _torch_layout_state(backbone, keys)
+    return np.concatenate([state[k].ravel() for k in keys])
 
 
 @pytest.mark.parametrize("method_name", ["cskd", "ce"])
-def test_running_statistics_follow_project_rule_on_reference_batch_stats(method_name):
+def test_running_statistics_equal_reference_after_each_step(method_name):
     golden = _golden()
-    model, _, _ = _trained(method_name)
-    counts = _bn_counts(model.backbone, golden, batch=golden["labels"].size)
-    snapshots, stats = _reference_batch_statistics(golden, method_name, counts)
-    # The project's order of passes in a step: CS-KD's partner pass (reference pass 2s)
-    # before its anchor pass (2s − 1); CE's one pass.
-    order = [1, 0, 3, 2] if method_name == "cskd" else [0, 1]
-    expected = dict(snapshots[0])
-    for index in order:
-        for key, value in stats[index].items():
-            expected[key] = (1 - BN_MOMENTUM) * expected[key] + BN_MOMENTUM * value
-    actual = _torch_layout_state(model.backbone, list(golden["bn_keys"]))
-    for key in golden["bn_keys"]:
-        # Recovering a batch statistic divides snapshot differences by 0.1: ~1e-6 rounding.
-        # The reference's order of passes would be off by up to ~2e-3 here, PyTorch's
-        # unbiased variance by up to ~1.5e-3.
-        np.testing.assert_allclose(actual[key], expected[key], rtol=0, atol=5e-6, err_msg=key)
-
-
-def test_running_statistics_difference_is_small():
-    """CS-KD: the project's running statistics against the reference's own after two steps."""
-    golden = _golden()
-    model, _, _ = _trained("cskd")
-    final = _unflatten(golden, golden["cskd/final"])
-    actual = _torch_layout_state(model.backbone, list(golden["bn_keys"]))
-    for key in golden["bn_keys"]:
-        scale = np.abs(final[key]).max()
-        # 0.01·(anchor − partner) per step plus, for variances, 0.1·σ²_B/(n − 1) per pass.
-        assert np.abs(actual[key] - final[key]).max() <= 0.05 * scale, key
+    _, _, _, snapshots = _trained(method_name)
+    passes = golden[f"{method_name}/passes"]
+    per_step = len(passes) // STEPS  # CS-KD: anchor and partner passes; CE: one pass
+    keys, sizes = list(golden["bn_keys"]), golden["bn_sizes"]
+    for step, actual in enumerate(snapshots):
+        expected = passes[(step + 1) * per_step - 1]
+        for key, a, e in zip(keys, np.split(actual, np.cumsum(sizes)[:-1]),
+                             np.split(expected, np.cumsum(sizes)[:-1])):
+            # float32 rounding of two steps: ~1e-7 relative. The partner pass first, or the
+            # biased variance, would be off by up to ~2e-3.
+            np.testing.assert_allclose(a, e, rtol=1e-6, atol=5e-6,
+                                       err_msg=f"{key} after step {step + 1}")
+    final = _unflatten(golden, golden[f"{method_name}/final"])
+    np.testing.assert_allclose(snapshots[-1], np.concatenate([final[k].ravel() for k in keys]),
+                               rtol=1e-6, atol=5e-6)

@@ -103,8 +103,10 @@ def run_method(name, images, labels=LABELS, model=None, **fields):
     model = model or StubModel(images[0].shape[-1])
     method.build(model)
     images = tuple(tf.constant(x) for x in images)
-    targets = method.detached_outputs(model, images, tf.constant(labels))
-    total, logits, terms = method.objective(model, images, tf.constant(labels), targets)
+    outputs, targets = method.passes(model, images, tf.constant(labels))
+    total, terms = method.loss(model, tf.constant(labels), outputs, targets,
+                               lambda y, z, w=None: losses.cross_entropy(y, z, sample_weight=w))
+    logits = outputs["logits"]
     return method, float(total), logits, {k: float(v) for k, v in terms.items()}, targets
 
 
@@ -168,7 +170,7 @@ def test_adacos_updates_the_head_scale_and_uses_it():
     images = tf.random.uniform((8, 8, 8, 1), seed=1)
     labels = tf.constant(LABELS)
     cosine = model.forward(images, training=True)["logits"].numpy() / s0
-    _, logits, terms = model.method.objective(model, (images,), labels, {})
+    _, logits, terms = model.method.objective(model, (images,), labels)
     s1 = np_adacos_scale(cosine, LABELS, s0)
     assert float(head.scale.numpy()) == pytest.approx(s1, rel=1e-4)
     assert terms["scale"].numpy() == pytest.approx(s1, rel=1e-4)
@@ -200,7 +202,7 @@ def test_ddgsd_matches_numpy_and_each_kl_direction_detaches_its_teacher(T):
     a, b = tf.constant(z1), tf.constant(z2)
     with tf.GradientTape() as tape:
         tape.watch(a)
-        total, _, terms = method.objective(model, (a, b), tf.constant(LABELS), {})
+        total, _, terms = method.objective(model, (a, b), tf.constant(LABELS))
     mmd = float(np.sum((z1.mean(0) - z2.mean(0)) ** 2))
     kl = T * T * (np_kl(z1, z2, T) + np_kl(z2, z1, T))
     want = np_ce(z1, LABELS) + np_ce(z2, LABELS) + kl + mu * mmd
@@ -317,8 +319,7 @@ def test_kd_and_kd_cskd_match_numpy():
         model = StubModel(5)
         method.build(model)  # λ: the method's variable, from config.lambda_cls
         images = (tf.constant(z), tf.constant(zp))[:len(method.views)]
-        targets = method.detached_outputs(model, images, tf.constant(LABELS))
-        total, _, terms = method.objective(model, images, tf.constant(LABELS), targets)
+        total, _, terms = method.objective(model, images, tf.constant(LABELS))
         want = 0.3 * np_ce(z, LABELS) + 0.7 * 9 * np_kl(z, t, 3.0)
         if name == "kd_cskd":
             want += 0.5 * 4 * np_kl(z, zp, 2.0)
@@ -358,8 +359,7 @@ def test_no_gradient_reaches_the_detached_side(name, detached):
     with tf.GradientTape(persistent=True) as tape:
         for x in images:
             tape.watch(x)
-        targets = method.detached_outputs(model, images, tf.constant(LABELS))
-        total, _, _ = method.objective(model, images, tf.constant(LABELS), targets)
+        total, _, _ = method.objective(model, images, tf.constant(LABELS))
     assert float(tf.reduce_sum(tf.abs(tape.gradient(total, images[0])))) > 0
     for index in detached:
         assert tape.gradient(total, images[index]) is None, (name, index)
@@ -377,7 +377,7 @@ def test_byot_deepest_head_gets_the_weighted_ce_gradient_and_the_aux_heads_train
     classifier = model.backbone.get_layer("classifier").trainable_variables
     images, labels = tf.random.uniform((8, 8, 8, 1), seed=2), tf.constant(LABELS)
     with tf.GradientTape(persistent=True) as tape:
-        total, logits, _ = model.method.objective(model, (images,), labels, {})
+        total, logits, _ = model.method.objective(model, (images,), labels)
         ce_only = losses.cross_entropy(labels, model.forward(images, training=True)["logits"])
     # The deepest head sees only (1 − α)·CE: its KD target and hint target are detached.
     for got, want in zip(tape.gradient(total, classifier), tape.gradient(ce_only, classifier)):
@@ -411,7 +411,7 @@ def test_virtual_softmax_model_has_a_bias_free_classifier_and_the_virtual_logit(
     assert classifier.bias is None and [v.name for v in classifier.weights] == ["kernel"]
     assert tiny_model("ce").backbone.get_layer("classifier").bias is not None  # default kept
     images = tf.random.uniform((8, 8, 8, 1), seed=3)
-    total, logits, terms = model.method.objective(model, (images,), tf.constant(LABELS), {})
+    total, logits, terms = model.method.objective(model, (images,), tf.constant(LABELS))
     feats = model.forward(images, training=True)["features"].numpy().astype(np.float64)
     kernel = classifier.kernel.numpy().astype(np.float64)
     # Training-mode BN uses the batch's statistics, so this second pass gives the same z.
@@ -670,7 +670,7 @@ def test_saved_model_teacher_matches_the_workdir_teacher(teacher_dir, tmp_path):
     # skips prepare_training is told to call it.
     method = losses.get_method("kd", config)
     model = tiny_model("ce", num_classes=5)
-    step = tf.function(lambda x: method.detached_outputs(model, (x,), None)["teacher_logits"])
+    step = tf.function(lambda x: method.detached_outputs(model, (x,), None, {})["teacher_logits"])
     with pytest.raises(ModelError, match=r"call method.prepare_training\(model, teacher="):
         step(images)
     with pytest.raises(ModelError, match="needs a teacher"):

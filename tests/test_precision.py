@@ -150,9 +150,10 @@ def test_every_method_step_under_mixed_bfloat16_is_float32_and_finite(name):
         method.prepare_training(model, teacher=bf16_teacher(5))
     images = tuple(tf.random.uniform((8, 8, 8, 1), seed=s) for s in range(len(method.views)))
     labels = tf.constant(LABELS)
-    detached = method.detached_outputs(model, images, labels)
     with tf.GradientTape() as tape:
-        total, logits, terms = method.objective(model, images, labels, detached)
+        outputs, detached = method.passes(model, images, labels, tape)
+        total, terms = method.loss(model, labels, outputs, detached, model.supervised)
+        logits = outputs["logits"]
     assert logits.dtype == tf.float32 and total.dtype == tf.float32
     assert np.all(np.isfinite(logits.numpy())) and np.isfinite(float(total))
     for term, value in terms.items():

@@ -6,9 +6,11 @@ output is the logits (see :mod:`cskd_tf.models.classifier_view` for where the
 penultimate features come from). Like ``keras.distillation.Distiller`` the
 objective goes through :meth:`CSKDModel.compute_loss`; ``model.fit`` runs:
 
-    detached = method.detached_outputs(...)  # e.g. the CS-KD partner pass, no gradient
+    draws = method.draws(...)                # random draws, e.g. mixup's λ
     with GradientTape:
-        outputs = method.forward(...)        # the passes with gradient
+        outputs = method.forward(...)        # the passes with gradient (the anchor's)
+        with tape.stop_recording():          # e.g. the CS-KD partner pass, no gradient,
+            detached = method.detached_outputs(...)  # after the anchor as in the reference
         loss = compute_loss(...)             # method.loss(supervised=compiled loss)
                                              # + Σ model.losses, scaled as Keras scales
         objective = loss + wd/2 · Σ‖θ‖²      # coupled weight decay, as torch SGD
@@ -293,12 +295,12 @@ class CSKDModel(compat.PrebuiltSymbolicBuild, keras.Model):
         if sample_weight is not None and not self.method.supports_sample_weight:
             raise ModelError(f"method {self.method.name!r} does not take sample weights; drop "
                              "sample_weight/class_weight or use 'cskd' or 'ce'")
-        # Keras' own train_step would run every pass inside the tape. The partner (and
-        # teacher, second-view) passes carry no gradient: running them here keeps their
-        # activations out of the tape, which is all this override is for.
-        detached = self.method.detached_outputs(self, images, labels)
+        # Keras' own train_step would record every pass on the tape. The partner (and
+        # teacher, second-view) passes carry no gradient: Method.passes runs them after the
+        # anchor pass with the tape stopped, which is all this override is for.
         with tf.GradientTape() as tape:
-            y_pred = {**self.method.forward(self, images, detached), "detached": detached}
+            outputs, detached = self.method.passes(self, images, labels, tape)
+            y_pred = {**outputs, "detached": detached}
             loss = self.compute_loss(x=images, y=labels, y_pred=y_pred,
                                      sample_weight=sample_weight, training=True)
             compat.loss_tracker(self).update_state(

@@ -5,13 +5,28 @@ that owns its hyperparameters: ``cskd_tf.losses.CSKD(temperature=4.0,
 weight=1.0)``, with the paper's values as constructor defaults. It declares
 what the input pipeline must emit (``views``), what the model's head looks like
 (``head``) and which scalar terms it logs (``terms``), and computes its loss in
-three parts so that the train step keeps the passes that need no gradient out of
-the gradient tape:
+four parts, which :meth:`Method.passes` and the train step run in this order:
 
-    detached = method.detached_outputs(model, images, labels)        # no tape
-    outputs = method.forward(model, images, detached)                 # tape
-    total, terms = method.loss(model, labels, outputs, detached,
-                               supervised)                            # tape
+    draws = method.draws(model, images, labels)                        # no passes
+    with GradientTape() as tape:
+        outputs = method.forward(model, images, draws)                 # recorded
+        with tape.stop_recording():
+            detached = {**draws, **method.detached_outputs(model, images, labels,
+                                                            draws)}     # not recorded
+        total, terms = method.loss(model, labels, outputs, detached,
+                                   supervised)                          # recorded
+
+``draws`` are the random quantities the passes with gradient need (mixup's λ,
+permutation and mixed batch); ``forward`` runs the passes with gradient (the anchor
+pass); ``detached_outputs`` runs the passes that only produce targets (the CS-KD
+partner pass, a second view, a teacher) and its values are constants of the loss
+(``tf.stop_gradient``, and kept off the tape so their activations are not stored).
+Why the anchor pass comes before the partner pass: both run in training mode, so
+each moves the batch-norm running statistics, r ← 0.9·r + 0.1·batch statistic,
+and the order decides the result (after a step 0.81·r₀ + 0.09·first + 0.1·second).
+The reference code (alinlab/cs-kd ``train.py``) computes the anchor outputs
+first and the partner's under ``torch.no_grad()`` after them; this order
+reproduces its running statistics (tests/test_golden_step.py).
 
 ``images`` is always a tuple ordered as ``views``. ``model`` is a
 :class:`cskd_tf.models.CSKDModel`; ``model.forward(x, training)`` returns
@@ -56,6 +71,8 @@ and ``cskd-report`` read them from the source without importing the method modul
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import keras
 import tensorflow as tf
@@ -173,27 +190,44 @@ class Method:
         sets ``needs_teacher`` (else None). Unlike :meth:`build`, evaluation and export of a
         finished run never call it, so they do not need the teacher."""
 
-    def detached_outputs(self, model, images, labels):
-        """Outputs computed outside the gradient tape (partner, second-view and teacher
-        passes, mixing draws), keyed by name; :meth:`forward` and :meth:`loss` receive them."""
+    def draws(self, model, images, labels):
+        """The random draws :meth:`forward` needs (mixing coefficients, permutations),
+        keyed by name; no network passes. :meth:`detached_outputs` and :meth:`loss` see
+        them too."""
         return {}
 
-    def forward(self, model, images, detached):
+    def forward(self, model, images, draws):
         """The passes with gradient: a dict holding at least the anchor ``logits``."""
         return model.forward(images[0], training=True)
+
+    def detached_outputs(self, model, images, labels, draws):
+        """Targets computed without gradient after :meth:`forward` (partner, second-view and
+        teacher passes), keyed by name; :meth:`loss` receives them with the draws."""
+        return {}
 
     def loss(self, model, labels, outputs, detached, supervised):
         """(total, {term: value}) from :meth:`forward`'s outputs."""
         ce = supervised(labels, outputs["logits"], detached.get("sample_weight"))
         return ce, {"ce": ce}
 
-    def objective(self, model, images, labels, detached, supervised=None):
-        """:meth:`forward` then :meth:`loss`: (total, anchor logits, terms), for custom loops.
+    def passes(self, model, images, labels, tape=None):
+        """(outputs, detached): :meth:`draws`, :meth:`forward`, then :meth:`detached_outputs`
+        (the module docstring's order). ``tape``, the gradient tape the caller records the
+        forward on, stops recording around the detached passes; without it they are still
+        constants of the loss (``tf.stop_gradient``)."""
+        draws = self.draws(model, images, labels)
+        outputs = self.forward(model, images, draws)
+        with tape.stop_recording() if tape is not None else contextlib.nullcontext():
+            targets = self.detached_outputs(model, images, labels, draws)
+        return outputs, {**draws, **tf.nest.map_structure(tf.stop_gradient, targets)}
+
+    def objective(self, model, images, labels, supervised=None, tape=None):
+        """:meth:`passes` then :meth:`loss`: (total, anchor logits, terms), for custom loops.
         ``supervised`` defaults to the model's compiled loss (``model.supervised``) or, on a
         model without one, the mean softmax cross-entropy."""
         if supervised is None:
             supervised = getattr(model, "supervised", None) or _cross_entropy_term
-        outputs = self.forward(model, images, detached)
+        outputs, detached = self.passes(model, images, labels, tape)
         total, terms = self.loss(model, labels, outputs, detached, supervised)
         return total, outputs["logits"], terms
 

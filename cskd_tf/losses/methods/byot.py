@@ -186,7 +186,7 @@ class BYOT(Method):
                                            num_classes, k)
                             for k, layer in enumerate(shallow, start=1)]
 
-    def forward(self, model, images, detached):
+    def forward(self, model, images, draws):
         out = self.tap(model.normalize(images[0]), training=True)
         aux = [head(stage, training=True) for head, stage in zip(model.byot_heads, out["stages"])]
         return {"logits": out["logits"], "features": out["features"], "aux": aux}

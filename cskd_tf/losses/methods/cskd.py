@@ -32,7 +32,7 @@ class CSKD(ClassWiseTerm):
     def get_config(self):
         return {"temperature": self.temperature, "weight": self.weight}
 
-    def detached_outputs(self, model, images, labels):
+    def detached_outputs(self, model, images, labels, draws):
         return {"partner_logits": model.forward(images[1], training=True)["logits"]}
 
     def loss(self, model, labels, outputs, detached, supervised):

@@ -46,7 +46,7 @@ class CSKDE(ClassWiseTerm):
         return {"temperature": self.temperature, "weight": self.weight,
                 "lambda_sample": self.lambda_sample}
 
-    def detached_outputs(self, model, images, labels):
+    def detached_outputs(self, model, images, labels, draws):
         return {"partner_logits": model.forward(images[1], training=True)["logits"],
                 "view2_logits": model.forward(images[2], training=True)["logits"]}
 

@@ -72,7 +72,7 @@ class DDGSD(Method):
     def get_config(self):
         return {"mmd_weight": self.mmd_weight, "temperature": self.temperature}
 
-    def forward(self, model, images, detached):
+    def forward(self, model, images, draws):
         first = model.forward(images[0], training=True)
         return {**first, "second": model.forward(images[1], training=True)}
 

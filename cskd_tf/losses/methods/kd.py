@@ -90,7 +90,7 @@ class KD(Method):
         # Frozen whatever the callable is: no gradient, float32 like the student's loss.
         return tf.stop_gradient(tf.cast(self.teacher(images), tf.float32))
 
-    def detached_outputs(self, model, images, labels):
+    def detached_outputs(self, model, images, labels, draws):
         return {"teacher_logits": self.teacher_logits(model, images[0])}
 
     def loss(self, model, labels, outputs, detached, supervised):

@@ -64,8 +64,8 @@ class KDCSKD(ClassWiseTerm):
     def prepare_training(self, model, teacher=None):
         self.kd.prepare_training(model, teacher)
 
-    def detached_outputs(self, model, images, labels):
-        detached = self.kd.detached_outputs(model, images, labels)
+    def detached_outputs(self, model, images, labels, draws):
+        detached = self.kd.detached_outputs(model, images, labels, draws)
         detached["partner_logits"] = model.forward(images[1], training=True)["logits"]
         return detached
 

@@ -45,12 +45,12 @@ class Mixup(Method):
     def build(self, model):
         self.sampler.build()
 
-    def detached_outputs(self, model, images, labels):
+    def draws(self, model, images, labels):
         lam, perm = self.sampler.sample(tf.shape(images[0])[0])
         return {"lam": lam, "perm": perm, "mixed": mix(images[0], lam, perm)}
 
-    def forward(self, model, images, detached):
-        return model.forward(detached["mixed"], training=True)
+    def forward(self, model, images, draws):
+        return model.forward(draws["mixed"], training=True)
 
     def loss(self, model, labels, outputs, detached, supervised):
         ce = mixup_cross_entropy(outputs["logits"], labels, detached["lam"], detached["perm"])

@@ -57,14 +57,16 @@ class MixupCSKD(ClassWiseTerm):
         super().build(model)
         self.mixup.build(model)
 
-    def detached_outputs(self, model, images, labels):
-        detached = self.mixup.detached_outputs(model, images, labels)
-        mixed_partner = mix(images[1], detached["lam"], detached["perm"])
-        detached["partner_logits"] = model.forward(mixed_partner, training=True)["logits"]
-        return detached
+    def draws(self, model, images, labels):
+        return self.mixup.draws(model, images, labels)
 
-    def forward(self, model, images, detached):
-        return self.mixup.forward(model, images, detached)
+    def forward(self, model, images, draws):
+        return self.mixup.forward(model, images, draws)
+
+    def detached_outputs(self, model, images, labels, draws):
+        # The partner batch mixed with the anchors' λ and permutation.
+        mixed_partner = mix(images[1], draws["lam"], draws["perm"])
+        return {"partner_logits": model.forward(mixed_partner, training=True)["logits"]}
 
     def loss(self, model, labels, outputs, detached, supervised):
         ce, terms = self.mixup.loss(model, labels, outputs, detached, supervised)
