@@ -32,6 +32,11 @@ def group(**fields) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(fields)
 
 
+def _unset_float():
+    """A float field whose default is None (unset); plain None could not be set from the CLI."""
+    return ml_collections.FieldReference(None, field_type=float)
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Every field an experiment may set, with the paper's defaults."""
     c = ml_collections.ConfigDict()
@@ -57,9 +62,11 @@ def default_config() -> ml_collections.ConfigDict:
         teacher_workdir="",  # a cskd-train workdir or a SavedModel path
         teacher_model="",  # teacher architecture, if it differs from what the workdir says
     )
-    # BYOT T, α, λ: the reference code's defaults (the paper gives none), see losses/methods/byot.py.
-    c.byot = group(temperature=3.0, alpha=0.1, beta=1e-6)  # beta: λ of the summed feature hint
-    c.ddgsd = group(mmd_weight=0.0005, temperature=3.0)  # see losses/methods/ddgsd.py
+    # BYOT: variant iccv2019 | official (losses/methods/byot.py, docs/baselines.md); α and
+    # beta (λ of the feature hint) unset = the variant's own values.
+    c.byot = group(temperature=3.0, alpha=_unset_float(), beta=_unset_float(), variant="iccv2019")
+    c.ddgsd = group(mmd_weight=0.0005, temperature=3.0, kl_weight=1.0)  # see losses/methods/ddgsd.py
+    c.adacos = group(eval_scale="adaptive")  # adaptive | unit (cosines at evaluation)
     c.cskd_e = group(lambda_sample=1.0)  # weight of the sample-wise term
 
     # Data.
@@ -174,6 +181,14 @@ def check_range(field, value, low=None, high=None, low_open=False, high_open=Fal
         raise ConfigError(f"config.{field} must be {allowed} (got {value!r}); "
                           f"set --config.{field} to a value {allowed}{hint}")
     return number
+
+
+def check_choice(field, value, allowed):
+    """``value`` if it is one of ``allowed``, else a one-line ConfigError naming them."""
+    if value not in allowed:
+        raise ConfigError(f"config.{field}={value!r} is not one of "
+                          f"{', '.join(map(repr, allowed))}; set --config.{field} to one of them")
+    return value
 
 
 # config.search entries that are (min, max) ranges sampled log-uniformly, and the choice lists.
