@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -319,6 +320,44 @@ def test_byot_official_loss_matches_numpy_and_the_torch_transcription():
     assert float(total) == pytest.approx(np_total, rel=1e-5)
     assert float(terms["hint"]) == pytest.approx(hint, rel=1e-5)
     assert float(terms["ce"]) == pytest.approx(np_ce(outs[0], labels), rel=1e-5)
+
+
+# Two logical CPUs must be configured before TensorFlow starts: run in a fresh process.
+MIRRORED_NORM_SCRIPT = """
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from cskd_tf.losses.methods.byot import batch_distance
+rng = np.random.default_rng(0)
+f, t = (rng.normal(size=(8, 6)).astype(np.float32) for _ in range(2))
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    w = tf.Variable(np.ones(6, np.float32))
+def step(fs, ts):
+    with tf.GradientTape() as tape:
+        d = batch_distance(fs * w, ts)
+        loss = d / strategy.num_replicas_in_sync  # as the train step scales the objective
+    return d, tape.gradient(loss, w)
+data = tf.data.Dataset.from_tensor_slices((f, t)).batch(8)
+d, g = strategy.run(tf.function(step), next(iter(strategy.experimental_distribute_dataset(data))))
+v = tf.Variable(np.ones(6, np.float32))
+with tf.GradientTape() as tape:
+    want = tf.norm(f * v - t)
+error = np.abs(strategy.reduce("SUM", g, axis=None).numpy() - tape.gradient(want, v).numpy())
+print([[float(x) for x in strategy.experimental_local_results(d)], float(want),
+       float(error.max())])
+"""
+
+
+def test_byot_official_hint_is_the_global_batch_norm_under_two_replicas():
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_NORM_SCRIPT], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    replicas, want, grad_error = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Each replica holds the norm of the whole batch, and the summed gradient is its gradient.
+    assert replicas == pytest.approx([want, want], rel=1e-6)
+    assert grad_error < 1e-5
 
 
 def test_byot_official_adapts_all_but_the_last_shallow_head_and_trains():
