@@ -614,13 +614,22 @@ class TeacherFrozen(keras.callbacks.Callback):
         self.checked = True
 
 
-@pytest.mark.parametrize("method,model", [*((m, "preact_resnet18") for m in METHODS),
-                                          *((m, "densenet121_cifar") for m in DENSENET_METHODS)])
+# The non-default options of docs/baselines.md, trained end to end too.
+OPTIONS = (("byot", dict(byot=dict(variant="official"))),
+           ("adacos", dict(adacos=dict(eval_scale="unit"))),
+           ("ddgsd", dict(ddgsd=dict(kl_weight=0.5))))
+
+
+@pytest.mark.parametrize("method,model,options", [
+    *((m, "preact_resnet18", {}) for m in METHODS),
+    *((m, "densenet121_cifar", {}) for m in DENSENET_METHODS),
+    *((m, "preact_resnet18", o) for m, o in OPTIONS)])
 @pytest.mark.slow
-def test_method_trains_and_writes_metrics(method, model, teacher_dir, tmp_path):
+def test_method_trains_and_writes_metrics(method, model, options, teacher_dir, tmp_path):
     from cskd_tf.training import trainer
 
     config = small_config(model, method, teacher_dir)
+    config.update(options)
     steps, frozen = StepLosses(), TeacherFrozen()
     callbacks = [steps, frozen] if method.startswith("kd") else [steps]
     eager = model == "densenet121_cifar"
