@@ -43,6 +43,11 @@ def method_groups() -> dict:
     return {e.name: dict(e.defaults) for e in METHODS.entries(declared=True) if e.defaults}
 
 
+def _unset_float():
+    """A float field whose default is None (unset); plain None could not be set from the CLI."""
+    return ml_collections.FieldReference(None, field_type=float)
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Every field an experiment may set, with the paper's defaults."""
     c = ml_collections.ConfigDict()
@@ -62,7 +67,8 @@ def default_config() -> ml_collections.ConfigDict:
     # (cskd_tf/losses/methods/); the group's defaults are its constructor's, the paper's.
     # CS-KD's own λ and T above stay top-level: the headline knobs, searched by cskd-tune.
     for name, defaults in method_groups().items():
-        c[name] = group(**defaults)
+        # A None default is an unset float (byot's α and β: the variant's own values).
+        c[name] = group(**{k: _unset_float() if v is None else v for k, v in defaults.items()})
 
     # Data.
     c.dataset = "digits"  # a name in cskd_tf.registry.SOURCES (cskd_tf/data/sources/)
@@ -180,6 +186,14 @@ def check_range(field, value, low=None, high=None, low_open=False, high_open=Fal
         raise ConfigError(f"config.{field} must be {allowed} (got {value!r}); "
                           f"set --config.{field} to a value {allowed}{hint}")
     return number
+
+
+def check_choice(field, value, allowed):
+    """``value`` if it is one of ``allowed``, else a one-line ConfigError naming them."""
+    if value not in allowed:
+        raise ConfigError(f"config.{field}={value!r} is not one of "
+                          f"{', '.join(map(repr, allowed))}; set --config.{field} to one of them")
+    return value
 
 
 # config.search entries that are (min, max) ranges sampled log-uniformly, and the choice lists.

@@ -74,7 +74,8 @@ def test_from_experiment_config_reads_the_method_groups_and_the_shared_fields():
     config.label_smoothing.epsilon = 0.3
     config.max_entropy.beta = 0.4
     config.byot.update(dict(temperature=2.5, alpha=0.3, beta=0.01))
-    config.ddgsd.update(dict(mmd_weight=0.1, temperature=1.5))
+    config.ddgsd.update(dict(mmd_weight=0.1, temperature=1.5, kl_weight=0.25))
+    config.adacos.eval_scale = "unit"
     kd = {"temperature": 5.0, "alpha": 0.25, "teacher_workdir": "t", "teacher_model": "m"}
     want = {
         "cskd": {"temperature": 2.0, "weight": 3.0},
@@ -86,8 +87,9 @@ def test_from_experiment_config_reads_the_method_groups_and_the_shared_fields():
         "kd": kd,
         "kd_cskd": {"temperature": 2.0, "weight": 3.0, "kd_temperature": 5.0, "alpha": 0.25,
                     "teacher_workdir": "t", "teacher_model": "m"},
-        "byot": {"temperature": 2.5, "alpha": 0.3, "beta": 0.01},
-        "ddgsd": {"mmd_weight": 0.1, "temperature": 1.5},
+        "byot": {"temperature": 2.5, "alpha": 0.3, "beta": 0.01, "variant": "iccv2019"},
+        "ddgsd": {"mmd_weight": 0.1, "temperature": 1.5, "kl_weight": 0.25},
+        "adacos": {"eval_scale": "unit"},
     }
     for name, hyperparameters in want.items():
         method = losses.METHODS[name].from_experiment_config(config)
@@ -107,6 +109,9 @@ def test_from_experiment_config_reads_the_method_groups_and_the_shared_fields():
      "config.cskd_e.lambda_sample must be >= 0"),
     ("byot", dict(byot=dict(alpha=2.0)), 2.0, r"config.byot.alpha must be in \[0, 1\]"),
     ("ddgsd", dict(ddgsd=dict(mmd_weight=-1.0)), -1.0, "config.ddgsd.mmd_weight must be >= 0"),
+    ("ddgsd", dict(ddgsd=dict(kl_weight=-1.0)), -1.0, "config.ddgsd.kl_weight must be >= 0"),
+    ("byot", dict(byot=dict(variant="official", beta=-1.0)), -1.0,
+     "config.byot.beta must be >= 0"),
 ])
 def test_each_method_checks_its_hyperparameters_with_the_shared_helper(name, group, bad, message):
     config = default_config()
@@ -115,6 +120,55 @@ def test_each_method_checks_its_hyperparameters_with_the_shared_helper(name, gro
         losses.get_method(name, config)
     field = message.split(" must")[0]
     assert f"set --{field} to a value" in str(info.value)  # the message says how to fix it
+
+
+@pytest.mark.parametrize("name, field, bad", [
+    ("byot", "variant", "journal"), ("adacos", "eval_scale", "cosine")])
+def test_choice_hyperparameters_reject_unknown_values_in_one_line(name, field, bad):
+    config = default_config()
+    config[name][field] = bad
+    with pytest.raises(ConfigError) as info:
+        losses.get_method(name, config)
+    message = str(info.value)
+    assert "\n" not in message and f"config.{name}.{field}={bad!r} is not one of" in message
+    assert f"set --config.{name}.{field} to one of them" in message
+
+
+def test_byot_alpha_and_beta_default_to_the_variants_values_and_round_trip():
+    config = default_config()
+    assert (config.byot.alpha, config.byot.beta, config.byot.variant) == (None, None, "iccv2019")
+    config.byot.variant = "official"
+    official = losses.get_method("byot", config)
+    assert (official.alpha, official.beta) == (0.3, 0.03)
+    config.byot.alpha = 0.5  # a set value wins over the variant's
+    assert losses.get_method("byot", config).get_config() == {
+        "temperature": 3.0, "alpha": 0.5, "beta": 0.03, "variant": "official"}
+    for method in (official, losses.BYOT(variant="official", beta=0.1)):
+        assert type(method).from_config(method.get_config()).get_config() == method.get_config()
+    # The config (with unset fields) survives the workdir's JSON round trip.
+    assert config_lib.from_json(config_lib.to_json(default_config())).byot.alpha is None
+
+
+def test_new_method_options_are_reachable_from_the_command_line():
+    import subprocess
+    import sys
+
+    # The --config flag as cskd-train defines it, parsed in a fresh process (absl's global flags).
+    script = ("from absl import app, flags\n"
+              "from ml_collections import config_flags\n"
+              "from cskd_tf.config import to_json\n"
+              "config_flags.DEFINE_config_file('config', None, '', lock_config=True)\n"
+              "app.run(lambda argv: print(to_json(flags.FLAGS.config)))\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, f"--config={os.path.join(ROOT, 'configs', 'digits_quick.py')}",
+         "--config.byot.variant=official", "--config.byot.alpha=0.25",
+         "--config.ddgsd.kl_weight=0.5", "--config.adacos.eval_scale=unit"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, check=True)
+    config = validate(config_lib.from_json(proc.stdout))
+    assert losses.get_method("byot", config).get_config() == {
+        "temperature": 3.0, "alpha": 0.25, "beta": 0.03, "variant": "official"}
+    assert losses.get_method("ddgsd", config).kl_weight == 0.5
+    assert losses.get_method("adacos", config).eval_scale == "unit"
 
 
 def test_check_range_bounds_and_message():

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -182,6 +183,25 @@ def test_adacos_updates_the_head_scale_and_uses_it():
         tiny_model("adacos", num_classes=2)
 
 
+@pytest.mark.parametrize("eval_scale", ["adaptive", "unit"])
+def test_adacos_eval_scale_decides_the_inference_logits(eval_scale):
+    model = tiny_model("adacos", adacos=dict(eval_scale=eval_scale))
+    head = model.backbone.get_layer("classifier")
+    images = tf.random.uniform((8, 8, 8, 1), seed=1)
+    model.method.objective(model, (images,), tf.constant(LABELS), {})  # s adapts
+    s = float(head.scale.numpy())
+    trained = model.forward(images, training=True)["logits"].numpy()  # s·cos θ while training
+    features = model.forward(images)["features"].numpy()
+    kernel = head.kernel.numpy()
+    cosine = ((features / np.linalg.norm(features, axis=1, keepdims=True))
+              @ (kernel / np.linalg.norm(kernel, axis=0, keepdims=True)))
+    want = cosine if eval_scale == "unit" else s * cosine
+    np.testing.assert_allclose(model(images).numpy(), want, rtol=1e-4, atol=1e-5)
+    assert abs(s - 1.0) > 0.5 and np.abs(trained).max() > 0
+    # The flag is saved with the head, so a reloaded model evaluates the same way.
+    assert head.get_config()["unit_scale_at_inference"] == (eval_scale == "unit")
+
+
 def test_virtual_softmax_matches_numpy():
     z, feats = fixed_logits(8, 5), fixed_logits(8, 6, seed=1, scale=1.0)
     kernel = fixed_logits(6, 5, seed=2, scale=0.5)
@@ -192,12 +212,13 @@ def test_virtual_softmax_matches_numpy():
     assert got > np_ce(z, LABELS)  # the virtual class only adds mass to the denominator
 
 
-@pytest.mark.parametrize("T", [1.0, 3.0])
-def test_ddgsd_matches_numpy_and_each_kl_direction_detaches_its_teacher(T):
+@pytest.mark.parametrize("T, lam", [(1.0, 1.0), (3.0, 1.0), (3.0, 1 / (5 * 9))])
+def test_ddgsd_matches_numpy_and_each_kl_direction_detaches_its_teacher(T, lam):
+    # lam = 1/(C·T²): youngerous/ddgsd-pytorch's class-averaged, T²-free KL (docs/baselines.md).
     z1, z2 = fixed_logits(8, 5, seed=0), fixed_logits(8, 5, seed=1)
     mu = 0.5
-    method = losses.get_method("ddgsd", method_config("ddgsd", ddgsd=dict(mmd_weight=mu,
-                                                                          temperature=T)))
+    method = losses.get_method("ddgsd", method_config("ddgsd", ddgsd=dict(
+        mmd_weight=mu, temperature=T, kl_weight=lam)))
     model = StubModel(5)
     a, b = tf.constant(z1), tf.constant(z2)
     with tf.GradientTape() as tape:
@@ -205,15 +226,21 @@ def test_ddgsd_matches_numpy_and_each_kl_direction_detaches_its_teacher(T):
         total, _, terms = method.objective(model, (a, b), tf.constant(LABELS))
     mmd = float(np.sum((z1.mean(0) - z2.mean(0)) ** 2))
     kl = T * T * (np_kl(z1, z2, T) + np_kl(z2, z1, T))
-    want = np_ce(z1, LABELS) + np_ce(z2, LABELS) + kl + mu * mmd
+    want = np_ce(z1, LABELS) + np_ce(z2, LABELS) + lam * kl + mu * mmd
     assert float(total) == pytest.approx(want, rel=1e-5)
+    if lam != 1.0:  # youngerous's forward: mean over classes of the element-wise KL, no T²
+        def class_mean_kl(student, teacher):
+            log_q, log_p = log_softmax(teacher / T), log_softmax(student / T)
+            return float(np.mean(np.exp(log_q) * (log_q - log_p)) * 5) / 5
+        youngerous = class_mean_kl(z1, z2) + class_mean_kl(z2, z1)
+        assert lam * kl == pytest.approx(youngerous, rel=1e-6)
     assert float(terms["kl"]) == pytest.approx(kl, rel=1e-5)
     assert float(terms["mmd"]) == pytest.approx(mmd, rel=1e-5)
     # d/dz1: CE (p1 − y) and T²·KL(p̃2 ‖ p1) at T, T·(p1ᵀ − p2ᵀ), both /B, plus the
     # MMD; nothing from KL(p̃1 ‖ p2), where z1 is the detached teacher.
     p1, p2 = softmax(z1), softmax(z2)
     p1t, p2t = softmax(z1 / T), softmax(z2 / T)
-    grad = (((p1 - np.eye(5)[LABELS]) + T * (p1t - p2t)) / 8
+    grad = (((p1 - np.eye(5)[LABELS]) + lam * T * (p1t - p2t)) / 8
             + mu * 2 * (z1.mean(0) - z2.mean(0)) / 8)
     np.testing.assert_allclose(tape.gradient(total, a).numpy(), grad, rtol=1e-4, atol=1e-6)
 
@@ -260,9 +287,100 @@ def test_byot_loss_matches_numpy():
 
 
 def test_byot_defaults_are_the_reference_codes():
-    # luanyunteng/pytorch-be-your-own-teacher train.py: --temperature 3, --alpha 0.1, --beta 1e-6
+    # luanyunteng/pytorch-be-your-own-teacher train.py: --temperature 3, --alpha 0.1, --beta 1e-6;
+    # the official journal code's train.py: --loss_coefficient 0.3, --feature_loss_coefficient 0.03.
     config = default_config()
-    assert config.byot.to_dict() == dict(temperature=3.0, alpha=0.1, beta=1e-6)
+    assert config.byot.to_dict() == dict(temperature=3.0, alpha=None, beta=None,
+                                         variant="iccv2019")
+    assert losses.BYOT().get_config() == dict(temperature=3.0, alpha=0.1, beta=1e-6,
+                                              variant="iccv2019")
+    assert losses.BYOT(variant="official").get_config() == dict(
+        temperature=3.0, alpha=0.3, beta=0.03, variant="official")
+
+
+def np_byot_official(deep, deep_f, aux, labels, T, alpha, beta):
+    """The official (journal) BYOT loss written out: deepest CE ×1, no T², ‖·‖_F hint skipping
+    the last shallow head (the one just below the deepest)."""
+    total = np_ce(deep, labels)
+    for out in aux:
+        total += (1 - alpha) * np_ce(out["logits"], labels) + alpha * np_kl(out["logits"], deep, T)
+    hint = sum(float(np.linalg.norm(out["adapted"] - deep_f)) for out in aux[:-1])
+    return total + beta * hint, hint
+
+
+def test_byot_official_loss_matches_numpy_and_the_torch_transcription():
+    # tests/data/byot_official_loss_torch.npz: the official train.py loss (lines 147-163 at
+    # 47ca93b6) transcribed in PyTorch on fixed tensors, 4 heads deepest first, B 6, C 10; its
+    # KD term is the soft-target CE, so its teacher-entropy constant is subtracted.
+    golden = np.load(os.path.join(ROOT, "tests", "data", "byot_official_loss_torch.npz"))
+    outs, feats, labels = golden["outputs"], golden["feats"], golden["labels"]
+    T, alpha, beta = float(golden["T"]), float(golden["alpha"]), float(golden["beta"])
+    # Official order deepest first (outs[1] = just below the deepest); ours shallowest first.
+    aux = [{"logits": outs[k], "adapted": feats[k]} for k in (3, 2, 1)]
+    total, terms = byot.byot_official_loss(outs[0], feats[0], aux, labels, T, alpha, beta)
+    want = float(golden["loss"]) - float(golden["entropy_part"])
+    assert float(total) == pytest.approx(want, abs=1e-5)
+    np_total, hint = np_byot_official(outs[0], feats[0], aux, labels, T, alpha, beta)
+    assert float(total) == pytest.approx(np_total, rel=1e-5)
+    assert float(terms["hint"]) == pytest.approx(hint, rel=1e-5)
+    assert float(terms["ce"]) == pytest.approx(np_ce(outs[0], labels), rel=1e-5)
+
+
+# Two logical CPUs must be configured before TensorFlow starts: run in a fresh process.
+MIRRORED_NORM_SCRIPT = """
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from cskd_tf.losses.methods.byot import batch_distance
+rng = np.random.default_rng(0)
+f, t = (rng.normal(size=(8, 6)).astype(np.float32) for _ in range(2))
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    w = tf.Variable(np.ones(6, np.float32))
+def step(fs, ts):
+    with tf.GradientTape() as tape:
+        d = batch_distance(fs * w, ts)
+        loss = d / strategy.num_replicas_in_sync  # as the train step scales the objective
+    return d, tape.gradient(loss, w)
+data = tf.data.Dataset.from_tensor_slices((f, t)).batch(8)
+d, g = strategy.run(tf.function(step), next(iter(strategy.experimental_distribute_dataset(data))))
+v = tf.Variable(np.ones(6, np.float32))
+with tf.GradientTape() as tape:
+    want = tf.norm(f * v - t)
+error = np.abs(strategy.reduce("SUM", g, axis=None).numpy() - tape.gradient(want, v).numpy())
+print([[float(x) for x in strategy.experimental_local_results(d)], float(want),
+       float(error.max())])
+"""
+
+
+def test_byot_official_hint_is_the_global_batch_norm_under_two_replicas():
+    proc = subprocess.run([sys.executable, "-c", MIRRORED_NORM_SCRIPT], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    replicas, want, grad_error = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Each replica holds the norm of the whole batch, and the summed gradient is its gradient.
+    assert replicas == pytest.approx([want, want], rel=1e-6)
+    assert grad_error < 1e-5
+
+
+def test_byot_official_adapts_all_but_the_last_shallow_head_and_trains():
+    model = tiny_model("byot", byot=dict(variant="official"))
+    assert [("adapted" in head.output) for head in model.byot_heads] == [True, True, False]
+    adapt = model.byot_heads[0].get_layer("byot_head1_adapt")
+    assert adapt.kernel.shape == (32, 32) and adapt.bias is not None
+    images = tf.random.uniform((8, 8, 8, 1), seed=1)
+    labels = tf.constant(LABELS)
+    with tf.GradientTape() as tape:
+        total, _, terms = model.method.objective(model, (images,), labels, {})
+    outs = model.method.forward(model, (images,), {})
+    aux = [{k: v.numpy() for k, v in out.items()} for out in outs["aux"]]
+    want, _ = np_byot_official(outs["logits"].numpy(), outs["features"].numpy(), aux, LABELS,
+                               3.0, 0.3, 0.03)
+    assert float(total) == pytest.approx(want, rel=1e-4)
+    # The adaptation layers are trained (they get a gradient from the hint).
+    grads = tape.gradient(total, adapt.trainable_variables)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
 
 
 def test_mixup_pieces_match_numpy_and_the_sampler_folds_lambda():
@@ -498,21 +616,30 @@ class TeacherFrozen(keras.callbacks.Callback):
         self.checked = True
 
 
-@pytest.mark.parametrize("method,model", [*((m, "preact_resnet18") for m in METHODS),
-                                          *((m, "densenet121_cifar") for m in DENSENET_METHODS)])
+# The non-default options of docs/baselines.md, trained end to end too.
+OPTIONS = (("byot", dict(byot=dict(variant="official"))),
+           ("adacos", dict(adacos=dict(eval_scale="unit"))),
+           ("ddgsd", dict(ddgsd=dict(kl_weight=0.5))))
+
+
+@pytest.mark.parametrize("method,model,options", [
+    *((m, "preact_resnet18", {}) for m in METHODS),
+    *((m, "densenet121_cifar", {}) for m in DENSENET_METHODS),
+    *((m, "preact_resnet18", o) for m, o in OPTIONS)])
 @pytest.mark.slow
-def test_method_trains_and_writes_metrics(method, model, request, tmp_path):
+def test_method_trains_and_writes_metrics(method, model, options, request, tmp_path):
     teacher = request.getfixturevalue("teacher_dir") if losses.METHODS[method].needs_teacher else ""
-    check_method_trains(method, model, teacher, tmp_path)
+    check_method_trains(method, model, teacher, tmp_path, options)
 
 
-def check_method_trains(method, model, teacher_dir, tmp_path):
+def check_method_trains(method, model, teacher_dir, tmp_path, options=None):
     """The battery: trains on tiny digits, the loss falls, metrics and history are written,
     the method's terms are logged, a KD teacher stays frozen."""
     from cskd_tf.training import trainer
 
     needs_teacher = losses.METHODS[method].needs_teacher
     config = small_config(model, method, teacher_dir)
+    config.update(options or {})
     steps, frozen = StepLosses(), TeacherFrozen()
     callbacks = [steps, frozen] if needs_teacher else [steps]
     eager = model == "densenet121_cifar"

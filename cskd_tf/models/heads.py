@@ -47,12 +47,18 @@ class CosineClassifier(layers.Layer):
         units: number of classes.
         scale: initial value of the ``scale`` variable (> 0).
         kernel_initializer: initializer of ``W``.
+        unit_scale_at_inference: if True, ``call(..., training=False)`` returns the bare
+            cosines (scale 1), as the widely used AdaCos code evaluates
+            (4uiiurz1/pytorch-adacos, metrics.py; see docs/baselines.md); training always
+            uses ``scale``.
     """
 
-    def __init__(self, units, scale=1.0, kernel_initializer="he_normal", **kwargs):
+    def __init__(self, units, scale=1.0, kernel_initializer="he_normal",
+                 unit_scale_at_inference=False, **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
         self.initial_scale = float(scale)
+        self.unit_scale_at_inference = bool(unit_scale_at_inference)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, input_shape):
@@ -69,10 +75,12 @@ class CosineClassifier(layers.Layer):
             trainable=False,
         )
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         x = ops.normalize(inputs, axis=-1, epsilon=1e-12)
         w = ops.normalize(ops.cast(self.kernel, x.dtype), axis=0, epsilon=1e-12)
         cosine = ops.clip(ops.matmul(x, w), -1.0, 1.0)
+        if self.unit_scale_at_inference and not training:
+            return cosine
         return cosine * ops.cast(self.scale, cosine.dtype)
 
     def compute_output_shape(self, input_shape):
@@ -85,6 +93,7 @@ class CosineClassifier(layers.Layer):
                 "units": self.units,
                 "scale": self.initial_scale,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "unit_scale_at_inference": self.unit_scale_at_inference,
             }
         )
         return config

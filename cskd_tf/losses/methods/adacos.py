@@ -21,6 +21,22 @@ Under a multi-replica ``tf.distribute`` strategy each replica computes s from
 its slice of the batch and the replicas' values are averaged, so all replicas
 keep the same s (an approximation of s from the global batch).
 
+Evaluation (``eval_scale``): "adaptive" (default) keeps s·cos θ with the last
+s, the probabilities the model was trained to produce; "unit" returns the bare
+cosines when not training (the head's ``unit_scale_at_inference``, saved with
+the model), as 4uiiurz1's code evaluates. Accuracy and recall are the same
+either way; ECE and NLL are not: at scale 1 no probability exceeds
+e/(e + (C − 1)/e), 0.069 for C = 100, so a well-trained model shows a large ECE.
+
+Sources (docs/baselines.md, section AdaCos): the AdaCos paper's dynamic
+scale; no official code exists; 4uiiurz1/pytorch-adacos @ 35c086cc,
+metrics.py lines 8–39, which this training step matches term for term (lower
+median, the new s applied to the current batch, no gradient through s). The
+CS-KD paper's AdaCos ECE could not be read, so which evaluation scale it used
+is not known; "adaptive" is the default because it is the trained model.
+Deviations: s is floored at 1e-3 and averaged across replicas (4uiiurz1 is
+single-device).
+
 Needs C ≥ 3 (s₀ = 0 for two classes). Cost: one forward and one backward
 pass per step, as CE; the scale update is a few reductions over the logits.
 """
@@ -29,6 +45,7 @@ import math
 
 import tensorflow as tf
 
+from cskd_tf.config import check_choice
 from cskd_tf.errors import ModelError
 from cskd_tf.losses.methods.base import Method, cross_entropy, register
 
@@ -57,14 +74,25 @@ def adaptive_scale(cosine, labels, scale):
     return tf.maximum(new_scale, MIN_SCALE)
 
 
-@register("adacos", display_name="AdaCos")
+@register("adacos", display_name="AdaCos", defaults=("eval_scale",))
 class AdaCos(Method):
-    """AdaCos (no hyperparameters: the scale adapts)."""
+    """AdaCos: the scale adapts; ``eval_scale`` = "adaptive" (s·cos θ) or "unit" (cos θ) at
+    evaluation."""
 
     head = "cosine"
     terms = ("ce", "scale")
     replaces_cross_entropy = ("its cross-entropy is taken on the adaptively rescaled cosine "
                               "logits it computes in the step")
+
+    def __init__(self, eval_scale="adaptive"):
+        self.eval_scale = check_choice("adacos.eval_scale", eval_scale, ("adaptive", "unit"))
+
+    @classmethod
+    def from_experiment_config(cls, config):
+        return cls(**config.adacos)
+
+    def get_config(self):
+        return {"eval_scale": self.eval_scale}
 
     def build(self, model):
         classifier = model.backbone.get_layer("classifier")
@@ -75,6 +103,7 @@ class AdaCos(Method):
             raise ModelError(f"method 'adacos' needs at least 3 classes (its scale "
                              f"√2·log(C−1) is 0 for C={classifier.units}); use another method")
         classifier.scale.assign(initial_scale(classifier.units))
+        classifier.unit_scale_at_inference = self.eval_scale == "unit"
         self.classifier = classifier
 
     def loss(self, model, labels, outputs, detached, supervised):

@@ -4,6 +4,9 @@
 
 (the compiled loss; ``compile(loss=...)`` may replace it). One forward and one
 backward pass per step.
+
+Source: the CS-KD reference code's cross-entropy baseline (alinlab/cs-kd @
+b447f250, train.py, ``nn.CrossEntropyLoss``, batch mean); see docs/baselines.md.
 """
 
 from cskd_tf.losses.methods.base import Method, register

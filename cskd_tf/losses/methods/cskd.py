@@ -11,6 +11,11 @@ without retracing the step. CE is the compiled loss (``compile(loss=...)``).
 Cost: one extra forward pass without gradient per step (the partner batch),
 about 1.33× the compute of CE. As in the reference code, the partner pass
 runs in training mode, so it also updates batch-norm statistics.
+
+Source: the CS-KD reference code, alinlab/cs-kd @ b447f250 (train.py: ``KDLoss``
+lines 95–107, KL summed over classes and the batch, / batch size, × T², T =
+``--temp`` 4; the partner's logits detached). docs/baselines.md uses this
+convention for every KL-based baseline.
 """
 
 from cskd_tf.losses.kl import class_wise_kl

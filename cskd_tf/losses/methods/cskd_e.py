@@ -20,6 +20,11 @@ anchor pass carries gradient.
 
 Cost: three forward passes per step, two of them without gradient (partner
 and second view), about 1.67× the compute of CE.
+
+Sources (docs/baselines.md, CS-KD-E): the CS-KD paper's description only (its
+Section 4 could not be read; the reference code has no CS-KD-E). The other
+reading, CS-KD plus the full DDGSD objective (CE on both views, symmetric KL,
+MMD), cannot be excluded; this one keeps the partner's conventions.
 """
 
 from cskd_tf.config import check_range

@@ -31,6 +31,12 @@ must call ``prepare_training(model, teacher=...)`` itself; a step without a
 teacher is a ModelError that says so.
 
 Cost: one student forward/backward pass plus one teacher forward pass.
+
+Sources (docs/baselines.md, KD): Hinton et al. (soft targets at T, × T², mixed
+with the hard-label CE) and the CS-KD reference's ``KDLoss`` (alinlab/cs-kd @
+b447f250, train.py lines 95–105), which has the same scale. T = 4 and α = 0.9
+are the common CIFAR setting; the CS-KD paper's values could not be read.
+Deviations: none.
 """
 
 import tensorflow as tf

@@ -11,6 +11,10 @@ config.temperature (4), λ = config.lambda_cls (model.lambda_cls).
 
 Cost: one student forward/backward pass, one detached student pass (the
 partner) and one teacher pass.
+
+Source (docs/baselines.md, combinations): the CS-KD paper's one-sentence
+description (Table 4); the reference code has no KD + CS-KD; KD as in
+:mod:`cskd_tf.losses.methods.kd`.
 """
 
 from cskd_tf.losses.kl import class_wise_kl

@@ -17,6 +17,10 @@ clean-image accuracy and not comparable with other methods' training
 accuracy; validation/test metrics are on clean images as for every method.
 
 Cost: one forward and one backward pass per step, as CE.
+
+Sources (docs/baselines.md): Zhang et al., ICLR 2018 (one λ ~ Beta(α, α) per
+batch and a batch permutation). The fold to max(λ, 1 − λ) is the one deviation,
+distribution-preserving as said above.
 """
 
 import tensorflow as tf

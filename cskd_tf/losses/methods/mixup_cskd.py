@@ -23,6 +23,9 @@ logits against the dominant label y, as for ``mixup``.
 This is our reading of the paper's one-sentence description (the reference
 code does not include it). Cost: two forward passes (one without gradient),
 about 1.33× the compute of CE, as CS-KD.
+
+Source (docs/baselines.md, combinations): the CS-KD paper's one-sentence
+description; no other source exists.
 """
 
 from cskd_tf.losses.kl import class_wise_kl

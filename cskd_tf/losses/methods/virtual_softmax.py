@@ -23,6 +23,15 @@ vector has a finite gradient; that changes the virtual logit by at most
 No hyper-parameters. The logged ``ce`` is the plain C-way cross-entropy;
 ``loss`` is the (C+1)-way objective. Cost: one forward and one backward
 pass, as CE.
+
+Sources (docs/baselines.md, Virtual-softmax): the paper's virtual class; no
+official code exists. Read: taekwan-lee/Virtual-Softmax-TF @ 8a3716ba
+(virtual_softmax_tf.py lines 4–32) and frechele/Virtual-Softmax-PyTorch @
+b1868d76 (virtsm/models/modules.py lines 8–28). Deviations from the first: no
+clip of the virtual logit to [1e-10, 15] (a numerical guard that also stops its
+gradient past 15; the log-sum-exp here is stable without it) and the backbone's
+kernel initializer. The second takes the norms over the whole batch, a bug not
+followed.
 """
 
 import keras
