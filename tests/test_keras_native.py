@@ -473,8 +473,8 @@ def test_cskd_train_writes_model_keras_that_eval_and_export_accept(tiny_config, 
 
     from cskd_tf import data as data_lib
     from cskd_tf.serving.export import export_workdir
-    from cskd_tf.training.restore import load_run
-    from cskd_tf.training.restore import restore_from_workdir
+    from cskd_tf.runs import load_run
+    from cskd_tf.training.restore import restore_from_workdir, restore_run
     from cskd_tf.training.trainer import evaluate_splits, train
 
     tiny_config.num_epochs = 1
@@ -482,8 +482,10 @@ def test_cskd_train_writes_model_keras_that_eval_and_export_accept(tiny_config, 
     train(tiny_config, workdir)
     keras_file = os.path.join(workdir, "model.keras")
     assert os.path.isfile(keras_file)
-    config, facts, model, run = load_run(keras_file)
-    assert run == os.path.abspath(workdir) and type(model).__name__ == "CSKDModel"
+    run = load_run(keras_file, need_finished=True)
+    config, facts, model = restore_run(run)
+    assert run.path == os.path.abspath(workdir) and run.keras_file == os.path.abspath(keras_file)
+    assert type(model).__name__ == "CSKDModel"
     _, _, restored = restore_from_workdir(workdir)
     x = np.random.default_rng(0).uniform(0, 1, (4, *facts["image_shape"])).astype(np.float32)
     np.testing.assert_allclose(model.predict(x, verbose=0), restored.predict(x, verbose=0),

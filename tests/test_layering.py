@@ -36,11 +36,14 @@ LAYERS = [
     # contract that CSKDModel.export and cskd-export both write), registry (the Registry
     # class and the method/backbone/source registries, readable before their packages load).
     {"config", "runtime", "progress", "layers", "images", "signatures", "registry"},
+    # The run folder's file formats: writing, reading and checking what cskd-train leaves
+    # in DIR (no TensorFlow; rebuilding a model from a run is training/restore.py).
+    {"runs"},
     # The three libraries a run is made of, and the paper's recipes (configs from config).
     {"data", "models", "losses", "recipes"},
     # Measuring: metrics, numpy inference, reports, plots.
     {"evaluation"},
-    # The fit loop, workdirs, restoring a run, the KD teacher loader.
+    # The fit loop, resuming and restoring a run (TensorFlow's side), the KD teacher loader.
     {"training"},
     # Applications of trained runs.
     {"serving", "tuning"},
@@ -174,7 +177,67 @@ def _has_main_block(tree: ast.AST) -> bool:
     return False
 
 
+def import_cycles(root: Path, part: str) -> list[list[str]]:
+    """Import cycles among the modules of one part (function-level imports count too)."""
+    modules = {}
+    for path in sorted((root / part).rglob("*.py")):
+        modules[".".join(_module_name(root, path))] = path
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        targets = set()
+        for _, dotted in imported_modules(root, path, tree):
+            while dotted and dotted not in modules:  # ``from M import name``: the module M
+                dotted = dotted.rpartition(".")[0]
+            if dotted and dotted != name:
+                targets.add(dotted)
+        graph[name] = targets
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target, stack + [target])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return cycles
+
+
 # ----------------------------------------------------------------------------- the package
+@pytest.mark.parametrize("part", ["training", "runs"])
+def test_no_import_cycle_inside_a_part(part):
+    assert import_cycles(PACKAGE, part) == []
+
+
+def test_an_import_cycle_is_found(tmp_path):
+    package = write_package(tmp_path, {
+        "training/__init__.py": "",
+        "training/fit_setup.py": "from cskd_tf.training.teacher import teacher_for\n",
+        "training/teacher.py": "from cskd_tf.training.restore import restore_model\n",
+        "training/restore.py": "def f():\n    from cskd_tf.training.fit_setup import build\n",
+    })
+    assert len(import_cycles(package, "training")) == 1
+
+
+def test_importing_runs_loads_no_tensorflow():
+    """Listing and reporting run folders must stay instant: cskd_tf.runs is file formats."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cskd_tf.runs, cskd_tf.runs.checkpoints; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_cskd_tf_keeps_its_layers():
     messages, seen = find_violations(PACKAGE, KNOWN_EXCEPTIONS)
     assert not messages, "\n".join(messages)
@@ -215,8 +278,8 @@ def test_a_clean_synthetic_package_passes(tmp_path):
 @pytest.mark.parametrize("files, expected", [
     # a lower part imports a higher one at module level ...
     ({"data/pipeline.py": "from cskd_tf.training import trainer\n"},
-     "data/pipeline.py:1 imports cskd_tf.training.trainer: data (layer 2) may not import a "
-     "higher part (training, layer 4)"),
+     "data/pipeline.py:1 imports cskd_tf.training.trainer: data (layer 3) may not import a "
+     "higher part (training, layer 5)"),
     # ... or inside a function,
     ({"data/pipeline.py": "def f():\n    import cskd_tf.cli.train\n"},
      "data/pipeline.py:2 imports cskd_tf.cli.train"),
@@ -228,7 +291,7 @@ def test_a_clean_synthetic_package_passes(tmp_path):
      "config.py:1 imports cskd_tf.data: config (layer 1) may not import a higher part"),
     # peers of one layer need a declared edge;
     ({"data/pipeline.py": "from cskd_tf.models import build\n", "models/__init__.py": ""},
-     "may not import a peer part (models, layer 2)"),
+     "may not import a peer part (models, layer 3)"),
     # only cli/ defines flags and __main__ entry points;
     ({"training/speed.py": "from absl import flags\n"},
      "training/speed.py:1 imports absl.flags: only cli/ defines flags"),

@@ -571,7 +571,7 @@ def teacher_dir(tmp_path_factory):
     """A 5-class digits teacher workdir (random weights: what KD needs is a frozen net)."""
     from cskd_tf import data as data_lib
     from cskd_tf.training import trainer
-    from cskd_tf.training.workdir import Workdir
+    from cskd_tf.runs import Workdir
 
     config = small_config("preact_resnet18", "ce")
     config.model_width = 4

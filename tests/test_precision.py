@@ -201,7 +201,7 @@ def test_batch_norm_statistics_are_float32_under_mixed_bfloat16():
 # ------------------------------------------------------------------------------ the record
 def fake_run(path, mixed_precision, recorded=None):
     """A workdir as cskd-train leaves it before the first checkpoint."""
-    from cskd_tf.training.workdir import Workdir
+    from cskd_tf.runs import Workdir
 
     config = config_lib.default_config()
     config.mixed_precision = mixed_precision
@@ -216,7 +216,7 @@ def fake_run(path, mixed_precision, recorded=None):
 
 
 def test_resuming_under_another_precision_is_refused(tmp_path):
-    from cskd_tf.training.workdir import Workdir
+    from cskd_tf.runs import Workdir
 
     config = fake_run(tmp_path / "bf16", "auto", recorded="mixed_bfloat16")
     Workdir(str(tmp_path / "bf16")).prepare_for_training(config, precision="mixed_bfloat16")
@@ -260,7 +260,7 @@ def test_report_never_averages_runs_of_different_precision(tmp_path):
 @pytest.mark.cli
 def test_cskd_train_with_auto_precision_records_it_and_reloads(tmp_path, monkeypatch):
     from cskd_tf.evaluation import report
-    from cskd_tf.training.restore import check_run, load_checked_run
+    from cskd_tf.training.restore import restore_from_workdir
 
     env = {k: v for k, v in os.environ.items() if k != runtime.PRECISION_ENV}
     expected = ("mixed_bfloat16" if runtime.native_bf16_flags() and not runtime.gpu_present()
@@ -287,7 +287,7 @@ def test_cskd_train_with_auto_precision_records_it_and_reloads(tmp_path, monkeyp
     # Reloading applies the recorded policy, whatever "auto" would say now.
     other = "float32" if expected == "mixed_bfloat16" else "mixed_bfloat16"
     monkeypatch.setenv(runtime.PRECISION_ENV, other)
-    _, _, model, _ = load_checked_run(*check_run(str(workdir / "model.keras")))
+    _, _, model = restore_from_workdir(str(workdir / "model.keras"), need_finished=True)
     assert runtime.precision() == expected
     assert model.backbone.get_layer("stage2").compute_dtype == expected.replace("mixed_", "")
     images = np.random.default_rng(0).uniform(size=(3, 8, 8, 1)).astype(np.float32)

@@ -112,7 +112,7 @@ def test_an_unreadable_checkpoint_is_reported_and_the_newest_readable_one_resume
 
 
 def test_history_is_cut_back_to_the_epoch_resumed_after(tmp_path):
-    from cskd_tf.training.resume import cut_history
+    from cskd_tf.runs.checkpoints import cut_history
 
     path = tmp_path / "history.csv"
     header = "epoch,accuracy,loss\r\n"
@@ -128,7 +128,7 @@ def test_history_is_cut_back_to_the_epoch_resumed_after(tmp_path):
 
 def test_damaged_run_files_are_one_line_errors_for_evaluation(tmp_path, finished_run):
     from cskd_tf.errors import WorkdirError
-    from cskd_tf.training.restore import load_run
+    from cskd_tf.training.restore import restore_from_workdir
 
     _, reference, _ = finished_run
     run = str(tmp_path / "run")
@@ -137,19 +137,19 @@ def test_damaged_run_files_are_one_line_errors_for_evaluation(tmp_path, finished
     _damage(os.path.join(run, "checkpoints", DATA.format(3)), "garbage")
     with pytest.raises(WorkdirError, match=r"checkpoints/ckpt-3 is unreadable \(ckpt-3\.data-"
                                            r".*model\.keras holds the same trained model"):
-        load_run(run)
+        restore_from_workdir(run)
     # The finished model is still there in model.keras.
-    assert load_run(os.path.join(run, "model.keras"))[2] is not None
+    assert restore_from_workdir(os.path.join(run, "model.keras"))[2] is not None
 
     _damage(os.path.join(run, "model.keras"), "garbage")
     with pytest.raises(WorkdirError, match="model.keras is not a .keras file"):
-        load_run(os.path.join(run, "model.keras"))
+        restore_from_workdir(os.path.join(run, "model.keras"))
 
     with open(os.path.join(run, "data.json"), "w") as f:
         f.write('{"num_classes": 1')
     with pytest.raises(WorkdirError, match="data.json is not valid JSON"):
-        load_run(run)
+        restore_from_workdir(run)
     with open(os.path.join(run, "config.json"), "w") as f:
         json.dump(["not", "a", "config"], f)
     with pytest.raises(WorkdirError, match="config.json is not a valid config"):
-        load_run(run)
+        restore_from_workdir(run)

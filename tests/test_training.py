@@ -192,7 +192,7 @@ def test_workdir_lock_names_the_holder_and_is_released(tmp_path):
     import socket
 
     from cskd_tf.errors import WorkdirError
-    from cskd_tf.training import workdir as workdir_lib
+    from cskd_tf.runs import folder as workdir_lib
 
     path = tmp_path / "run"
     path.mkdir()
@@ -273,7 +273,7 @@ def test_paper_protocol_run_logs_test_metrics_per_epoch(tmp_path, tiny_config):
 
 def test_resuming_with_a_different_config_is_refused(tmp_path, tiny_config):
     from cskd_tf.errors import WorkdirError
-    from cskd_tf.training.workdir import Workdir
+    from cskd_tf.runs import Workdir
 
     Workdir(str(tmp_path)).prepare_for_training(tiny_config)
     tiny_config.lambda_cls = 3.0

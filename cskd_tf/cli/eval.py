@@ -83,9 +83,9 @@ def _check_model_fits(facts, info):
 
 
 def _evaluate_workdir():
-    from cskd_tf.training.restore import load_run
+    from cskd_tf.training.restore import restore_from_workdir
 
-    config, _, model, _ = load_run(FLAGS.workdir, need_finished=False)
+    config, _, model = restore_from_workdir(FLAGS.workdir)
     return _evaluate(model, config)
 
 
@@ -136,7 +136,7 @@ def main(argv):
     if bool(FLAGS.workdir) == bool(FLAGS.saved_model):
         raise ConfigError("pass either --workdir=DIR (a directory written by cskd-train) or "
                           "--saved_model=saved_models/NAME/N (a cskd-export version)")
-    from cskd_tf.training.restore import is_standalone_keras_file
+    from cskd_tf.runs import is_standalone_keras_file
 
     standalone = bool(FLAGS.workdir) and is_standalone_keras_file(FLAGS.workdir)
     if standalone and FLAGS.config is None:

@@ -99,9 +99,9 @@ def _run_outputs(path, split, fit_split=None):
     from cskd_tf import data as data_lib
     from cskd_tf.errors import ConfigError
     from cskd_tf.evaluation.inference import logits_and_features
-    from cskd_tf.training.restore import load_run
+    from cskd_tf.training.restore import restore_from_workdir
 
-    config, facts, model, _ = load_run(path, need_finished=False)
+    config, facts, model = restore_from_workdir(path)
     info, splits = data_lib.prepare(config)
     if split not in splits:
         raise ConfigError(f"--split={split} is not a split of {config.dataset}; choose one of: "

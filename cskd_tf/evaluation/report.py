@@ -1,9 +1,9 @@
 """Result tables in the CS-KD paper's layout from finished ``cskd-train`` runs.
 
 A run directory holds ``config.json`` and, once training finished,
-``metrics.json`` (see :mod:`cskd_tf.training.workdir`). Runs are grouped by
+``metrics.json`` (see :mod:`cskd_tf.runs`). Runs are grouped by
 ``dataset x model x method`` (a precision other than float32 is part of the
-model, :func:`.runs.model_label`) and their seeds aggregated as mean ± std.
+model, :func:`cskd_tf.runs.model_label`) and their seeds aggregated as mean ± std.
 Two tables come out (Yun et al., CVPR 2020):
 
 * Table 1 style, one per model: top-1 error per method (rows) and dataset
@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 
 from cskd_tf.errors import ConfigError
 from cskd_tf.evaluation import table_format
-from cskd_tf.evaluation.runs import Run, find_run_dirs, load_run, select_best_test_epoch
+from cskd_tf.evaluation.runs import select_best_test_epoch
 from cskd_tf.evaluation.seed_stats import Stat, mean_std, relative_change
 from cskd_tf.registry import METHODS, SOURCES
+from cskd_tf.runs import Run, find_run_dirs, load_run
 
 __all__ = ["Group", "Run", "SELECTIONS", "Stat", "build_report", "choose_split", "csv_report",
            "find_run_dirs", "group_runs", "load_run", "mean_std", "relative_change",

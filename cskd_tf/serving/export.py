@@ -2,7 +2,7 @@
 
 ``export_workdir`` (what ``cskd-export`` runs):
 
-1. loads the run's last checkpoint (:func:`cskd_tf.training.restore.restore_from_workdir`),
+1. loads the run's last checkpoint (:func:`cskd_tf.training.restore.restore_run`),
    or a ``.keras`` file (in a run folder, or standalone: then what the model carries
    defines the export, as for ``CSKDModel.export``);
 2. writes the three signatures of :mod:`cskd_tf.signatures` with
@@ -122,9 +122,10 @@ def _run_manifest(directory, *, config, facts, workdir) -> dict:
 
 def _functions_for_run(checked, top_k):
     """(ServingFunctions, feature dim, manifest fields, writer of the run's assets)."""
-    from cskd_tf.training.restore import load_checked_run
+    from cskd_tf.training.restore import restore_run
 
-    config, facts, model, run_path = load_checked_run(*checked)
+    config, facts, model = restore_run(checked)
+    run_path = checked.path
     augment = resolve_augment(config, facts)
     description = sig.describe_preprocessing(facts["image_shape"], facts["mean"], facts["std"],
                                              augment)
@@ -192,7 +193,7 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
     """Exports the finished run in ``workdir`` as ``export_base/model_name/<version>``.
 
     ``workdir`` may also be the run's ``DIR/model.keras`` file
-    (see :func:`cskd_tf.training.restore.load_run`), or a standalone ``.keras`` file of a
+    (see :func:`cskd_tf.runs.load_run`), or a standalone ``.keras`` file of a
     CSKDModel (e.g. trained from Python): then the model's own input size, normalisation,
     class names and pixel range define the export, as ``model.export`` does.
 
@@ -206,7 +207,7 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
       verify: reload the export and compare it with the Keras model before publishing.
       verbose: 0 prints no progress (one line per step on stderr otherwise).
     """
-    from cskd_tf.training.restore import check_run, is_standalone_keras_file
+    from cskd_tf.runs import is_standalone_keras_file, load_run
 
     model_name = check_model_name(model_name)
     if int(top_k) < 1:
@@ -218,7 +219,7 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
         raise ServingError(f"--version_policy={version_policy!r} is not one of "
                            f"{', '.join(models_config.POLICIES)}")
     standalone = is_standalone_keras_file(workdir)
-    checked = None if standalone else check_run(workdir)
+    checked = None if standalone else load_run(workdir, need_finished=True)
 
     export_base = os.path.abspath(os.path.expanduser(export_base))
     model_dir = os.path.join(export_base, model_name)

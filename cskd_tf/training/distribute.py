@@ -64,7 +64,7 @@ import tensorflow as tf
 from cskd_tf import compat
 from cskd_tf import data as data_lib
 from cskd_tf.errors import ConfigError, WorkdirError
-from cskd_tf.training.workdir import Workdir
+from cskd_tf.runs import Workdir
 
 KINDS = ("one_device", "mirrored", "multi_worker", "tpu")
 # The public names of the strategies (MultiWorkerMirroredStrategy's class is called

@@ -27,9 +27,9 @@ from cskd_tf.errors import ConfigError
 from cskd_tf.evaluation.streaming import (ExpectedCalibrationError, NegativeLogLikelihood,
                                           RecallAtK)
 from cskd_tf.models.compile_args import evaluation_only
-from cskd_tf.models.cskd_model import CSKDModel
 from cskd_tf.training import callbacks as cb
 from cskd_tf.training import distribute
+from cskd_tf.training.build import build_model
 from cskd_tf.training.schedules import EpochSchedule
 from cskd_tf.training.teacher import teacher_for
 
@@ -51,23 +51,6 @@ def steps_per_epoch(config, info, drop_remainder=False) -> int:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training "
                           f"split ({info.splits['train']} examples); lower --config.batch_size")
     return int(steps)
-
-
-def build_model(config, num_classes, image_shape, mean, std, method=None, class_names=None):
-    """The CSKDModel for a config, built (weights created) but not compiled.
-
-    It takes images in [0, 1] (``pixel_max=1``, what the data pipeline yields) and carries
-    ``class_names``, so its ``model.keras`` exports and evaluates on its own.
-    """
-    method = method or losses.get_method(config.method, config)
-    backbone = models.build(config.model, num_classes=num_classes, input_shape=tuple(image_shape),
-                            width=int(config.model_width), head=method.head, init=config.init)
-    # λ and T are the method's (built from config.lambda_cls / config.temperature).
-    model = CSKDModel(backbone, method=method, mean=mean, std=std,
-                      weight_decay=float(config.weight_decay), class_names=class_names,
-                      pixel_max=1.0)
-    model(tf.zeros((1, *image_shape), tf.float32))
-    return model
 
 
 def make_optimizer(config, steps):

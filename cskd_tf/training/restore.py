@@ -1,13 +1,16 @@
 """A finished (or interrupted) cskd-train run back as a model: the one way to reload one.
 
-    run = restore_from_workdir("runs/digits")       # Restored(config, facts, model)
-    config, facts, model = run                      # it unpacks like a tuple
+    run = load_run("runs/digits")                   # cskd_tf.runs: the folder, checked
+    config, facts, model = restore_run(run)         # Restored(config, facts, model)
+    config, facts, model = restore_from_workdir("runs/digits")   # the same in one call
 
-The model is rebuilt exactly as training built it (:func:`cskd_tf.training.fit_setup.build_model`
+The model is rebuilt exactly as training built it (:func:`cskd_tf.training.build.build_model`
 from ``config.json`` and the dataset facts in ``data.json``: architecture, head, input
 normalization) and the last checkpoint's model weights are restored; the optimizer's slots
-are left out. ``cskd-eval``, ``cskd-plot``, ``cskd-export`` and the KD teacher loader
-(:mod:`cskd_tf.training.teacher`) all go through here.
+are left out. A run read from its ``DIR/model.keras`` (``load_run("runs/digits/model.keras")``)
+loads that file instead. ``cskd-eval``, ``cskd-plot``, ``cskd-export`` and the KD teacher
+loader (:mod:`cskd_tf.training.teacher`) all go through here; reading and checking the
+folder itself is :mod:`cskd_tf.runs`.
 
 Errors are :class:`~cskd_tf.errors.WorkdirError` with one line: no run (no config.json),
 an incomplete run (no data.json or no checkpoint), an unreadable newest checkpoint, or a
@@ -25,9 +28,9 @@ import tensorflow as tf
 
 from cskd_tf import runtime
 from cskd_tf.errors import WorkdirError
-from cskd_tf.evaluation.runs import recorded_precision
+from cskd_tf.runs import Run, load_run
+from cskd_tf.training.build import build_model
 from cskd_tf.training.resume import unreadable
-from cskd_tf.training.workdir import Workdir
 
 
 class Restored(NamedTuple):
@@ -36,23 +39,20 @@ class Restored(NamedTuple):
     model: object  # the CSKDModel with the last checkpoint's weights
 
 
-def read_run(path):
-    """(Workdir, config, data facts) of a run, without building anything."""
-    workdir = Workdir(path)
-    return workdir, workdir.load_config(), workdir.read("data.json")
+def restore_model(run: Run, config, facts):
+    """Builds ``config``'s model for ``facts`` and restores ``run``'s last checkpoint into it.
 
-
-def restore_model(workdir: Workdir, config, facts):
-    """Builds ``config``'s model for ``facts`` and restores the last checkpoint into it."""
-    from cskd_tf.training.fit_setup import build_model
-
-    latest = tf.train.latest_checkpoint(workdir.checkpoint_dir)
+    Leaves the process's seed and precision policy alone (the KD teacher is loaded inside
+    another run this way, with ``config`` from :meth:`Run.load_config`, possibly edited).
+    """
+    folder = run.folder
+    latest = tf.train.latest_checkpoint(folder.checkpoint_dir)
     if latest is None:
-        raise WorkdirError(f"{workdir.path} has no checkpoint; rerun cskd-train with this "
+        raise WorkdirError(f"{folder.path} has no checkpoint; rerun cskd-train with this "
                            "--workdir to finish training")
     broken = unreadable(latest)
     if broken:
-        keras_file = workdir.file("model.keras")
+        keras_file = folder.file("model.keras")
         instead = (f"{keras_file} holds the same trained model (cskd-eval and cskd-export "
                    "take its path)" if os.path.exists(keras_file) else
                    "rerun cskd-train with this --workdir (it resumes from the newest readable "
@@ -70,79 +70,35 @@ def restore_model(workdir: Workdir, config, facts):
     if not fits:
         model = status = None
         _drop_quietly()
-        raise WorkdirError(f"the checkpoint in {workdir.path} does not fit a "
+        raise WorkdirError(f"the checkpoint in {folder.path} does not fit a "
                            f"{config.model!r} model; check the workdir's config.json (or the "
                            "model name asked for)") from None
     return model
 
 
-def restore_from_workdir(path) -> Restored:
-    """The run in ``path`` with its last checkpoint's weights, after applying the run's
-    seed and precision policy (what evaluation and export of the run want; the KD teacher,
-    loaded inside another run, uses :func:`read_run` and :func:`restore_model` instead)."""
-    workdir, config, facts = read_run(path)
-    setup_as_trained(workdir, config)
-    return Restored(config, facts, restore_model(workdir, config, facts))
+def restore_run(run: Run) -> Restored:
+    """The model of ``run`` (from :func:`cskd_tf.runs.load_run`) after applying the run's
+    seed and precision policy, what evaluation and export of the run want: its
+    ``DIR/model.keras`` when the run was read from that file, else its last checkpoint."""
+    config, facts = run.load_config(), run.facts()
+    setup_as_trained(run, config)
+    if run.keras_file:
+        return Restored(config, facts, load_keras_file(run.keras_file))
+    return Restored(config, facts, restore_model(run, config, facts))
 
 
-def setup_as_trained(workdir: Workdir, config):
+def restore_from_workdir(path, need_finished=False) -> Restored:
+    """:func:`restore_run` of ``load_run(path)``: a run folder or its ``DIR/model.keras``."""
+    return restore_run(load_run(path, need_finished=need_finished))
+
+
+def setup_as_trained(run: Run, config):
     """``runtime.setup`` with the precision the run recorded (data.json), not what
     ``auto`` would resolve to on this machine, so its metrics are recomputed as trained."""
-    recorded = recorded_precision(workdir.path, config.mixed_precision)
-    if recorded:
+    if run.precision != "auto":
         config = config.copy_and_resolve_references()  # the caller's config stays as written
-        config.mixed_precision = recorded
+        config.mixed_precision = run.precision
     runtime.setup(config)
-
-
-# ------------------------------------------------------- a workdir or its DIR/model.keras
-def is_standalone_keras_file(path) -> bool:
-    """Whether ``path`` is an existing ``.keras`` file outside a cskd-train run folder.
-
-    Such a file (e.g. ``model.save`` after training from Python) carries what serving and
-    evaluation need in the model itself (``CSKDModel(class_names=..., pixel_max=...)``);
-    a file inside a run folder is read with the run's config and data facts instead.
-    """
-    path = str(path)
-    return (path.endswith(".keras") and os.path.isfile(path)
-            and not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(path)),
-                                                "data.json")))
-
-
-def check_run(path, need_finished=True):
-    """(Workdir, .keras path or None) for a run folder or a .keras file saved in one."""
-    keras_file = str(path).endswith(".keras")
-    run = Workdir(os.path.dirname(os.path.abspath(path)) if keras_file else path)
-    if keras_file and not os.path.isfile(path):
-        raise WorkdirError(f"{path} does not exist; pass a .keras file saved by model.save or "
-                           "cskd-train (DIR/model.keras), or a cskd-train workdir")
-    if keras_file and not os.path.exists(run.file("data.json")):
-        raise WorkdirError(f"{path} is not inside a cskd-train workdir (no data.json beside "
-                           "it); keep it in its run folder")
-    if need_finished and not run.is_finished():
-        raise WorkdirError(f"{run.path} holds no finished model (no metrics.json); train it to "
-                           "the end with cskd-train --workdir=DIR first")
-    return run, (path if keras_file else None)
-
-
-def load_run(path, need_finished=True):
-    """(config, data facts, model, workdir path) of a run, or of a .keras file saved in one.
-
-    ``path`` is a cskd-train workdir (the model is rebuilt from its last checkpoint) or a
-    ``.keras`` file in one (``DIR/model.keras``, loaded with ``keras.models.load_model``;
-    its folder gives the config and data facts).
-    """
-    return load_checked_run(*check_run(path, need_finished))
-
-
-def load_checked_run(run: Workdir, keras_file=None):
-    """:func:`load_run` for what :func:`check_run` returned."""
-    if keras_file is None:
-        config, facts, model = restore_from_workdir(run.path)
-        return config, facts, model, run.path
-    _, config, facts = read_run(run.path)
-    setup_as_trained(run, config)
-    return config, facts, load_keras_file(keras_file), run.path
 
 
 def load_keras_file(path):

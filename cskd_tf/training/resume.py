@@ -15,39 +15,24 @@ leave the model half assigned. So every tensor of a candidate is read back first
   inspection, never deleted) and the state file is rewritten to name what is left;
 * with no readable checkpoint the run starts over from epoch 0;
 * ``history.csv`` keeps only the rows of the epochs before the one resumed after
-  (:func:`cut_history`): the later ones are trained again and logged anew, so the file
-  always describes the weights training continues from. The data order, the learning-rate
+  (:func:`cskd_tf.runs.checkpoints.cut_history`): the later ones are trained again and
+  logged anew, so the file always describes the weights training continues from. The data order, the learning-rate
   schedule (the optimizer's step counter) and λ's warm-up all follow the restored epoch.
 
-The checkpoints are found by their file names, not through the state file, so a damaged
-state file hides none of them.
+The file side (checkpoint names, moving files aside, cutting history.csv) is
+:mod:`cskd_tf.runs.checkpoints`; this module is what needs TensorFlow to read them.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
-import re
 
 import tensorflow as tf
 
-PREFIX = "ckpt"
-CORRUPT_SUFFIX = ".corrupt"
-STATE_FILE = "checkpoint"
-_INDEX = re.compile(rf"^{PREFIX}-(\d+)\.index$")
-
-
-def saved_epochs(checkpoint_dir) -> list[int]:
-    """The N of every ``ckpt-N.index`` in ``checkpoint_dir``, newest first."""
-    if not os.path.isdir(checkpoint_dir):
-        return []
-    found = (_INDEX.match(name) for name in os.listdir(checkpoint_dir))
-    return sorted((int(m.group(1)) for m in found if m), reverse=True)
-
-
-def checkpoint_path(checkpoint_dir, epoch: int) -> str:
-    return os.path.join(checkpoint_dir, f"{PREFIX}-{epoch}")
+from cskd_tf.runs import checkpoints as files
+from cskd_tf.runs.checkpoints import (CORRUPT_SUFFIX, PREFIX, STATE_FILE, checkpoint_path,
+                                      epoch_of, saved_epochs)
 
 
 def unreadable(prefix) -> str | None:
@@ -95,46 +80,11 @@ def newest_readable(checkpoint_dir, move_aside=True, warn=print):
         kept = (f"its files are renamed to {os.path.basename(prefix)}.*{CORRUPT_SUFFIX}"
                 if move_aside else "it is left in place")
         if move_aside:
-            _move_aside(prefix)
+            files.move_aside(prefix)
         warn(f"warning: checkpoint {prefix} is unreadable ({reason}); {kept}; {then}")
     if move_aside and (bad or _state_names(checkpoint_dir) != chosen):
         _rewrite_state(checkpoint_dir, [e for e in epochs if chosen is not None and e <= chosen])
     return None if chosen is None else checkpoint_path(checkpoint_dir, chosen)
-
-
-def cut_history(path, completed_epochs: int) -> int:
-    """Keeps the header and the rows of epochs ``< completed_epochs`` of a history.csv.
-
-    Keras' CSVLogger writes the 0-based epoch first on each row; a row for a later epoch
-    (trained after the checkpoint resumed from, or logged just before a kill) is dropped,
-    as is a row cut short by a kill. For an epoch logged twice, the later row is kept.
-    Returns how many rows were dropped; the file is replaced atomically.
-    """
-    if not os.path.exists(path):
-        return 0
-    with open(path, newline="") as f:
-        lines = f.read().splitlines(keepends=True)
-    if not lines:
-        return 0
-    header, rows = lines[0], lines[1:]
-    width = len(next(csv.reader([header])))
-    kept = {}
-    for line in rows:
-        fields = next(csv.reader([line]), [])
-        try:
-            epoch = int(fields[0])
-        except (IndexError, ValueError):
-            continue
-        if epoch < completed_epochs and len(fields) == width and line.endswith("\n"):
-            kept[epoch] = line
-    dropped = len(rows) - len(kept)
-    if dropped:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", newline="") as f:
-            f.write(header if kept else "")
-            f.writelines(kept[e] for e in sorted(kept))
-        os.replace(tmp, path)
-    return dropped
 
 
 def _first_line(error) -> str:
@@ -142,21 +92,9 @@ def _first_line(error) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _move_aside(prefix):
-    for path in glob.glob(f"{glob.escape(prefix)}.*"):
-        if path.endswith(CORRUPT_SUFFIX):
-            continue
-        target, n = path + CORRUPT_SUFFIX, 1
-        while os.path.exists(target):  # an earlier ckpt-N of the same number was corrupt too
-            target, n = f"{path}{CORRUPT_SUFFIX}{n}", n + 1
-        os.replace(path, target)
-
-
 def _state_names(checkpoint_dir):
     """The epoch the state file names as newest (None: no or unreadable state file)."""
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    match = _INDEX.match(f"{os.path.basename(latest)}.index") if latest else None
-    return int(match.group(1)) if match else None
+    return epoch_of(tf.train.latest_checkpoint(checkpoint_dir))
 
 
 def _rewrite_state(checkpoint_dir, epochs):

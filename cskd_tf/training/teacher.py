@@ -11,7 +11,7 @@ know nothing of workdirs or SavedModels.
 
 * a finished ``cskd-train`` workdir (``config.json``, ``data.json`` and a
   checkpoint): the teacher is rebuilt and restored by
-  :func:`cskd_tf.training.restore.restore_from_workdir`'s parts (its own
+  :func:`cskd_tf.training.restore.restore_model` (its own
   architecture, head and input normalization from the workdir; a non-empty
   ``config.kd.teacher_model`` overrides the architecture), without touching the
   running job's seed or precision policy; or
@@ -43,7 +43,8 @@ import os
 import tensorflow as tf
 
 from cskd_tf.errors import CSKDError, ModelError
-from cskd_tf.training.restore import read_run, restore_model
+from cskd_tf.runs import load_run
+from cskd_tf.training.restore import restore_model
 
 
 class Teacher:
@@ -135,7 +136,8 @@ def _resize_to(images, height, width):
 
 def _from_workdir(path, teacher_model, student_classes, image_shape):
     try:
-        workdir, teacher_config, facts = read_run(path)
+        run = load_run(path)
+        teacher_config, facts = run.load_config(), run.facts()
     except CSKDError as e:
         raise ModelError(f"cannot use {path!r} as the teacher: {e}") from None
     if teacher_model:  # an explicit architecture overrides the workdir's
@@ -149,7 +151,7 @@ def _from_workdir(path, teacher_model, student_classes, image_shape):
     # Before the build: a teacher of another dataset fails without building anything.
     _check_classes(path, num_classes, student_classes)
     try:
-        model = restore_model(workdir, teacher_config, facts)
+        model = restore_model(run, teacher_config, facts)
     except CSKDError as e:
         hint = "; or clear --config.kd.teacher_model" if teacher_model else ""
         raise ModelError(f"cannot use {path!r} as the teacher: {e}{hint}") from None

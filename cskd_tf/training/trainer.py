@@ -18,10 +18,10 @@ import tensorflow as tf
 from cskd_tf import config as config_lib
 from cskd_tf import data as data_lib
 from cskd_tf import runtime
+from cskd_tf.runs import Workdir, checkpoints
 from cskd_tf.training import distribute, fit_setup, resume
 # Re-exported: restoring a run (training/restore.py) builds its model the same way.
 from cskd_tf.training.fit_setup import build_model, compile_model  # noqa: F401
-from cskd_tf.training.workdir import Workdir
 
 
 def info_to_json(info) -> dict:
@@ -93,7 +93,7 @@ def train(config, workdir_path, overwrite=False, extra_callbacks=()):
         if config.verbose:
             print(f"Resuming {workdir.path} after epoch {start_epoch} of {config.num_epochs}")
     if out is workdir:
-        resume.cut_history(out.file("history.csv"), start_epoch)
+        checkpoints.cut_history(out.file("history.csv"), start_epoch)
     distribute.check_agree(placement, start_epoch, "the epoch to resume after")
 
     if start_epoch < config.num_epochs:

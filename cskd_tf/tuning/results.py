@@ -15,7 +15,7 @@ import json
 import math
 import os
 
-from cskd_tf.training.workdir import write_json_atomic
+from cskd_tf.runs import write_json_atomic
 
 RECORD_NAME = "cskd_trial.json"
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from cskd_tf import config as config_lib
 from cskd_tf.errors import ConfigError, CSKDError, WorkdirError
-from cskd_tf.training.workdir import write_json_atomic
+from cskd_tf.runs import write_json_atomic
 from cskd_tf.tuning import distributed
 from cskd_tf.tuning.space import SearchSpace, objective_direction
 

@@ -1,20 +1,4 @@
-"""The files of one training run and the rules that protect them.
-
-    DIR/config.json     the full config the run was started with
-    DIR/data.json       dataset facts the model needs later (classes, shape, mean/std), and
-                        "runtime": {"precision": the Keras policy the run trains under,
-                        "distribution": the strategy, replicas, workers and this process's
-                        TF_CONFIG task (training/distribute.py Placement.record)}
-    DIR/checkpoints/    model + optimizer + completed epochs, one per epoch (last 2 kept);
-                        unreadable ones are renamed *.corrupt (training/resume.py)
-    DIR/history.csv     one row of logs per epoch (appended across resumes, cut back to
-                        the epoch a resume starts after)
-    DIR/tensorboard/    TensorBoard event files
-    DIR/metrics.json    final metrics per split; written last, so it marks a finished run
-    DIR/train.lock      {"pid", "host", "started"} of the cskd-train process writing DIR
-
-Every JSON file is written to a temporary name and renamed, so an interrupted
-run never leaves a truncated file behind.
+"""Writing a run folder (the files: :mod:`cskd_tf.runs`), and the rule that protects it.
 
 One writer per workdir: :meth:`Workdir.prepare_for_training` takes ``train.lock``
 (an exclusive ``flock`` on it, held until the process ends) before it touches
@@ -39,7 +23,7 @@ import time
 
 from cskd_tf import config as config_lib
 from cskd_tf.errors import WorkdirError
-from cskd_tf.evaluation.runs import recorded_precision
+from cskd_tf.runs.files import recorded_precision, write_json_atomic
 
 # Fields that may differ between an interrupted run and its resumption. mixed_precision is
 # compared by the policy it resolves to instead ("auto" may mean another one elsewhere, and
@@ -51,17 +35,6 @@ LOCK_NAME = "train.lock"
 # Locks this process holds: workdir path -> open file descriptor. A second
 # prepare_for_training in the same process (a resumed train() call) reuses it.
 _HELD: dict[str, int] = {}
-
-
-def write_json_atomic(path, payload):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        if isinstance(payload, str):
-            f.write(payload)
-        else:
-            json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 class Workdir:

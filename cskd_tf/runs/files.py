@@ -1,0 +1,47 @@
+"""The JSON files of a run folder: written atomically, read with one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cskd_tf import config as config_lib
+from cskd_tf.errors import WorkdirError
+
+
+def write_json_atomic(path, payload):
+    """Writes ``payload`` (a JSON string, or an object to dump) to a temporary name and
+    renames it onto ``path``, so a reader never sees a half-written file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        if isinstance(payload, str):
+            f.write(payload)
+        else:
+            json.dump(payload, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path):
+    """The JSON object in ``path``; WorkdirError if it is not valid JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise WorkdirError(f"{path} is not valid JSON ({error})") from None
+
+
+def recorded_precision(path: str, mixed_precision: str) -> str | None:
+    """The Keras policy the run in ``path`` trained under.
+
+    ``data.json``'s ``"runtime": {"precision": ...}``, written when training starts; for a
+    run from before that record, what its ``config.mixed_precision`` (``mixed_precision``)
+    names: ``""`` or ``float32`` -> float32. None: ``auto`` without a record yet, i.e. a run
+    that has not started training.
+    """
+    facts_path = os.path.join(path, "data.json")
+    facts = read_json(facts_path) if os.path.exists(facts_path) else {}
+    runtime = facts.get("runtime") if isinstance(facts, dict) else None
+    if isinstance(runtime, dict) and runtime.get("precision"):
+        return str(runtime["precision"])
+    return config_lib.fixed_precision(mixed_precision)
