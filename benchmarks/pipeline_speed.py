@@ -16,8 +16,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cskd_tf.config import default_config  # noqa: E402
-from cskd_tf.data import prepare, train_dataset  # noqa: E402
+from cskd_tf.config import default_config
+from cskd_tf.data import prepare, train_dataset
 
 
 def main():

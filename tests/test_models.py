@@ -277,9 +277,10 @@ def test_float32_outputs_under_mixed_precision(name, policy, head):
     assert out["logits"].dtype == "float32" and out["features"].dtype == "float32"
     assert model.get_layer("classifier").compute_dtype == "float32"
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(out["logits"])))
-    batch_norms = [l for l in model.layers if isinstance(l, layers.BatchNormalization)]
-    assert batch_norms and all(v.dtype == "float32" for l in batch_norms
-                               for v in (l.moving_mean, l.moving_variance))
+    batch_norms = [layer for layer in model.layers
+                   if isinstance(layer, layers.BatchNormalization)]
+    assert batch_norms and all(v.dtype == "float32" for bn in batch_norms
+                               for v in (bn.moving_mean, bn.moving_variance))
     assert keras.config.dtype_policy().name == previous.name
 
 

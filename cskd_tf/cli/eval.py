@@ -26,8 +26,8 @@ import sys
 
 from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
 
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags
+from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "A cskd-train workdir, or the model.keras file in one "
                     "(evaluates that saved model).")
