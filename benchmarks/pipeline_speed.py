@@ -42,7 +42,8 @@ def main():
     config.num_epochs = 1000  # never the limit: the stream is cut after --batches
     t = time.perf_counter()
     info, splits = prepare(config)
-    print(f"dataset {config.dataset}: {info.splits}, cache ready in {time.perf_counter() - t:.1f} s "
+    elapsed = time.perf_counter() - t
+    print(f"dataset {config.dataset}: {info.splits}, cache ready in {elapsed:.1f} s "
           f"({info.cache_path})")
     for augment in (args.augments.split(",") if args.augments else [info.augment]):
         info.augment = augment

@@ -104,7 +104,8 @@ def _evaluate_keras_file():
                           "CSKDModel; cskd-eval evaluates CSKDModels")
     facts = sig.model_facts(model)
     with config.unlocked():
-        config.image_size = int(facts["image_shape"][0])  # the model's input size, whatever the config says
+        # The model's input size, whatever the config says.
+        config.image_size = int(facts["image_shape"][0])
     return _evaluate(model, config, pixel_max=facts["pixel_max"], facts=facts)
 
 
