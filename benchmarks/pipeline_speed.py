@@ -16,8 +16,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cskd_tf.config import default_config  # noqa: E402
-from cskd_tf.data import prepare, train_dataset  # noqa: E402
+from cskd_tf.config import default_config
+from cskd_tf.data import prepare, train_dataset
 
 
 def main():
@@ -42,7 +42,8 @@ def main():
     config.num_epochs = 1000  # never the limit: the stream is cut after --batches
     t = time.perf_counter()
     info, splits = prepare(config)
-    print(f"dataset {config.dataset}: {info.splits}, cache ready in {time.perf_counter() - t:.1f} s "
+    elapsed = time.perf_counter() - t
+    print(f"dataset {config.dataset}: {info.splits}, cache ready in {elapsed:.1f} s "
           f"({info.cache_path})")
     for augment in (args.augments.split(",") if args.augments else [info.augment]):
         info.augment = augment

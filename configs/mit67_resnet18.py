@@ -1,4 +1,6 @@
-"""The paper's recipe on MIT Indoor-67 (official TrainImages.txt/TestImages.txt layout; set --config.data_dir).
+"""The paper's recipe on MIT Indoor-67.
+
+Official TrainImages.txt/TestImages.txt layout; set --config.data_dir.
 
     cskd-train --config=configs/mit67_resnet18.py --workdir=runs/mit67_cskd [--config.method=ce]
 """

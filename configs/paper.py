@@ -36,6 +36,7 @@ from cskd_tf.recipes import paper_cell_config, paper_cells  # noqa: F401 (paper_
 def get_config(cell=None):
     if not cell:
         raise ConfigError("configs/paper.py needs a cell: --config=configs/paper.py:"
-                          "TABLE:DATASET:MODEL:METHOD, e.g. table1:cifar100:cskd_preact_resnet18:cskd "
+                          "TABLE:DATASET:MODEL:METHOD, e.g. "
+                          "table1:cifar100:cskd_preact_resnet18:cskd "
                           "(see the file's docstring for the list)")
     return paper_cell_config(cell)

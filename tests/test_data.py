@@ -113,7 +113,8 @@ def test_digits_splits_shapes_and_datasets(tmp_path):
     (x, xp), y = next(iter(ds))
     # ceil(1078 / 32): the last batch of an epoch (1078 mod 32 = 22 anchors) is kept.
     assert steps == 34 and x.shape == (32, 8, 8, 1) and xp.shape == x.shape
-    assert x.dtype == tf.float32 and 0.0 <= float(tf.reduce_min(x)) <= float(tf.reduce_max(x)) <= 1.0
+    assert x.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(x)) <= float(tf.reduce_max(x)) <= 1.0
     labels = np.concatenate([y for _, y in eval_dataset(config, info, splits["test"])])
     np.testing.assert_array_equal(np.bincount(labels, minlength=10), splits["test"].counts)
     # The test split is fixed: a different seed changes neither it nor the cache.

@@ -8,14 +8,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from sklearn.metrics import log_loss, top_k_accuracy_score  # noqa: E402
-from sklearn.metrics.pairwise import cosine_similarity  # noqa: E402
+import keras
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss, top_k_accuracy_score
+from sklearn.metrics.pairwise import cosine_similarity
 
-from cskd_tf import evaluation as M  # noqa: E402
-from cskd_tf.evaluation import metrics as numpy_metrics  # noqa: E402
+from cskd_tf import evaluation as M
+from cskd_tf.evaluation import metrics as numpy_metrics
 
 
 def random_logits(rng, n, c, scale=3.0):

@@ -23,11 +23,12 @@ from cskd_tf.registry import MODELS
 SMALL_SHAPE = (32, 32, 3)
 
 # Trainable parameters at 1000 classes (exact values), measured against the reference
-# implementations; a backbone added later has no reference count until someone measures one. Those of resnet18, resnet50,
-# resnet101, densenet121 and resnext101_32x4d are torchvision 0.29's, measured with
-# sum(p.numel() for p in net.parameters()) (ResNeXt-101 32x4d as its ResNet(Bottleneck,
-# [3, 4, 23, 3], groups=32, width_per_group=4)); resnet10's is the CS-KD code's
-# ResNet(BasicBlock, [1, 1, 1, 1]) (models/resnet.py), measured the same way.
+# implementations; a backbone added later has no reference count until someone measures
+# one. Those of resnet18, resnet50, resnet101, densenet121 and resnext101_32x4d are
+# torchvision 0.29's, measured with sum(p.numel() for p in net.parameters())
+# (ResNeXt-101 32x4d as its ResNet(Bottleneck, [3, 4, 23, 3], groups=32,
+# width_per_group=4)); resnet10's is the CS-KD code's ResNet(BasicBlock, [1, 1, 1, 1])
+# (models/resnet.py), measured the same way.
 EXPECTED_1000 = {
     "cskd_preact_resnet10": 5_408_424,  # 4,946,724 at 100 classes, as the CS-KD code's
     "cskd_preact_resnet18": 11_679_144,  # 11,217,444 at 100 classes, as the CS-KD code's
@@ -211,7 +212,8 @@ def test_a_backbone_is_one_new_file(tmp_path, monkeypatch):
 
 def test_features_are_pooled_stage4():
     model = models.build("preact_resnet10", 5, input_shape=(8, 8, 3), width=8)
-    probe = keras.Model(model.input, [model.get_layer("stage4").output, model.get_layer("features").output])
+    probe = keras.Model(model.input, [model.get_layer("stage4").output,
+                                      model.get_layer("features").output])
     stage4, features = probe(_images((8, 8, 3)), training=False)
     np.testing.assert_allclose(np.mean(stage4, axis=(1, 2)), features, rtol=1e-5, atol=1e-6)
 
@@ -234,7 +236,8 @@ def test_width_scales_cifar_resnets():
 
 
 def test_cosine_head_bounded_by_scale():
-    model = models.build("preact_resnet10", 7, input_shape=(8, 8, 3), width=8, head="cosine", scale=4.0)
+    model = models.build("preact_resnet10", 7, input_shape=(8, 8, 3), width=8, head="cosine",
+                         scale=4.0)
     classifier = model.get_layer("classifier")
     assert isinstance(classifier, models.CosineClassifier)
     assert not classifier.scale.trainable and float(classifier.scale.numpy()) == 4.0
@@ -247,7 +250,8 @@ def test_cosine_head_bounded_by_scale():
 
 
 def test_config_round_trip_with_cosine_head():
-    model = models.build("preact_resnet10", 6, input_shape=(8, 8, 3), width=8, head="cosine", scale=2.0)
+    model = models.build("preact_resnet10", 6, input_shape=(8, 8, 3), width=8, head="cosine",
+                         scale=2.0)
     clone = keras.Model.from_config(model.get_config())
     clone.set_weights(model.get_weights())
     x = _images((8, 8, 3))
@@ -277,9 +281,10 @@ def test_float32_outputs_under_mixed_precision(name, policy, head):
     assert out["logits"].dtype == "float32" and out["features"].dtype == "float32"
     assert model.get_layer("classifier").compute_dtype == "float32"
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(out["logits"])))
-    batch_norms = [l for l in model.layers if isinstance(l, layers.BatchNormalization)]
-    assert batch_norms and all(v.dtype == "float32" for l in batch_norms
-                               for v in (l.moving_mean, l.moving_variance))
+    batch_norms = [layer for layer in model.layers
+                   if isinstance(layer, layers.BatchNormalization)]
+    assert batch_norms and all(v.dtype == "float32" for bn in batch_norms
+                               for v in (bn.moving_mean, bn.moving_variance))
     assert keras.config.dtype_policy().name == previous.name
 
 

@@ -267,7 +267,8 @@ def test_cskd_train_with_auto_precision_records_it_and_reloads(tmp_path, monkeyp
                 else "float32")
     workdir = tmp_path / "run"
     result = subprocess.run(
-        [console_script("cskd-train"), f"--config={os.path.join(ROOT, 'configs', 'digits_quick.py')}",
+        [console_script("cskd-train"),
+         f"--config={os.path.join(ROOT, 'configs', 'digits_quick.py')}",
          f"--workdir={workdir}", "--config.model_width=8", "--config.max_classes=5",
          "--config.max_train_per_class=8", "--config.batch_size=20", "--config.num_epochs=1",
          "--config.eval_splits=('val',)", "--config.mixed_precision=auto"],

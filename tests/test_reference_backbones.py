@@ -77,7 +77,8 @@ def _load_torch_weights(model, state, keras_name=_keras_name):
     for prefix, leaves in groups.items():
         layer = model.get_layer(keras_name(prefix))
         if "running_mean" in leaves:
-            layer.set_weights([leaves[k] for k in ("weight", "bias", "running_mean", "running_var")])
+            layer.set_weights([leaves[k]
+                               for k in ("weight", "bias", "running_mean", "running_var")])
         elif leaves["weight"].ndim == 4:  # (out, in, kh, kw) -> (kh, kw, in, out)
             layer.set_weights([leaves["weight"].transpose(2, 3, 1, 0)])
         else:
@@ -98,7 +99,10 @@ def test_matches_reference_forward_pass():
 
 
 def _bottleneck_g4x16(num_classes, input_shape, width):
-    """ResNeXt-101's body (3-4-23-3 grouped bottlenecks) at 4 groups x 16, small enough to commit."""
+    """ResNeXt-101's body (3-4-23-3 grouped bottlenecks) at 4 groups x 16.
+
+    Small enough to commit.
+    """
     inputs = keras.Input(shape=input_shape)
     pooled = resnet.bottleneck_body(inputs, width, (3, 4, 23, 3), groups=4, width_per_group=16)
     return heads.attach_head(inputs, pooled, num_classes)
@@ -111,7 +115,8 @@ REFERENCE_224 = {
     "resnet50_w2": (lambda **kw: models.build("resnet50", width=2, **kw), _torchvision_resnet_name),
     "resnet101_w2": (lambda **kw: models.build("resnet101", width=2, **kw),
                      _torchvision_resnet_name),
-    "resnext101_g4x16_w4": (lambda **kw: _bottleneck_g4x16(width=4, **kw), _torchvision_resnet_name),
+    "resnext101_g4x16_w4": (lambda **kw: _bottleneck_g4x16(width=4, **kw),
+                            _torchvision_resnet_name),
     "densenet121_k2": (lambda **kw: models.build("densenet121", width=2, **kw),
                        _torchvision_densenet_name),
 }
@@ -228,7 +233,8 @@ def test_224px_torch_init_follows_torchvision(name, conv_name, fan):
     if name == "densenet121":  # torchvision's DenseNet zeroes the classifier bias
         np.testing.assert_array_equal(bias, 0.0)
     else:  # nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-        assert 0 < np.abs(bias).max() <= 1.0 / math.sqrt(model.get_layer("classifier").kernel.shape[0])
+        fan_in = model.get_layer("classifier").kernel.shape[0]
+        assert 0 < np.abs(bias).max() <= 1.0 / math.sqrt(fan_in)
 
 
 def test_unknown_init_is_a_clear_error():

@@ -76,7 +76,8 @@ def test_markdown_tables(runs):
     assert "test split" in text
     assert "| Method | CIFAR-100 | CUB-200-2011 |" in text  # the paper's column order
     lines = text.splitlines()
-    cskd_row = next(l for l in lines if l.startswith("| CS-KD |") and "−8.8%" in l)
+    cskd_row = next(line for line in lines
+                    if line.startswith("| CS-KD |") and "−8.8%" in line)
     # Best CIFAR-100 top-1 in bold, with the relative change from CE.
     assert "**21.99 ± 0.01 (−8.8%)**" in cskd_row
     # The unfinished CUB group is visible, not dropped.
@@ -84,8 +85,8 @@ def test_markdown_tables(runs):
     assert "cub/cskd_s1" in text  # named in the notes
     # Table 6: the R@1 column is higher-is-better: CS-KD (78.01) is bold.
     assert "**78.01 ± 0.01**" in text
-    table = [l for l in lines if l.startswith("|")]
-    assert len({l.count("|") for l in table[:4]}) == 1  # well-formed rows
+    table = [line for line in lines if line.startswith("|")]
+    assert len({row.count("|") for row in table[:4]}) == 1  # well-formed rows
 
 
 def test_latex_and_csv(runs):
@@ -97,7 +98,8 @@ def test_latex_and_csv(runs):
     by = {(r["dataset"], r["method"]): r for r in rows}
     assert float(by["tfds:cifar100", "cskd"]["top1_error_mean"]) == pytest.approx(21.99)
     assert by["tfds:cifar100", "cskd"]["top1_error_best"] == "1"
-    assert float(by["tfds:cifar100", "cskd"]["top1_error_change_from_ce_pct"]) == pytest.approx(-8.76)
+    change = float(by["tfds:cifar100", "cskd"]["top1_error_change_from_ce_pct"])
+    assert change == pytest.approx(-8.76)
     assert by["tfds:caltech_birds2011", "cskd"]["status"] == "incomplete"
     assert by["tfds:caltech_birds2011", "cskd"]["runs_finished"] == "1"
 

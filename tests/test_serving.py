@@ -401,7 +401,7 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
         version = int(parts[5].split(":")[0].split("/")[0]) if len(parts) > 5 else None
         return name, version
 
-    def do_POST(self):  # noqa: N802 (http.server's naming)
+    def do_POST(self):
         try:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             name, version = self._route()
@@ -409,7 +409,7 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
         except RequestError as error:
             self._answer(error.status, {"error": str(error)})
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         try:
             name, version = self._route()
             self._answer(200, self.local.metadata(name, version))

@@ -22,7 +22,7 @@ import sys
 
 from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
 
-from absl import flags  # noqa: E402
+from absl import flags
 
 MODES = ("model_alone", "end_to_end")
 FLAGS = flags.FLAGS

@@ -17,8 +17,8 @@ import json
 
 from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
 
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags
+from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                 lock_config=True)

@@ -181,7 +181,8 @@ def load_config(config_flag_value, overrides_path=""):
                               f"({error})") from None
         unknown = [k for k in overrides if k not in config]
         if unknown:
-            raise ConfigError(f"--config_overrides names unknown config fields: {', '.join(unknown)}")
+            raise ConfigError(f"--config_overrides names unknown config fields: "
+                              f"{', '.join(unknown)}")
         with config.unlocked():
             for key, value in overrides.items():
                 if isinstance(value, dict):  # a method group: set only the fields it names

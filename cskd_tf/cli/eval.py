@@ -26,8 +26,8 @@ import sys
 
 from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
 
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags
+from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "A cskd-train workdir, or the model.keras file in one "
                     "(evaluates that saved model).")
@@ -104,7 +104,8 @@ def _evaluate_keras_file():
                           "CSKDModel; cskd-eval evaluates CSKDModels")
     facts = sig.model_facts(model)
     with config.unlocked():
-        config.image_size = int(facts["image_shape"][0])  # the model's input size, whatever the config says
+        # The model's input size, whatever the config says.
+        config.image_size = int(facts["image_shape"][0])
     return _evaluate(model, config, pixel_max=facts["pixel_max"], facts=facts)
 
 

@@ -15,7 +15,7 @@ import json
 
 from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
 
-from absl import flags  # noqa: E402
+from absl import flags
 
 flags.DEFINE_string("workdir", None, "A finished cskd-train workdir (has metrics.json), "
                     "its model.keras file, or a CSKDModel's .keras file saved anywhere (its "

@@ -24,7 +24,7 @@ import os
 
 from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
 
-from absl import flags  # noqa: E402
+from absl import flags
 
 KINDS = ("reliability", "tsne", "misclassified", "curves", "hierarchy")
 

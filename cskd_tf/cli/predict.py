@@ -17,7 +17,7 @@ import json
 
 from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
 
-from absl import flags  # noqa: E402
+from absl import flags
 
 flags.DEFINE_string("server", None, "TF Serving address HOST:PORT (REST, or gRPC with --grpc).")
 flags.DEFINE_string("model_name", None, "Model name on the server (models.config name).")

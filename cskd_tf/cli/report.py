@@ -23,7 +23,7 @@ import os
 
 from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
 
-from absl import flags  # noqa: E402
+from absl import flags
 
 flags.DEFINE_enum("format", "markdown", ["markdown", "csv", "latex"], "Output format.")
 flags.DEFINE_string("split", "", "test, val or train; default: test if every finished run has "

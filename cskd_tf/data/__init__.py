@@ -18,4 +18,5 @@ from cskd_tf.data.shards import PreparedSplit
 from cskd_tf.data.sources import source_names
 
 __all__ = ["AUGMENTS", "DatasetInfo", "PreparedSplit", "describe_images", "eval_dataset",
-           "eval_preprocess", "mismatch_warning", "pair_dataset", "pairs_from_dataset", "prepare", "source_names", "train_dataset"]
+           "eval_preprocess", "mismatch_warning", "pair_dataset", "pairs_from_dataset", "prepare",
+           "source_names", "train_dataset"]

@@ -204,15 +204,16 @@ def train_dataset(config, info: DatasetInfo, split, views=("anchor", "partner"),
     sharding). Returns (dataset, steps_per_epoch): ``ceil(N / batch_size)`` batches, the
     last one short, so every training example is an anchor exactly once per epoch, unless
     ``drop_remainder`` (full batches only; None = only when sharded, which needs it) or
-    ``config.steps_per_epoch > 0`` (that many full batches per epoch). ``config.pair_mode`` picks the exact in-memory sampler or
-    the streaming one (see cskd_tf.data.pairs).
+    ``config.steps_per_epoch > 0`` (that many full batches per epoch). ``config.pair_mode``
+    picks the exact in-memory sampler or the streaming one (see cskd_tf.data.pairs).
     """
     split = _split(config, split)
     size, channels = int(info.image_shape[0]), int(info.image_shape[2])
     aug = None if info.augment is None else augment_lib.train_transform(info.augment, size,
                                                                         channels)
     common = dict(views=views, augment=aug, seed=int(config.seed), start_epoch=int(start_epoch),
-                  num_epochs=int(config.num_epochs), batch_size=int(batch_size or config.batch_size),
+                  num_epochs=int(config.num_epochs),
+                  batch_size=int(batch_size or config.batch_size),
                   num_shards=int(num_shards), shard_index=int(shard_index),
                   steps_per_epoch=int(config.steps_per_epoch),
                   drop_remainder=(int(num_shards) > 1 if drop_remainder is None

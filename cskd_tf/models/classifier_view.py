@@ -16,8 +16,9 @@ CVPR 2020, Table 4).
 
 Bad input raises :class:`~cskd_tf.errors.ModelError` with a one-line fix: a model without
 a graph (subclassed, or a Sequential without ``keras.Input``), more than one output,
-an output of probabilities (softmax, sigmoid) instead of logits, a single logit, no Dense layer and no
-``feature_layer``, an unknown ``feature_layer``, or features that are not (batch, dim).
+an output of probabilities (softmax, sigmoid) instead of logits, a single logit, no Dense
+layer and no ``feature_layer``, an unknown ``feature_layer``, or features that are not
+(batch, dim).
 """
 
 from __future__ import annotations

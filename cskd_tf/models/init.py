@@ -81,7 +81,8 @@ def apply_init(model, scheme="he_normal", conv_rule="pytorch_default"):
             is_conv = isinstance(layer, keras.layers.Conv2D)
             if is_conv and conv_rule == "kaiming_normal_fan_out":
                 groups = int(getattr(layer, "groups", 1) or 1)
-                _kaiming_normal(kernel, int(np.prod(kernel.shape[:2])) * int(kernel.shape[-1]) // groups)
+                fan_out = int(np.prod(kernel.shape[:2])) * int(kernel.shape[-1]) // groups
+                _kaiming_normal(kernel, fan_out)
             elif is_conv and conv_rule == "kaiming_normal_fan_in":
                 _kaiming_normal(kernel, fan_in)
             else:

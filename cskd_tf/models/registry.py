@@ -214,8 +214,8 @@ def _check_width(spec, width):
         if width:
             supported = [e.name for e in MODELS.entries() if e.meta.standard_width is not None]
             raise ModelError(
-                f"model {spec.name!r} has no width setting; pass width=0 or pick a model that has one: "
-                f"{', '.join(sorted(supported))}"
+                f"model {spec.name!r} has no width setting; pass width=0 or pick a model "
+                f"that has one: {', '.join(sorted(supported))}"
             )
         return 0
     return width or spec.standard_width

@@ -52,7 +52,10 @@ from cskd_tf.models.registry import register
 
 
 def imagenet_stem(inputs, width):
-    """7x7/2 convolution (padding 3), BN-ReLU and 3x3/2 max-pool (padding 1), as PyTorch pads them."""
+    """7x7/2 convolution (padding 3), BN-ReLU and 3x3/2 max-pool (padding 1).
+
+    Padded as PyTorch pads them.
+    """
     x = conv_symmetric(inputs, width, 7, "stem_conv", strides=2)
     x = bn_relu(x, "stem")
     return max_pool_symmetric(x, "stem_pool")
@@ -182,20 +185,29 @@ def wrap_application(app_fn, inputs, stage_layers):
 @register("resnet50", style="imagenet", min_size=8, standard_width=64,
           torch_conv_init="kaiming_normal_fan_out")
 def resnet50(inputs, width):
-    """ResNet-50 in torchvision's v1.5 layout (Bottleneck 3-4-6-3); 25,557,032 params at 1000 classes."""
+    """ResNet-50 in torchvision's v1.5 layout (Bottleneck 3-4-6-3).
+
+    25,557,032 params at 1000 classes.
+    """
     return bottleneck_body(inputs, width, (3, 4, 6, 3))
 
 
 @register("resnet101", style="imagenet", min_size=8, standard_width=64,
           torch_conv_init="kaiming_normal_fan_out")
 def resnet101(inputs, width):
-    """ResNet-101 in torchvision's v1.5 layout (Bottleneck 3-4-23-3); 44,549,160 params at 1000 classes."""
+    """ResNet-101 in torchvision's v1.5 layout (Bottleneck 3-4-23-3).
+
+    44,549,160 params at 1000 classes.
+    """
     return bottleneck_body(inputs, width, (3, 4, 23, 3))
 
 
 @register("keras_resnet50", style="imagenet", min_size=8, torch_conv_init="kaiming_normal_fan_out")
 def keras_resnet50(inputs, width):
-    """ResNet-50 v1 via keras.applications (Bottleneck 3-4-6-3); 25,583,592 params at 1000 classes."""
+    """ResNet-50 v1 via keras.applications (Bottleneck 3-4-6-3).
+
+    25,583,592 params at 1000 classes.
+    """
     return wrap_application(
         keras.applications.ResNet50,
         inputs,
@@ -205,7 +217,10 @@ def keras_resnet50(inputs, width):
 
 @register("keras_resnet101", style="imagenet", min_size=8, torch_conv_init="kaiming_normal_fan_out")
 def keras_resnet101(inputs, width):
-    """ResNet-101 v1 via keras.applications (Bottleneck 3-4-23-3); 44,601,832 params at 1000 classes."""
+    """ResNet-101 v1 via keras.applications (Bottleneck 3-4-23-3).
+
+    44,601,832 params at 1000 classes.
+    """
     return wrap_application(
         keras.applications.ResNet101,
         inputs,

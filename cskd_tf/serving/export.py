@@ -30,6 +30,7 @@ import uuid
 import numpy as np
 
 from cskd_tf import progress
+from cskd_tf.errors import CSKDError
 from cskd_tf import signatures as sig
 from cskd_tf.serving import ServingError
 from cskd_tf.serving import loading, models_config
@@ -84,7 +85,9 @@ def resolve_augment(config, facts) -> str:
 
         try:
             name = get_source(config.dataset, config.data_dir).default_augment
-        except Exception as error:  # the source may need its data to say (e.g. tfds)
+        # The source may need its data to say (tfds: the builder; shards: the cache), and
+        # sources raise the typed errors; ImportError when tensorflow_datasets is missing.
+        except (CSKDError, ImportError) as error:
             raise ServingError(f"cannot resolve config.augment='auto' for {config.dataset} "
                                f"({error}); retrain or set augment in DIR/data.json") from None
     return augment_lib.check_name(name)

@@ -36,6 +36,7 @@ def check_saved_model(path) -> str:
 
 def read_signature_defs(path) -> dict:
     """{signature name: SignatureDef proto} of the ``serve`` MetaGraphDef, without loading."""
+    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 
     path = check_saved_model(path)
@@ -44,7 +45,7 @@ def read_signature_defs(path) -> dict:
     try:
         with open(pb, "rb") as f:
             saved.ParseFromString(f.read())
-    except Exception as error:  # a truncated or foreign file: DecodeError and relatives
+    except (OSError, DecodeError) as error:  # unreadable, or a truncated or foreign file
         raise ServingError(f"{pb} cannot be parsed as a SavedModel ({error})") from None
     for meta_graph in saved.meta_graphs:
         if SERVE_TAG in meta_graph.meta_info_def.tags:
@@ -92,7 +93,9 @@ class ExportedModel:
         self.manifest = self._read_asset(MANIFEST, json.load) or {}
         try:
             self._loaded = tf.saved_model.load(self.path)
-        except Exception as error:  # corrupt variables, missing ops, ...: report in one line
+        # Corrupt variables, missing custom ops, version skew: TF raises many unrelated
+        # types here, so the catch is blind and the error is reported in one line.
+        except Exception as error:  # noqa: BLE001
             message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise ServingError(f"{self.path} could not be loaded as a SavedModel ({message})") \
                 from None

@@ -38,8 +38,8 @@ What changes under a strategy (:func:`setup` returns a :class:`Placement` descri
   the workdir; other workers write checkpoints/logs to a temporary folder deleted at the
   end, and resume from the chief's checkpoints, so the workdir must be on a filesystem
   every worker sees.
-* XLA (:func:`cskd_tf.runtime.resolve_jit_compile`): Keras 3 compiles its whole distributed step, which
-  fails under multi-replica strategies; there, ``jit_compile`` turns on XLA
+* XLA (:func:`cskd_tf.runtime.resolve_jit_compile`): Keras 3 compiles its whole distributed
+  step, which fails under multi-replica strategies; there, ``jit_compile`` turns on XLA
   auto-clustering instead. TPUStrategy compiles with XLA anyway.
 
 Batch normalization stays per replica (each replica normalizes with its own batch's

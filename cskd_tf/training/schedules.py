@@ -24,7 +24,8 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     *after* training and evaluating epoch ``epoch``, setting base·0.1^([epoch ≥ E/2] +
     [epoch ≥ 3E/4]); epoch e therefore trains at the rate set after epoch e−1, and the first
     decayed epochs are ⌈E/2⌉+1 and ⌈3E/4⌉+1: for E = 200, decay_epochs = (101, 151), i.e.
-    101 epochs at 0.1, 50 at 0.01 and 49 at 0.001 (see :func:`cskd_tf.recipes.reference_decay_epochs`).
+    101 epochs at 0.1, 50 at 0.01 and 49 at 0.001 (see
+    :func:`cskd_tf.recipes.reference_decay_epochs`).
     """
 
     def __init__(self, base_lr, steps_per_epoch, kind="step", decay_epochs=(),

@@ -53,7 +53,9 @@ class TFDSSource(Source):
         except tfds.core.registered.DatasetNotFoundError:
             raise ConfigError(f"TFDS has no dataset {self.spec!r}; set --config.dataset to "
                               f"tfds:<name> with a name from the TFDS catalog") from None
-        except Exception as e:  # bad version or config string
+        # A bad version or config string raises whatever TFDS's parser picks (ValueError,
+        # AssertionError, its own errors): caught whole and re-raised as one ConfigError.
+        except Exception as e:  # noqa: BLE001
             raise ConfigError(f"cannot load TFDS builder {self.spec!r} "
                               f"({_one_line(e)}); check the name, config and version") from None
         features = self.builder.info.features
@@ -84,7 +86,9 @@ class TFDSSource(Source):
         try:
             # TFDS's default manual_dir is <data_dir>/downloads/manual.
             self.builder.download_and_prepare()
-        except Exception as e:
+        # Each dataset's download/prepare code can fail in its own way (network, checksums,
+        # missing manual files, Beam): caught whole and re-raised as one DataError.
+        except Exception as e:  # noqa: BLE001
             raise DataError(
                 f"TFDS dataset {self.spec!r} is not prepared in {self.builder.data_dir} and "
                 f"preparing it failed ({_one_line(e)}); run once with internet access, or "
