@@ -56,7 +56,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.method = "cskd"  # a name in cskd_tf.registry.METHODS (cskd_tf/losses/methods/)
     c.model = "preact_resnet18"  # a name in cskd_tf.registry.MODELS (cskd_tf/models/)
     c.model_width = 0  # base width of the backbone; 0 = the architecture's own
-    c.init = "he_normal"  # initial weights: he_normal | torch (PyTorch defaults, as the paper's code)
+    # Initial weights: he_normal | torch (PyTorch's defaults, as the paper's code draws them).
+    c.init = "he_normal"
     c.lambda_cls = 1.0  # λ, weight of the class-wise KL term (3.0 for fine-grained)
     c.lambda_warmup_epochs = 0  # λ rises linearly from 0 over this many epochs
     c.temperature = 4.0  # T of the softened predictions
@@ -249,8 +250,8 @@ def _check_keys(config, reference, prefix):
 def fixed_precision(setting: str) -> str | None:
     """The Keras policy a ``config.mixed_precision`` value names by itself.
 
-    ``""`` (the old name of the float32 default) is float32; ``auto`` is None, decided on the machine
-    that runs (:func:`cskd_tf.runtime.resolve_precision`).
+    ``""`` (the old name of the float32 default) is float32; ``auto`` is None, decided on
+    the machine that runs (:func:`cskd_tf.runtime.resolve_precision`).
     """
     if setting == "auto":
         return None

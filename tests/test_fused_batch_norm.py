@@ -105,7 +105,8 @@ def test_unbiased_mode_refuses_masks_and_round_trips_its_config():
     with pytest.raises(ValueError, match="unbiased_running_variance=True does not take masked"):
         layer(tf.ones((4, 3)), training=True, mask=tf.constant([True, True, False, True]))
     clone = FusedBatchNormalization.from_config(layer.get_config())
-    assert clone.unbiased_running_variance and not FusedBatchNormalization().unbiased_running_variance
+    assert clone.unbiased_running_variance
+    assert not FusedBatchNormalization().unbiased_running_variance
 
 
 def test_backbones_use_pytorch_running_variance():

@@ -102,7 +102,8 @@ def test_from_experiment_config_reads_the_method_groups_and_the_shared_fields():
 @pytest.mark.parametrize("name, group, bad, message", [
     ("label_smoothing", dict(label_smoothing=dict(epsilon=1.0)), 1.0,
      r"config.label_smoothing.epsilon must be in \[0, 1\) \(got 1.0\)"),
-    ("max_entropy", dict(max_entropy=dict(beta=-0.1)), -0.1, "config.max_entropy.beta must be >= 0"),
+    ("max_entropy", dict(max_entropy=dict(beta=-0.1)), -0.1,
+     "config.max_entropy.beta must be >= 0"),
     ("mixup", dict(mixup=dict(alpha=0.0)), 0.0, "config.mixup.alpha must be > 0"),
     ("mixup_cskd", dict(mixup=dict(alpha=-1.0)), -1.0, "config.mixup.alpha must be > 0"),
     ("kd", dict(kd=dict(alpha=1.5)), 1.5, r"config.kd.alpha must be in \[0, 1\]"),
@@ -162,7 +163,8 @@ def test_new_method_options_are_reachable_from_the_command_line():
               "config_flags.DEFINE_config_file('config', None, '', lock_config=True)\n"
               "app.run(lambda argv: print(to_json(flags.FLAGS.config)))\n")
     proc = subprocess.run(
-        [sys.executable, "-c", script, f"--config={os.path.join(ROOT, 'configs', 'digits_quick.py')}",
+        [sys.executable, "-c", script,
+         f"--config={os.path.join(ROOT, 'configs', 'digits_quick.py')}",
          "--config.byot.variant=official", "--config.byot.alpha=0.25",
          "--config.ddgsd.kl_weight=0.5", "--config.adacos.eval_scale=unit"],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, check=True)

@@ -238,7 +238,7 @@ def test_ddgsd_matches_numpy_and_each_kl_direction_detaches_its_teacher(T, lam):
     assert float(terms["mmd"]) == pytest.approx(mmd, rel=1e-5)
     # d/dz1: CE (p1 − y) and T²·KL(p̃2 ‖ p1) at T, T·(p1ᵀ − p2ᵀ), both /B, plus the
     # MMD; nothing from KL(p̃1 ‖ p2), where z1 is the detached teacher.
-    p1, p2 = softmax(z1), softmax(z2)
+    p1 = softmax(z1)
     p1t, p2t = softmax(z1 / T), softmax(z2 / T)
     grad = (((p1 - np.eye(5)[LABELS]) + lam * T * (p1t - p2t)) / 8
             + mu * 2 * (z1.mean(0) - z2.mean(0)) / 8)

@@ -74,12 +74,13 @@ class Workdir:
             self._clear(keep=LOCK_NAME)
         if self.has_run():
             previous = self.load_config()
-            changed = [k for k in config.keys()
-                       if k not in RESUME_FREE_FIELDS and _plain(previous.get(k)) != _plain(config.get(k))]
+            changed = [k for k in config.keys() if k not in RESUME_FREE_FIELDS
+                       and _plain(previous.get(k)) != _plain(config.get(k))]
             if changed:
                 raise WorkdirError(
                     f"{self.path} holds an unfinished run with a different config "
-                    f"(fields: {', '.join(sorted(changed))}); rerun with the same config to resume, "
+                    f"(fields: {', '.join(sorted(changed))}); rerun with the same config to "
+                    "resume, "
                     "or pass --overwrite to start over")
             before = recorded_precision(self.path, previous.mixed_precision)
             now = precision or config_lib.fixed_precision(config.mixed_precision)

@@ -16,8 +16,9 @@ leave the model half assigned. So every tensor of a candidate is read back first
 * with no readable checkpoint the run starts over from epoch 0;
 * ``history.csv`` keeps only the rows of the epochs before the one resumed after
   (:func:`cskd_tf.runs.checkpoints.cut_history`): the later ones are trained again and
-  logged anew, so the file always describes the weights training continues from. The data order, the learning-rate
-  schedule (the optimizer's step counter) and λ's warm-up all follow the restored epoch.
+  logged anew, so the file always describes the weights training continues from. The data
+  order, the learning-rate schedule (the optimizer's step counter) and λ's warm-up all
+  follow the restored epoch.
 
 The file side (checkpoint names, moving files aside, cutting history.csv) is
 :mod:`cskd_tf.runs.checkpoints`; this module is what needs TensorFlow to read them.

@@ -134,7 +134,8 @@ def cross_entropy(labels, logits, label_smoothing=0.0, sample_weight=None):
     if label_smoothing:
         num_classes = tf.shape(logits)[-1]
         one_hot = tf.one_hot(labels, num_classes)
-        targets = one_hot * (1.0 - label_smoothing) + label_smoothing / tf.cast(num_classes, tf.float32)
+        uniform = label_smoothing / tf.cast(num_classes, tf.float32)
+        targets = one_hot * (1.0 - label_smoothing) + uniform
         per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
     else:
         per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
