@@ -1,5 +1,9 @@
 """CSKDModel: any Keras classifier trained with a method's loss through ``model.fit``.
 
+(Just over 400 lines: one Keras class, whose step, metrics, serialization and export hooks
+belong together; compile arguments and fit-time data checks already live in
+``compile_args.py`` and ``fit_checks.py``.)
+
 The wrapped model is either a backbone of :mod:`cskd_tf.models` (outputs
 ``{"logits", "features"}``) or any functional/Sequential Keras model whose
 output is the logits (see :mod:`cskd_tf.models.classifier_view` for where the

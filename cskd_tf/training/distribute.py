@@ -1,5 +1,8 @@
 """Training on several devices or machines: strategy choice, data sharding, who writes files.
 
+(Just over 400 lines: these three decisions depend on each other — the placement decides
+the sharding and which process writes — so they stay in one module.)
+
 ``config.distribution`` picks the ``tf.distribute`` strategy:
 
 * ``one_device``: no strategy (TensorFlow's default one). This is the single-device path
