@@ -143,14 +143,15 @@ class ServingFunctions:
     def predict_bytes(self, image_bytes):
         import tensorflow as tf
 
+        from cskd_tf import images
+
         channels = self.image_shape[-1]
 
         def decode_one(encoded):
-            # decode_image reads JPEG, PNG, GIF (first frame) and BMP; an undecodable
-            # string fails the whole request with InvalidArgument, as TF Serving reports it.
-            image = tf.io.decode_image(encoded, channels=channels, expand_animations=False,
-                                       dtype=tf.uint8)
-            image.set_shape([None, None, channels])
+            # JPEG, PNG, GIF (first frame) and BMP, decoded as training decoded them; an
+            # undecodable string fails the whole request with InvalidArgument, as TF Serving
+            # reports it.
+            image = images.decode(encoded, channels)
             # Images of one request may differ in size: preprocess each one to (S, S, C).
             return self.preprocess(image)
 

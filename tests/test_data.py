@@ -782,3 +782,20 @@ def test_pairs_from_dataset_carries_class_names_and_pixel_range(tmp_path):
                                                  np.array([0, 1, 0, 1])))
     again = pairs_from_dataset(floats, batch_size=2, seed=0, cache_dir=str(tmp_path))
     assert again.class_names == ["0", "1"] and again.pixel_max == 1.0
+
+
+def test_jpeg_decoding_gives_pils_pixels(tmp_path):
+    """The cache's decoder (cskd_tf.images.decode) returns what PIL (the reference code's
+    loader) decodes from the same JPEG, bit for bit; PNGs go through unchanged."""
+    from cskd_tf import images
+
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.integers(-6, 7, (64, 64, 3)), axis=1) + 128
+    pixels = np.clip(smooth + rng.integers(-20, 21, (64, 64, 3)), 0, 255).astype(np.uint8)
+    for suffix, channels in ((".jpg", 3), (".jpg", 1), (".png", 3)):
+        path = tmp_path / f"image{suffix}"
+        Image.fromarray(pixels).save(path, **({"quality": 75} if suffix == ".jpg" else {}))
+        want = np.asarray(Image.open(path).convert("RGB" if channels == 3 else "L"))
+        got = images.decode(tf.constant(path.read_bytes()), channels).numpy()
+        assert got.shape == (64, 64, channels)
+        np.testing.assert_array_equal(got.reshape(want.shape), want)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from cskd_tf import progress
+from cskd_tf import images, progress
 from cskd_tf.data.sources import Source, SplitData, select
 from cskd_tf.errors import DataError
 
@@ -116,8 +116,7 @@ class PreparedSplit:
         if self.kind == "raw":
             image = tf.reshape(tf.io.decode_raw(payload, tf.uint8), self.raw_shape)
         else:
-            image = tf.io.decode_image(payload, channels=self.channels, expand_animations=False)
-            image.set_shape([None, None, self.channels])
+            image = images.decode(payload, self.channels)
         return image
 
     def records(self) -> tf.data.Dataset:
@@ -365,7 +364,7 @@ def _allow_open_files(n: int):
 def _decode_check(names, payloads, channels):
     """Decodes a chunk in parallel: (H, W) per image and per-channel sums; DataError on failure."""
     def stats(payload):
-        image = tf.io.decode_image(payload, channels=channels, expand_animations=False)
+        image = images.decode(payload, channels)
         f = tf.cast(image, tf.float32) / 255.0
         return tf.shape(image)[:2], tf.reduce_sum(f, [0, 1]), tf.reduce_sum(f * f, [0, 1])
 
