@@ -545,7 +545,8 @@ def test_sync_batch_norm_config_reaches_the_model():
     from cskd_tf.config import default_config
     from cskd_tf.training import fit_setup
 
-    info = types.SimpleNamespace(num_classes=3, image_shape=(8, 8, 1), mean=(0.5,), std=(0.5,))
+    info = types.SimpleNamespace(num_classes=3, image_shape=(8, 8, 1), mean=(0.5,), std=(0.5,),
+                                 class_names=("a", "b", "c"))
     config = default_config()
     config.update({"model": "preact_resnet10", "model_width": 4, "num_epochs": 1,
                    "sync_batch_norm": True})
