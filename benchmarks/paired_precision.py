@@ -1,33 +1,30 @@
 """Same-seed float32 vs mixed_bfloat16 comparison of the issue-20 runs (benchmarks/README.md 3.6).
 
-Reads ``ROOT/bf20_<method>_<precision>_s<seed>/metrics.json`` (the val split) and prints, per
-method, the per-seed table, mean ± sample std per precision, the paired differences
-bf16 − float32, and CS-KD's top-1 gain over CE per seed and precision.
+Reads the finished runs given (run folders, or folders holding them) with the project's run reader (``cskd_tf.runs``:
+method, seed, recorded precision, the val split's metrics) and prints, per method, the
+per-seed table, mean ± sample std per precision, the paired differences bf16 − float32,
+and CS-KD's top-1 gain over CE per seed and precision.
 
-    python benchmarks/paired_precision.py /work/runs
+    python benchmarks/paired_precision.py /work/runs/bf20_*
 """
 
-import glob
-import json
-import os
-import re
 import sys
 
 import numpy as np
 
+from cskd_tf.runs import find_run_dirs, load_run
+
 KEYS = ("top1_error", "ece", "ece_ts", "recall_at_1")
 PRECISIONS = ("float32", "mixed_bfloat16")
-NAME = re.compile(r"bf20_(\w+?)_(float32|mixed_bfloat16)_s(\d+)$")
 
 
-def load(root):
+def load(paths):
+    """{(method, precision, seed): val metrics} of the finished runs in ``paths``."""
     runs = {}
-    for path in glob.glob(os.path.join(root, "bf20_*_s*")):
-        match = NAME.match(os.path.basename(path))
-        metrics = os.path.join(path, "metrics.json")
-        if match and os.path.exists(metrics):
-            with open(metrics) as f:
-                runs[(match[1], match[2], int(match[3]))] = json.load(f)["val"]
+    for path in find_run_dirs(paths):
+        run = load_run(path)
+        if run.finished and run.precision in PRECISIONS and "val" in run.metrics:
+            runs[(run.method, run.precision, run.seed)] = run.metrics["val"]
     return runs
 
 
@@ -36,8 +33,8 @@ def spread(values, signed=False):
     return f"{mean} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.2f}"
 
 
-def main(root):
-    runs = load(root)
+def main(paths):
+    runs = load(paths)
     for method in sorted({m for m, _, _ in runs}):
         seeds = sorted({s for m, _, s in runs if m == method})
         print(f"\n## {method}\n")
@@ -71,4 +68,4 @@ def main(root):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs")
+    main(sys.argv[1:] or ["runs"])
