@@ -1,11 +1,11 @@
 """Same-seed float32 vs mixed_bfloat16 comparison of the issue-20 runs (benchmarks/README.md 3.6).
 
-Reads the finished runs given (run folders, or folders holding them) with the project's run reader (``cskd_tf.runs``:
-method, seed, recorded precision, the val split's metrics) and prints, per method, the
-per-seed table, mean ± sample std per precision, the paired differences bf16 − float32,
-and CS-KD's top-1 gain over CE per seed and precision.
+Reads the finished runs given (run folders, or folders holding them) with the project's
+run reader (``cskd_tf.runs``: method, seed, recorded precision, the val split's metrics)
+and prints, per method, the per-seed table, mean ± sample std per precision, the paired
+differences bf16 − float32, and CS-KD's top-1 gain over CE per seed and precision.
 
-    python benchmarks/paired_precision.py /work/runs/bf20_*
+    python benchmarks/paired_precision.py /work/runs/bf20_*/
 """
 
 import sys
