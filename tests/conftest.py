@@ -21,6 +21,12 @@ import pytest
 # One shard cache for the whole session, outside the user's ~/.cache.
 os.environ.setdefault("CSKD_CACHE_DIR", tempfile.mkdtemp(prefix="cskd-test-cache-"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# config.mixed_precision defaults to "auto", which is mixed_bfloat16 on a CPU with bfloat16
+# hardware (this project's CI machine has one). Tests compare float32 numerics (NumPy
+# transcriptions, golden files, bit-exact resume), so "auto" resolves to float32 in every
+# test and every command a test starts; tests of the auto rule and of bf16 itself remove
+# or set this variable, or name the policy.
+os.environ["CSKD_PRECISION"] = "float32"
 
 BIN = os.path.dirname(sys.executable)
 
@@ -44,10 +50,9 @@ def one_line_error(result):
 def float32_policy_after_each_test():
     """Resets Keras' global dtype policy to float32 after every test.
 
-    ``runtime.setup`` (every ``train()``) sets the policy for the whole process, and the
-    default ``config.mixed_precision="auto"`` makes it mixed_bfloat16 on a CPU with bfloat16
-    hardware; without the reset, the next test's models (built without ``runtime.setup``)
-    would silently compute in bfloat16 too.
+    ``runtime.setup`` (every ``train()``) sets the policy for the whole process, and a test
+    that trains under mixed_bfloat16 would otherwise leave it set: the next test's models
+    (built without ``runtime.setup``) would silently compute in bfloat16 too.
     """
     yield
     import keras
