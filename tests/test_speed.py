@@ -134,3 +134,28 @@ def test_end_to_end_times_the_training_path(tmp_path):
     ratio = report["cskd_over_ce_step_time"]["xla=off,float32"]
     assert ratio == pytest.approx(rows[1]["step_seconds"] / rows[0]["step_seconds"])
     assert "| cskd | float32 | off |" in result.stdout and "of peak" not in result.stdout
+
+
+def test_each_16_bit_variant_is_compared_with_float32_of_its_method_and_xla():
+    """precision_speedups and the table's "x the float32" lines (what `--precision=float32,
+    mixed_bfloat16` prints next to both rows)."""
+    from benchmarks.speed.common import Variant, precision_speedups
+    from benchmarks.speed.table import format_table
+
+    plan = [Variant("ce", "float32", "off"), Variant("cskd", "float32", "off"),
+            Variant("ce", "mixed_bfloat16", "off"), Variant("cskd", "mixed_bfloat16", "off"),
+            Variant("cskd", "mixed_bfloat16", "on")]  # no float32 with XLA on: no ratio
+    steps = [2.0, 2.6, 1.25, 1.6, 3.9]
+    rows = [{"method": v.method, "precision": v.precision, "xla": v.xla == "on",
+             "step_seconds": t, "anchor_images_per_s": 128 / t} for v, t in zip(plan, steps)]
+    speedups = precision_speedups(plan, rows)
+    assert speedups == {"ce,xla=off,mixed_bfloat16": pytest.approx(2.0 / 1.25),
+                        "cskd,xla=off,mixed_bfloat16": pytest.approx(2.6 / 1.6)}
+    report = {"mode": "model alone", "train_steps": rows, "cskd_over_ce_step_time": {},
+              "speedup_over_float32": speedups,
+              "setup": {"num_classes": 5, "model": "m", "width": 4, "batch_size": 128,
+                        "image_size": 32, "timed_steps": 2, "warmup": 1}}
+    text = format_table(report)
+    assert "mixed_bfloat16 / float32 (ce, xla=off): 1.60x the float32 anchor images/s" in text
+    assert "mixed_bfloat16 / float32 (cskd, xla=off): 1.62x" in text
+    assert "xla=on" not in text

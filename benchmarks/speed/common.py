@@ -113,6 +113,20 @@ def machine_facts() -> dict:
             "cpu_bf16_flags": sorted(flag for flag in cpu_flags() if "bf16" in flag)}
 
 
+def precision_speedups(plan, rows) -> dict:
+    """{"ce,xla=off,mixed_bfloat16": float32 step s / this variant's step s, ...}: how many
+    times faster each 16-bit variant runs than the float32 one of the same method and XLA
+    setting (absent when float32 was not measured)."""
+    by_variant = dict(zip(plan, rows))
+    speedups = {}
+    for variant, row in by_variant.items():
+        base = by_variant.get(Variant(variant.method, "float32", variant.xla))
+        if variant.precision != "float32" and base is not None:
+            key = f"{variant.method},xla={'on' if row['xla'] else 'off'},{variant.precision}"
+            speedups[key] = base["step_seconds"] / row["step_seconds"]
+    return speedups
+
+
 def step_time_ratios(plan, rows) -> dict:
     """{"xla=off,float32": CS-KD step s / CE step s, ...}, for each CS-KD variant that has
     a CE variant at the same precision and XLA setting."""

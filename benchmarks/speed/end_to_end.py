@@ -18,7 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 
 from benchmarks.speed.common import (SpeedSetup, Variant, check_list, machine_facts,
-                                     step_clock, step_time_ratios, variants)
+                                     precision_speedups, step_clock, step_time_ratios,
+                                     variants)
 from benchmarks.speed.flops import flop_rates, forward_flops
 
 PIPELINE_WARMUP_BATCHES = 5
@@ -174,4 +175,5 @@ def measure(setup: EndToEndSetup, methods=("ce", "cskd"), precision=("float32",)
         "setup": {**asdict(setup), **facts, "timed_steps": setup.steps},
         "train_steps": rows,
         "cskd_over_ce_step_time": step_time_ratios(plan, rows),
+        "speedup_over_float32": precision_speedups(plan, rows),
     }

@@ -12,8 +12,9 @@ import resource
 import time
 from dataclasses import asdict, dataclass
 
-from benchmarks.speed.common import (SpeedSetup, Variant, machine_facts, step_clock,
-                                     step_time_ratios, variants)
+from benchmarks.speed.common import (SpeedSetup, Variant, machine_facts,
+                                     precision_speedups, step_clock, step_time_ratios,
+                                     variants)
 from benchmarks.speed.flops import flop_rates, forward_flops
 
 
@@ -132,6 +133,7 @@ def measure(setup: ModelAloneSetup, methods=("ce", "cskd"), precision=("float32"
         "setup": {**asdict(setup), "timed_steps": setup.steps},
         "train_steps": rows,
         "cskd_over_ce_step_time": step_time_ratios(plan, rows),
+        "speedup_over_float32": precision_speedups(plan, rows),
         "eval_images_per_s": eval_rate,
         "eval_gflop_per_s": forward * eval_rate / 1e9,
         "pipeline": {**pipeline,

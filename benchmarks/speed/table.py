@@ -52,6 +52,10 @@ def format_table(report) -> str:
     lines.append("")
     for key, ratio in report["cskd_over_ce_step_time"].items():
         lines.append(f"CS-KD / CE step time ({key}): {ratio:.2f}  (model alone ideal ≈ 1.33)")
+    for key, speedup in report.get("speedup_over_float32", {}).items():
+        method, xla, precision = key.split(",")
+        lines.append(f"{precision} / float32 ({method}, {xla}): {speedup:.2f}x the float32 "
+                     "anchor images/s")
     forward = next((r["forward_gflop"] for r in rows if "forward_gflop" in r), None)
     if forward is not None:
         factors = ", ".join(f"{name} {factor}x" for name, factor in TRAIN_FLOP_FACTOR.items())
