@@ -114,8 +114,9 @@ def default_config() -> ml_collections.ConfigDict:
     # and has no GPU, else float32 ($CSKD_PRECISION overrides it; cskd_tf/runtime.py).
     # auto is the default because on the reference-network protocol bf16's paired
     # (same-seed) top-1 and ECE differences from float32 were within seed noise for CE and
-    # CS-KD and CS-KD's gain over CE held (benchmarks/README.md, section 3.6), at 2-3x the
-    # speed. The policy a run used is recorded in DIR/data.json ("runtime": {"precision"}).
+    # CS-KD and CS-KD's gain over CE held (benchmarks/README.md, section 3.6), at 1.6-3x
+    # the speed. The paper recipes (cskd_tf/recipes.py) set float32. The policy a run used
+    # is recorded in DIR/data.json ("runtime": {"precision"}).
     c.mixed_precision = "auto"
     c.deterministic = False  # tf.config.experimental.enable_op_determinism
     c.distribution = "auto"

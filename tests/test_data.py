@@ -277,6 +277,11 @@ def test_protocol_defaults_of_configs():
     assert paper_config("cifar100").protocol == "paper"
     assert paper_config("cifar100", protocol="tune").protocol == "tune"
     assert paper_cell_config("table1:tinyimagenet:cskd_preact_resnet18:cskd").protocol == "paper"
+    # The recipes reproduce the paper in float32, whatever the library default resolves to.
+    assert default_config().mixed_precision == "auto"
+    assert paper_config("cub200").mixed_precision == "float32"
+    assert paper_config("cub200", mixed_precision="auto").mixed_precision == "auto"
+    assert paper_cell_config("table2:cifar100:cskd_preact_resnet18:ce").mixed_precision == "float32"
     # The budgeted TinyImageNet config measures on its dev val split (cut from train).
     path = os.path.join(os.path.dirname(__file__), "..", "configs",
                         "tinyimagenet_lowshot_cpu.py")
