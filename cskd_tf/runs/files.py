@@ -22,6 +22,19 @@ def write_json_atomic(path, payload):
     os.replace(tmp, path)
 
 
+def make_folder(path):
+    """``os.makedirs(path)`` for a --workdir; WorkdirError where that is impossible, e.g.
+    ``path`` or a parent is a regular file, or a parent is read-only."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        if os.path.exists(path) and not os.path.isdir(path):
+            reason = "a file, not a folder, is there"
+        raise WorkdirError(f"cannot create the workdir {path} ({reason}); choose another "
+                           "--workdir") from None
+
+
 def read_json(path):
     """The JSON object in ``path``; WorkdirError if it is not valid JSON."""
     try:

@@ -23,7 +23,7 @@ import time
 
 from cskd_tf import config as config_lib
 from cskd_tf.errors import WorkdirError
-from cskd_tf.runs.files import recorded_precision, write_json_atomic
+from cskd_tf.runs.files import make_folder, recorded_precision, write_json_atomic
 
 # Fields that may differ between an interrupted run and its resumption. mixed_precision is
 # compared by the policy it resolves to instead ("auto" may mean another one elsewhere, and
@@ -90,26 +90,14 @@ class Workdir:
                     f"run would continue under {now} (config.mixed_precision="
                     f"{config.mixed_precision!r}); pass --config.mixed_precision={before} to "
                     "resume it, or --overwrite to start over")
-        self._create()
+        make_folder(self.path)
         write_json_atomic(self.file("config.json"), config_lib.to_json(config))
-
-    def _create(self):
-        """The workdir folder made (with its parents); WorkdirError where that is impossible,
-        e.g. the path or a parent is a regular file, or a parent is read-only."""
-        try:
-            os.makedirs(self.path, exist_ok=True)
-        except OSError as error:
-            reason = error.strerror or str(error)
-            if os.path.exists(self.path) and not os.path.isdir(self.path):
-                reason = "a file, not a folder, is there"
-            raise WorkdirError(f"cannot create the workdir {self.path} ({reason}); choose "
-                               "another --workdir") from None
 
     def lock(self):
         """Makes this process the workdir's only writer until it exits (see the module doc)."""
         if self.path in _HELD:
             return
-        self._create()
+        make_folder(self.path)
         path = self.file(LOCK_NAME)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
