@@ -425,6 +425,15 @@ def test_a_single_class_or_a_single_example_split_is_refused_before_training(tmp
     assert "the val split has a single example; add more (at least 2)" in message
 
 
+def test_a_cache_dir_that_is_a_file_is_one_line_and_the_file_is_kept(tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me")
+    message = one_line_error(DataError, make_config(tmp_path, cache_dir=str(taken)))
+    assert f"cannot create the shard cache folder {taken} " in message
+    assert "set --config.cache_dir (or $CSKD_CACHE_DIR) to a folder you can write" in message
+    assert taken.read_text() == "keep me"
+
+
 def test_class_without_training_example(tmp_path):
     root = fake_imagefolder(str(tmp_path / "folder"), splits=("train",))
     os.makedirs(os.path.join(root, "train", "emu"))

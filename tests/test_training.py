@@ -123,6 +123,11 @@ def test_kill_minus_nine_then_rerun_finishes_like_an_uninterrupted_run(tmp_path)
     ("--config.lr_decay_epochs=abc", "must be a tuple of whole epochs >= 0"),
     ("--config.eval_splits=('tset',)", "config.eval_splits=('tset',) must be a tuple of split"),
     ("stray_argument", "unexpected arguments: stray_argument; write flags as --NAME=VALUE"),
+    ("--config.momentum=2.0", "config.momentum must be in [0, 1) (got 2.0)"),
+    ("--config.weight_decay=-1e-4", "config.weight_decay must be >= 0 (got -0.0001)"),
+    ("--config.lambda_warmup_epochs=-1", "config.lambda_warmup_epochs must be >= 0 (got -1)"),
+    ("--config.lr_decay_factor=-0.1", "config.lr_decay_factor must be > 0 (got -0.1)"),
+    ("--config.steps_per_execution=0", "config.steps_per_execution must be >= 1 (got 0)"),
 ])
 @pytest.mark.cli
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):

@@ -165,7 +165,12 @@ def prepare_cache(source: Source, *, cache_dir="", max_classes=0, max_train_per_
         listing = select(source.load(), dataset=source.name, max_classes=max_classes,
                          val_fraction=val_fraction, seed=seed,
                          max_train_per_class=max_train_per_class)
-        os.makedirs(root, exist_ok=True)
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as error:
+            raise DataError(f"cannot create the shard cache folder {root} "
+                            f"({error.strerror or error}); set --config.cache_dir (or "
+                            "$CSKD_CACHE_DIR) to a folder you can write") from None
         _remove_stale(root, key)
         tmp = os.path.join(root, f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
