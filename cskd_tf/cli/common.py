@@ -215,6 +215,23 @@ def _config_file_error(error: OSError, name="config") -> ConfigError:
                        f"--{name}=PATH to a readable config file such as configs/digits_quick.py")
 
 
+def check_output_file(path, flag="--output", suffixes=()):
+    """ConfigError unless ``path`` can become a file: not a folder, no file among its
+    parents, and (when ``suffixes`` are given) one of those endings. Checked before the
+    work whose result it will hold."""
+    if suffixes and os.path.splitext(path)[1].lower() not in suffixes:
+        raise ConfigError(f"{flag}={path} must end in {', '.join(suffixes)} (the format is "
+                          f"taken from the ending); pass e.g. {flag}=plot{suffixes[0]}")
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag}={path} is a folder; pass {flag}=FILE, a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{flag}={path} lies below {parent}, a file, not a folder; pass "
+                          f"{flag}=FILE in a folder")
+
+
 def _first_line(error):
     """An exception's message without ml_collections' quoting or appended trace."""
     text = str(error.args[0]) if error.args else str(error)
