@@ -158,7 +158,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         check_range(field, config[field], low=0)
     check_range("momentum", config.momentum, low=0, high=1, high_open=True)
     check_range("lr_decay_factor", config.lr_decay_factor, low=0, low_open=True)
-    check_range("steps_per_execution", config.steps_per_execution, low=1)
+    for field in ("steps_per_execution", "checkpoint_every_epochs"):
+        check_range(field, config[field], low=1)
     check_range("val_fraction", config.val_fraction, low=0, high=1, high_open=True)
     _check_decay_epochs(config.lr_decay_epochs)
     _check_eval_splits(config.eval_splits)

@@ -429,7 +429,7 @@ def test_a_cache_dir_that_is_a_file_is_one_line_and_the_file_is_kept(tmp_path):
     taken = tmp_path / "notes.txt"
     taken.write_text("keep me")
     message = one_line_error(DataError, make_config(tmp_path, cache_dir=str(taken)))
-    assert f"cannot create the shard cache folder {taken} " in message
+    assert f"cannot create the shard cache folder {taken} (a file, not a folder" in message
     assert "set --config.cache_dir (or $CSKD_CACHE_DIR) to a folder you can write" in message
     assert taken.read_text() == "keep me"
 

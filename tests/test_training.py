@@ -128,6 +128,7 @@ def test_kill_minus_nine_then_rerun_finishes_like_an_uninterrupted_run(tmp_path)
     ("--config.lambda_warmup_epochs=-1", "config.lambda_warmup_epochs must be >= 0 (got -1)"),
     ("--config.lr_decay_factor=-0.1", "config.lr_decay_factor must be > 0 (got -0.1)"),
     ("--config.steps_per_execution=0", "config.steps_per_execution must be >= 1 (got 0)"),
+    ("--config.checkpoint_every_epochs=0", "config.checkpoint_every_epochs must be >= 1"),
 ])
 @pytest.mark.cli
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):

@@ -168,8 +168,11 @@ def prepare_cache(source: Source, *, cache_dir="", max_classes=0, max_train_per_
         try:
             os.makedirs(root, exist_ok=True)
         except OSError as error:
+            reason = error.strerror or str(error)
+            if os.path.exists(root) and not os.path.isdir(root):
+                reason = "a file, not a folder, is there"
             raise DataError(f"cannot create the shard cache folder {root} "
-                            f"({error.strerror or error}); set --config.cache_dir (or "
+                            f"({reason}); set --config.cache_dir (or "
                             "$CSKD_CACHE_DIR) to a folder you can write") from None
         _remove_stale(root, key)
         tmp = os.path.join(root, f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
