@@ -136,6 +136,7 @@ def _failed_config_file(exc):
 
 
 def _config_file_failure(path, name, error) -> ConfigError:
+    """One line naming the config file and what went wrong in it."""
     text = str(error)
     if isinstance(error, AttributeError) and "get_config" in text:
         problem = "has no get_config() function; define get_config() returning the config"
@@ -145,7 +146,6 @@ def _config_file_failure(path, name, error) -> ConfigError:
         if not last.startswith(f"{type(error).__name__}:"):
             last = f"{type(error).__name__}: {last}"
         problem = f"failed to load ({last}); fix the file"
-
     return ConfigError(f"config file {path} {problem}, or pass --{name}=PATH to a config file "
                        "such as configs/digits_quick.py")
 
