@@ -155,9 +155,39 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for field in ("batch_size", "eval_batch_size", "num_epochs", "temperature", "learning_rate"):
         check_range(field, config[field], low=0, low_open=True)
     check_range("lambda_cls", config.lambda_cls, low=0)
+    for field in ("weight_decay", "lambda_warmup_epochs"):
+        check_range(field, config[field], low=0)
+    check_range("momentum", config.momentum, low=0, high=1, high_open=True)
+    check_range("lr_decay_factor", config.lr_decay_factor, low=0, low_open=True)
+    for field in ("steps_per_execution", "checkpoint_every_epochs"):
+        check_range(field, config[field], low=1)
     check_range("val_fraction", config.val_fraction, low=0, high=1, high_open=True)
+    _check_decay_epochs(config.lr_decay_epochs)
+    _check_eval_splits(config.eval_splits)
     check_search(config.search)
     return config
+
+
+def _check_decay_epochs(value):
+    """config.lr_decay_epochs: a tuple of whole epochs >= 0 (the schedule counts those passed)."""
+    whole = isinstance(value, (tuple, list)) and all(
+        isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in value)
+    if not whole:
+        raise ConfigError(f"config.lr_decay_epochs={value!r} must be a tuple of whole epochs "
+                          ">= 0; set it like --config.lr_decay_epochs='(100, 150)', or () for "
+                          "no decay")
+
+
+# The splits a dataset may have (cskd_tf/data/pipeline.py); which it has is known only later.
+SPLITS = ("train", "val", "test")
+
+
+def _check_eval_splits(value):
+    """config.eval_splits: names of splits, so a typo does not leave metrics.json empty."""
+    if not isinstance(value, (tuple, list)) or any(name not in SPLITS for name in value):
+        raise ConfigError(f"config.eval_splits={value!r} must be a tuple of split names "
+                          f"from {', '.join(map(repr, SPLITS))}; set it like "
+                          "--config.eval_splits='(\"val\", \"test\")'")
 
 
 def check_range(field, value, low=None, high=None, low_open=False, high_open=False, default=None):

@@ -415,6 +415,30 @@ def test_empty_split(tmp_path):
     assert "val split is empty" in message
 
 
+def test_a_single_class_or_a_single_example_split_is_refused_before_training(tmp_path):
+    # Both used to train to the end and then stop in Recall@1 with a traceback.
+    root = fake_imagefolder(str(tmp_path / "one"), classes=("cat",), splits=("train",))
+    message = one_line_error(DataError, make_config(tmp_path, dataset="imagefolder",
+                                                    data_dir=root))
+    assert "has 1 class (cat); a classifier needs at least 2" in message
+    message = one_line_error(DataError, make_config(tmp_path, dataset="digits", max_classes=1))
+    assert "digits has 1 class (0)" in message and "config.max_classes" in message
+    root = fake_imagefolder(str(tmp_path / "two"), splits=("train",))
+    write_image(os.path.join(root, "val", "cat", "a.png"))
+    message = one_line_error(DataError, make_config(tmp_path, dataset="imagefolder",
+                                                    data_dir=root))
+    assert "the val split has a single example; add more (at least 2)" in message
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line_and_the_file_is_kept(tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me")
+    message = one_line_error(DataError, make_config(tmp_path, cache_dir=str(taken)))
+    assert f"cannot create the shard cache folder {taken} (a file, not a folder" in message
+    assert "set --config.cache_dir (or $CSKD_CACHE_DIR) to a folder you can write" in message
+    assert taken.read_text() == "keep me"
+
+
 def test_class_without_training_example(tmp_path):
     root = fake_imagefolder(str(tmp_path / "folder"), splits=("train",))
     os.makedirs(os.path.join(root, "train", "emu"))

@@ -154,3 +154,26 @@ def test_plot_cli_curves(tmp_path):
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert_png(out)
+
+
+def test_plot_cli_refuses_an_output_it_cannot_write_before_plotting(tmp_path):
+    # A folder was written as folder.png while "wrote folder" was printed; a path below a
+    # file ended in a FileExistsError traceback; an unknown ending in matplotlib's error.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"dataset": "digits", "model": "m", "method": "cskd"}')
+    (run / "history.csv").write_text("epoch,loss,accuracy\n0,2.0,0.3\n1,1.0,0.6\n")
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "notes.txt").write_text("keep me")
+    cmd = [sys.executable, "-m", "cskd_tf.cli.plot", "curves", f"--workdir={run}"]
+    for output, expected in (
+            (tmp_path / "folder.png", "is a folder; pass --output=FILE, a file path"),
+            (tmp_path / "notes.txt" / "c.png", f"lies below {tmp_path / 'notes.txt'}, a file"),
+            (tmp_path / "curves.txt", "must end in .png, .pdf, .svg")):
+        proc = subprocess.run(cmd + [f"--output={output}"], capture_output=True, text=True,
+                              timeout=60)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and lines[-1].startswith("error: "), proc.stderr
+        assert expected in lines[-1] and "Traceback" not in proc.stderr, proc.stderr
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["folder.png", "notes.txt", "run"]

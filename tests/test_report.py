@@ -134,6 +134,23 @@ def test_cli_nonexistent_dir_is_one_line_error(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and "does not exist" in lines[0]
 
 
+@pytest.mark.cli
+def test_cli_unwritable_output_is_one_line_error(tmp_path):
+    run = make_run(str(tmp_path / "runs"), "ce", top1=30.0)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("keep me")
+    for output, reason in ((tmp_path / "folder", "Is a directory"),
+                           (tmp_path / "notes.txt" / "table.md",
+                            f"{tmp_path / 'notes.txt'} is a file, not a folder")):
+        proc = subprocess.run([sys.executable, "-m", "cskd_tf.cli.report", run,
+                               f"--output={output}"], capture_output=True, text=True, timeout=60)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0] == (f"error: cannot write --output={output} ({reason}); pass "
+                            "--output=FILE, a file path in a folder you can write")
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
 
 def write_history(path, rows):
     """history.csv as HistoryCSVLogger writes it: epoch plus sorted log keys."""

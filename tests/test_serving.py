@@ -149,6 +149,15 @@ def test_export_refuses_overwrite_unfinished_runs_and_bad_names(served, tmp_path
         export_workdir(str(tmp_path / "half"), MODEL, export_base=str(tmp_path / "sm"))
     with pytest.raises(ServingError, match="model name"):
         export_workdir(served["workdir"], "../evil", export_base=str(tmp_path / "sm"))
+    # An --export_base that is a file (or lies below one) is refused before anything is
+    # written, and the file is kept.
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    for base in (taken, taken / "sm"):
+        with pytest.raises(ServingError, match=f"{taken} is a file, not a folder; pass "
+                                               "--export_base=DIR"):
+            export_workdir(served["workdir"], MODEL, export_base=str(base))
+    assert taken.read_text() == "keep me"
 
 
 def test_export_prints_one_line_per_step(served, tmp_path, capsys):
@@ -560,6 +569,10 @@ def test_cli_bad_input_is_one_line_error(served, tmp_path):
     assert "no finished model" in _one_line_error(
         _cli("export", f"--workdir={tmp_path}", f"--model_name={MODEL}",
              f"--export_base={tmp_path / 'sm'}"))
+    image = tmp_path / "ok.png"
+    image.write_bytes(_png(np.zeros((8, 8, 3), np.uint8)))
+    assert "--top must be >= 1 (got 0)" in _one_line_error(
+        _cli("predict", f"--saved_model={served['export'].path}", "--top=0", image))
 
 
 # ------------------------------------------------------------------ real TF Serving

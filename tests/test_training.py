@@ -120,6 +120,15 @@ def test_kill_minus_nine_then_rerun_finishes_like_an_uninterrupted_run(tmp_path)
     ("--config.data_dir=/nonexistent/tiny", "does not exist"),
     (f"--config.data_dir={README}", "README.md is a file, not a directory"),
     ("--config.batch_size=0", "batch_size must be > 0"),
+    ("--config.lr_decay_epochs=abc", "must be a tuple of whole epochs >= 0"),
+    ("--config.eval_splits=('tset',)", "config.eval_splits=('tset',) must be a tuple of split"),
+    ("stray_argument", "unexpected arguments: stray_argument; write flags as --NAME=VALUE"),
+    ("--config.momentum=2.0", "config.momentum must be in [0, 1) (got 2.0)"),
+    ("--config.weight_decay=-1e-4", "config.weight_decay must be >= 0 (got -0.0001)"),
+    ("--config.lambda_warmup_epochs=-1", "config.lambda_warmup_epochs must be >= 0 (got -1)"),
+    ("--config.lr_decay_factor=-0.1", "config.lr_decay_factor must be > 0 (got -0.1)"),
+    ("--config.steps_per_execution=0", "config.steps_per_execution must be >= 1 (got 0)"),
+    ("--config.checkpoint_every_epochs=0", "config.checkpoint_every_epochs must be >= 1"),
 ])
 @pytest.mark.cli
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, override, expected):
@@ -148,6 +157,52 @@ def test_a_config_path_that_is_a_directory_or_not_python_is_one_line(tmp_path):
     assert "cannot load the --config file" in line and "Is a directory" in line
     line = one_line_error(cli("cskd-train", f"--config={README}", f"--workdir={tmp_path}/r"))
     assert "README.md line" in line and "is not valid Python" in line
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("x = 1\n", "has no get_config() function; define get_config()"),
+    ("def get_config():\n    raise RuntimeError('boom')\n", "failed to load (RuntimeError: boom)"),
+    ("import no_such_module_here\ndef get_config():\n    pass\n",
+     "failed to load (ModuleNotFoundError: No module named 'no_such_module_here')"),
+    # ml_collections pastes a traceback into a TypeError/ValueError raised in the file.
+    ("from cskd_tf.config import default_config\ndef get_config():\n"
+     "    c = default_config()\n    c.batch_size = '64'\n    return c\n",
+     "failed to load (TypeError: Could not override field 'batch_size'"),
+    ("def get_config():\n    return None\n", "get_config() returned None; end it with"),
+])
+@pytest.mark.cli
+def test_a_config_file_that_fails_to_load_is_one_line(tmp_path, body, expected):
+    path = tmp_path / "mine.py"
+    path.write_text(body)
+    line = one_line_error(cli("cskd-train", f"--config={path}", f"--workdir={tmp_path}/r"))
+    assert f"config file {path}" in line and expected in line, line
+    assert "\n" not in line and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[1, 2]", "holds a JSON list, not an object of config fields"),
+    ('{"batch_size": "abc"}', "batch_size='abc' does not fit config.batch_size"),
+    ('{"kd": 3}', "kd=3 does not fit config.kd"),
+])
+@pytest.mark.cli
+def test_a_config_overrides_file_of_the_wrong_shape_is_one_line(tmp_path, text, expected):
+    overrides = tmp_path / "best.json"
+    overrides.write_text(text)
+    line = one_line_error(cli("cskd-train", f"--config={CONFIG}", f"--workdir={tmp_path}/r",
+                              f"--config_overrides={overrides}"))
+    assert expected in line, line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "below_a_file"])
+@pytest.mark.cli
+def test_a_workdir_that_cannot_be_a_folder_is_one_line_and_the_file_is_kept(tmp_path, where):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    workdir = existing if where == "file" else existing / "run"
+    line = one_line_error(cli("cskd-train", f"--config={CONFIG}", f"--workdir={workdir}", *TINY))
+    assert f"cannot create the workdir {workdir}" in line and "choose another --workdir" in line
+    assert existing.read_text() == "keep me"
 
 
 @pytest.mark.slow

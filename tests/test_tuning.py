@@ -265,6 +265,21 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.parametrize("where", ["file", "below_a_file"])
+def test_a_search_workdir_that_cannot_be_a_folder_is_a_workdir_error(tmp_path, where):
+    # cskd-tune stopped here with a FileExistsError/NotADirectoryError traceback.
+    from cskd_tf.errors import WorkdirError
+    from cskd_tf.tuning.search import prepare_workdir
+
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    workdir = existing if where == "file" else existing / "search"
+    with pytest.raises(WorkdirError, match=f"cannot create the workdir {workdir} .*; choose "
+                                           "another --workdir"):
+        prepare_workdir(str(workdir), {"tuner": "random"}, overwrite=True)
+    assert existing.read_text() == "keep me"
+
+
 @pytest.mark.cli
 def test_bad_input_is_one_line_error(tmp_path, cache_dir):
     # The three processes run side by side: each spends its time importing TensorFlow.

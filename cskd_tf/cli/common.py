@@ -79,7 +79,15 @@ def _parse_flags(argv):
     """Flag errors as one line (absl prints two; config_flags raises bare
     AttributeError/KeyError for an unknown --config.FIELD)."""
     try:
-        argv = flags.FLAGS(argv)
+        try:
+            argv = flags.FLAGS(argv)
+        except (CSKDError, SyntaxError, OSError):
+            raise
+        except Exception as exc:
+            failed = _failed_config_file(exc)
+            if failed is None:
+                raise
+            raise failed from None
         _check_config_files()
         return argv
     except CSKDError as exc:  # raised by a config file's get_config (e.g. configs/paper.py)
@@ -99,6 +107,47 @@ def _parse_flags(argv):
             message = unknown_field_message(exc)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def _failed_config_file(exc):
+    """The ConfigError for an exception a --config file raised while it was loaded (its
+    get_config missing or failing, an import in it failing), else None.
+
+    ml_collections' ConfigFileFlagParser.parse runs the file; its frame, found in the
+    traceback of ``exc`` or of the error ``exc`` was raised from (absl wraps TypeError and
+    ValueError), holds the path. The message is the failure's last line, without the
+    trace ml_collections pastes into a TypeError's or ValueError's text.
+    """
+    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
+    seen = exc
+    while seen is not None:
+        tb = seen.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if (frame.f_code.co_name == "parse"
+                    and isinstance(frame.f_locals.get("self"), ConfigFileFlagParser)):
+                path = str(frame.f_locals.get("path", "?")).split(":", 1)[0]
+                name = frame.f_locals["self"].name
+                return _config_file_failure(path, name, seen)
+            tb = tb.tb_next
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _config_file_failure(path, name, error) -> ConfigError:
+    """One line naming the config file and what went wrong in it."""
+    text = str(error)
+    if isinstance(error, AttributeError) and "get_config" in text:
+        problem = "has no get_config() function; define get_config() returning the config"
+    else:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        if not last.startswith(f"{type(error).__name__}:"):
+            last = f"{type(error).__name__}: {last}"
+        problem = f"failed to load ({last}); fix the file"
+    return ConfigError(f"config file {path} {problem}, or pass --{name}=PATH to a config file "
+                       "such as configs/digits_quick.py")
 
 
 def unknown_field_message(exc) -> str:
@@ -149,6 +198,9 @@ def _check_config_files():
             getattr(flag.value, "keys", None)
         except OSError as error:
             raise _config_file_error(error, name) from None
+        if flag.value is None:
+            raise ConfigError(f"config file {config_flags.get_config_filename(flag)}: "
+                              "get_config() returned None; end it with 'return config'")
 
 
 def _config_file_error(error: OSError, name="config") -> ConfigError:
@@ -161,6 +213,30 @@ def _config_file_error(error: OSError, name="config") -> ConfigError:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return ConfigError(f"cannot load the --{name} file ({lines[-1] if lines else text}); pass "
                        f"--{name}=PATH to a readable config file such as configs/digits_quick.py")
+
+
+def check_output_file(path, flag="--output", suffixes=()):
+    """ConfigError unless ``path`` can become a file: not a folder, no file among its
+    parents, and (when ``suffixes`` are given) one of those endings. Checked before the
+    work whose result it will hold."""
+    if suffixes and os.path.splitext(path)[1].lower() not in suffixes:
+        raise ConfigError(f"{flag}={path} must end in {', '.join(suffixes)} (the format is "
+                          f"taken from the ending); pass e.g. {flag}=plot{suffixes[0]}")
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag}={path} is a folder; pass {flag}=FILE, a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{flag}={path} lies below {parent}, a file, not a folder; pass "
+                          f"{flag}=FILE in a folder")
+
+
+def _first_line(error):
+    """An exception's message without ml_collections' quoting or appended trace."""
+    text = str(error.args[0]) if error.args else str(error)
+    return next((line.strip() for line in text.splitlines() if line.strip()),
+                type(error).__name__)
 
 
 def load_config(config_flag_value, overrides_path=""):
@@ -179,14 +255,23 @@ def load_config(config_flag_value, overrides_path=""):
         except json.JSONDecodeError as error:
             raise ConfigError(f"--config_overrides file {overrides_path} is not valid JSON "
                               f"({error})") from None
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"--config_overrides file {overrides_path} holds a JSON "
+                              f"{type(overrides).__name__}, not an object of config fields; "
+                              'write it as {"FIELD": VALUE, ...} (as cskd-tune\'s best.json)')
         unknown = [k for k in overrides if k not in config]
         if unknown:
             raise ConfigError(f"--config_overrides names unknown config fields: "
                               f"{', '.join(unknown)}")
         with config.unlocked():
             for key, value in overrides.items():
-                if isinstance(value, dict):  # a method group: set only the fields it names
-                    config[key].update(value)
-                else:
-                    config[key] = tuple(value) if isinstance(value, list) else value
+                try:
+                    if isinstance(value, dict):  # a method group: set only the fields it names
+                        config[key].update(value)
+                    else:
+                        config[key] = tuple(value) if isinstance(value, list) else value
+                except (AttributeError, KeyError, TypeError, ValueError) as error:
+                    raise ConfigError(f"--config_overrides file {overrides_path}: {key}="
+                                      f"{value!r} does not fit config.{key} "
+                                      f"({_first_line(error)}); fix that value") from None
     return config_lib.validate(config)

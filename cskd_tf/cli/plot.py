@@ -134,6 +134,7 @@ def main(argv):
     kind = argv[1]
     if not FLAGS.output:
         raise ConfigError(f"--output=FILE.png is required; {USAGE}")
+    common.check_output_file(FLAGS.output, suffixes=(".png", ".pdf", ".svg"))
     workdirs = list(FLAGS.workdir)
     _check_workdirs(workdirs)
     names = _panel_names(workdirs, FLAGS.labels)

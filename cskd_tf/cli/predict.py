@@ -64,6 +64,9 @@ def main(argv):
         raise ConfigError("no images given; pass one or more IMAGE files after the flags")
     if FLAGS.batch_size < 1:
         raise ConfigError(f"--batch_size must be >= 1 (got {FLAGS.batch_size})")
+    if FLAGS.top is not None and FLAGS.top < 1:
+        raise ConfigError(f"--top must be >= 1 (got {FLAGS.top}); omit it to print every "
+                          "class the model reports")
     if bool(FLAGS.saved_model) == bool(FLAGS.server):
         raise ConfigError("pass either --server=HOST:PORT (a running TF Serving) or "
                           "--saved_model=saved_models/NAME/N (local)")

@@ -47,9 +47,16 @@ def main(argv):
     text = build_report(paths, fmt=FLAGS.format, split=FLAGS.split, selection=FLAGS.selection)
     if FLAGS.output:
         parent = os.path.dirname(os.path.abspath(FLAGS.output))
-        os.makedirs(parent, exist_ok=True)
-        with open(FLAGS.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            with open(FLAGS.output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            if os.path.isfile(parent):
+                reason = f"{parent} is a file, not a folder"
+            raise ConfigError(f"cannot write --output={FLAGS.output} ({reason}); pass "
+                              "--output=FILE, a file path in a folder you can write") from None
     else:
         print(text, end="")
 

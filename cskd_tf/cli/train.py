@@ -26,8 +26,11 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    del argv
     from cskd_tf.errors import ConfigError
+
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}; write flags as "
+                          "--NAME=VALUE and config fields as --config.FIELD=VALUE")
 
     if not FLAGS.workdir:
         raise ConfigError("--workdir is required: the directory for checkpoints and metrics.json")

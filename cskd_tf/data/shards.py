@@ -38,6 +38,7 @@ import tensorflow as tf
 from cskd_tf import images, progress
 from cskd_tf.data.sources import Source, SplitData, select
 from cskd_tf.errors import DataError
+from cskd_tf.runs.files import make_folder
 
 FORMAT_VERSION = 1
 CHUNK = 512  # images decoded per tf.data batch when checking
@@ -165,7 +166,8 @@ def prepare_cache(source: Source, *, cache_dir="", max_classes=0, max_train_per_
         listing = select(source.load(), dataset=source.name, max_classes=max_classes,
                          val_fraction=val_fraction, seed=seed,
                          max_train_per_class=max_train_per_class)
-        os.makedirs(root, exist_ok=True)
+        make_folder(root, what="the shard cache folder", error_type=DataError,
+                    fix="set --config.cache_dir (or $CSKD_CACHE_DIR) to a folder you can write")
         _remove_stale(root, key)
         tmp = os.path.join(root, f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:

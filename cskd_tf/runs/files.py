@@ -22,6 +22,20 @@ def write_json_atomic(path, payload):
     os.replace(tmp, path)
 
 
+def make_folder(path, what="the workdir", fix="choose another --workdir",
+                error_type=WorkdirError):
+    """``os.makedirs(path)``; ``error_type`` (one line: ``what`` could not be created, why,
+    and ``fix``) where that is impossible, e.g. ``path`` or a parent is a regular file, or a
+    parent is read-only."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        if os.path.exists(path) and not os.path.isdir(path):
+            reason = "a file, not a folder, is there"
+        raise error_type(f"cannot create {what} {path} ({reason}); {fix}") from None
+
+
 def read_json(path):
     """The JSON object in ``path``; WorkdirError if it is not valid JSON."""
     try:

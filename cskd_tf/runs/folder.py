@@ -23,7 +23,7 @@ import time
 
 from cskd_tf import config as config_lib
 from cskd_tf.errors import WorkdirError
-from cskd_tf.runs.files import recorded_precision, write_json_atomic
+from cskd_tf.runs.files import make_folder, recorded_precision, write_json_atomic
 
 # Fields that may differ between an interrupted run and its resumption. mixed_precision is
 # compared by the policy it resolves to instead ("auto" may mean another one elsewhere, and
@@ -90,14 +90,14 @@ class Workdir:
                     f"run would continue under {now} (config.mixed_precision="
                     f"{config.mixed_precision!r}); pass --config.mixed_precision={before} to "
                     "resume it, or --overwrite to start over")
-        os.makedirs(self.path, exist_ok=True)
+        make_folder(self.path)
         write_json_atomic(self.file("config.json"), config_lib.to_json(config))
 
     def lock(self):
         """Makes this process the workdir's only writer until it exits (see the module doc)."""
         if self.path in _HELD:
             return
-        os.makedirs(self.path, exist_ok=True)
+        make_folder(self.path)
         path = self.file(LOCK_NAME)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

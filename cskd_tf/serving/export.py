@@ -190,6 +190,16 @@ def _verify(directory, functions, contract, image_shape):
                                f"model by {diff:.3g} at {h}x{w} input")
 
 
+def _check_creatable(folder):
+    """ServingError if ``folder`` or its nearest existing parent is a file, not a folder."""
+    existing = folder
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ServingError(f"cannot create {folder}: {existing} is a file, not a folder; pass "
+                           "--export_base=DIR to a folder (or a path that does not exist yet)")
+
+
 def export_workdir(workdir, model_name, export_base="saved_models", version=None, top_k=5,
                    version_policy=None, serving_base_path="", verify=True,
                    verbose=1) -> ExportResult:
@@ -226,6 +236,7 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
 
     export_base = os.path.abspath(os.path.expanduser(export_base))
     model_dir = os.path.join(export_base, model_name)
+    _check_creatable(model_dir)  # before the minutes of loading and tracing
     version = int(version) if version is not None else next_version(model_dir)
     final = os.path.join(model_dir, str(version))
     if os.path.exists(final):
@@ -241,7 +252,11 @@ def export_workdir(workdir, model_name, export_base="saved_models", version=None
         steps.next(f"loading the run {workdir}")
         functions, feature_dim, run_assets = _functions_for_run(checked, top_k)
 
-    os.makedirs(model_dir, exist_ok=True)
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except OSError as error:
+        raise ServingError(f"cannot create {model_dir} ({error.strerror or error}); pass "
+                           "--export_base=DIR to a folder you can write") from None
     # Hidden and non-numeric: TF Serving ignores it while it is being written.
     staging = os.path.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
     try:

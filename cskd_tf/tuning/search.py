@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from cskd_tf import config as config_lib
 from cskd_tf.errors import ConfigError, CSKDError, WorkdirError
-from cskd_tf.runs import write_json_atomic
+from cskd_tf.runs import make_folder, write_json_atomic
 from cskd_tf.tuning import distributed
 from cskd_tf.tuning.space import SearchSpace, objective_direction
 
@@ -134,7 +134,7 @@ def prepare_workdir(path, setup: dict, overwrite: bool):
             elif os.path.exists(target):
                 os.remove(target)
     check_setup(path, setup)
-    os.makedirs(path, exist_ok=True)
+    make_folder(path)
     write_json_atomic(os.path.join(path, "search.json"), setup)
 
 

@@ -7,7 +7,8 @@
    ``config.protocol="paper"`` nothing is held out: see ``pipeline.apply_protocol``);
 3. ``max_train_per_class=N`` keeps the first N training examples of each class in the
    source's own (sorted) order;
-4. checks: no empty split, every class has a training example, labels in range.
+4. checks: at least two classes, no split empty or of one example, every class has a
+   training example, labels in range.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def select(listing: Listing, *, dataset: str, max_classes: int, val_fraction: fl
     if max_classes and max_classes < len(names):
         names = names[:max_classes]
         splits = {k: v.take(np.flatnonzero(v.labels < max_classes)) for k, v in splits.items()}
+    if len(names) < 2:
+        raise DataError(f"{dataset} has {len(names)} class{'' if len(names) == 1 else 'es'} "
+                        f"({', '.join(map(str, names)) or 'none'}); a classifier needs at least "
+                        "2: add a class (in an image folder: train/<class>/) or raise "
+                        "config.max_classes")
     train = splits["train"]
     if "val" not in splits and val_fraction > 0:
         keep, held = [], []
@@ -58,5 +64,9 @@ def select(listing: Listing, *, dataset: str, max_classes: int, val_fraction: fl
         if len(data) == 0:
             raise DataError(f"{dataset}: the {split} split is empty; add examples to it or "
                             f"remove it (val is then held out of train by config.val_fraction)")
+        if len(data) == 1:  # Recall@1 ranks each example's neighbours: it needs two
+            raise DataError(f"{dataset}: the {split} split has a single example; add more "
+                            "(at least 2) or remove it (val is then held out of train by "
+                            "config.val_fraction)")
     order = ["train", "val", "test"] + sorted(set(splits) - {"train", "val", "test"})
     return Listing(class_names=names, splits={k: splits[k] for k in order if k in splits})
