@@ -41,6 +41,7 @@ def import_tensorflow_quietly():
 from absl import flags  # noqa: E402
 
 from cskd_tf.errors import ConfigError, CSKDError  # noqa: E402
+from cskd_tf.runs.files import blocking_file  # noqa: E402
 
 
 def run(main, needs_tensorflow=True):
@@ -224,12 +225,18 @@ def check_output_file(path, flag="--output", suffixes=()):
                           f"taken from the ending); pass e.g. {flag}=plot{suffixes[0]}")
     if os.path.isdir(path):
         raise ConfigError(f"{flag}={path} is a folder; pass {flag}=FILE, a file path")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ConfigError(f"{flag}={path} lies below {parent}, a file, not a folder; pass "
+    blocking = blocking_file(os.path.dirname(os.path.abspath(path)))
+    if blocking is not None:
+        raise ConfigError(f"{flag}={path} lies below {blocking}, a file, not a folder; pass "
                           f"{flag}=FILE in a folder")
+
+
+def refuse_arguments(argv):
+    """ConfigError for positional arguments a command does not take (absl leaves them in
+    ``argv[1:]``; a mistyped flag such as ``-config=...`` would otherwise be ignored)."""
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}; write flags as "
+                          "--NAME=VALUE and config fields as --config.FIELD=VALUE")
 
 
 def _first_line(error):

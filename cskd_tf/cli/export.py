@@ -37,8 +37,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     from cskd_tf.errors import ConfigError
 
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+    common.refuse_arguments(argv)
     if not FLAGS.workdir:
         raise ConfigError("--workdir is required: a finished cskd-train workdir or a "
                           ".keras file")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 
 from cskd_tf.cli import common  # sets TF_CPP_MIN_LOG_LEVEL first
+from cskd_tf.runs.files import blocking_file
 
 from absl import flags
 
@@ -52,9 +53,9 @@ def main(argv):
             with open(FLAGS.output, "w", encoding="utf-8") as f:
                 f.write(text)
         except OSError as error:
-            reason = error.strerror or str(error)
-            if os.path.isfile(parent):
-                reason = f"{parent} is a file, not a folder"
+            blocking = blocking_file(parent)
+            reason = (f"{blocking} is a file, not a folder" if blocking
+                      else error.strerror or str(error))
             raise ConfigError(f"cannot write --output={FLAGS.output} ({reason}); pass "
                               "--output=FILE, a file path in a folder you can write") from None
     else:

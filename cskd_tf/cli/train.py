@@ -28,9 +28,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     from cskd_tf.errors import ConfigError
 
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}; write flags as "
-                          "--NAME=VALUE and config fields as --config.FIELD=VALUE")
+    common.refuse_arguments(argv)
 
     if not FLAGS.workdir:
         raise ConfigError("--workdir is required: the directory for checkpoints and metrics.json")

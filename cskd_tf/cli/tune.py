@@ -45,9 +45,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     from cskd_tf.errors import ConfigError
 
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}; write flags as "
-                          "--NAME=VALUE and config fields as --config.FIELD=VALUE")
+    common.refuse_arguments(argv)
     from cskd_tf.tuning.search import SearchOptions, tune
 
     if not FLAGS.workdir:

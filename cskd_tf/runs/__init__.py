@@ -32,12 +32,14 @@ part and lives in :mod:`cskd_tf.training.restore`. Nothing here imports TensorFl
 listing and reporting runs is instant.
 """
 
-from cskd_tf.runs.files import make_folder, read_json, recorded_precision, write_json_atomic
+from cskd_tf.runs.files import (blocking_file, make_folder, read_json, recorded_precision,
+                                write_json_atomic)
 from cskd_tf.runs.folder import LOCK_NAME, RESUME_FREE_FIELDS, Workdir
 from cskd_tf.runs.read import (SUBSET_FIELDS, Run, dataset_label, find_run_dirs,
                                is_standalone_keras_file, load_run, model_label)
 
-__all__ = ["LOCK_NAME", "RESUME_FREE_FIELDS", "SUBSET_FIELDS", "Run", "Workdir", "dataset_label",
+__all__ = ["LOCK_NAME", "RESUME_FREE_FIELDS", "SUBSET_FIELDS", "Run", "Workdir", "blocking_file",
+           "dataset_label",
            "find_run_dirs", "is_standalone_keras_file", "load_run", "make_folder", "model_label",
            "read_json",
            "recorded_precision", "write_json_atomic"]

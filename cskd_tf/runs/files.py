@@ -22,6 +22,15 @@ def write_json_atomic(path, payload):
     os.replace(tmp, path)
 
 
+def blocking_file(path):
+    """The file that stops ``path`` from becoming a folder or holding a file: ``path`` itself
+    or its nearest existing parent, when that is not a folder; else None."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    return None if os.path.isdir(existing) else existing
+
+
 def make_folder(path, what="the workdir", fix="choose another --workdir",
                 error_type=WorkdirError):
     """``os.makedirs(path)``; ``error_type`` (one line: ``what`` could not be created, why,

@@ -31,6 +31,7 @@ import numpy as np
 
 from cskd_tf import progress
 from cskd_tf.errors import CSKDError
+from cskd_tf.runs import blocking_file
 from cskd_tf import signatures as sig
 from cskd_tf.serving import ServingError
 from cskd_tf.serving import loading, models_config
@@ -192,11 +193,9 @@ def _verify(directory, functions, contract, image_shape):
 
 def _check_creatable(folder):
     """ServingError if ``folder`` or its nearest existing parent is a file, not a folder."""
-    existing = folder
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ServingError(f"cannot create {folder}: {existing} is a file, not a folder; pass "
+    blocking = blocking_file(folder)
+    if blocking is not None:
+        raise ServingError(f"cannot create {folder}: {blocking} is a file, not a folder; pass "
                            "--export_base=DIR to a folder (or a path that does not exist yet)")
 
 
